@@ -1,0 +1,7 @@
+"""``python3 -m certbot_postfix_tls``: the same as the ``certbot-postfix-tls`` script."""
+
+import sys
+
+from certbot_postfix_tls.cli import main
+
+sys.exit(main())

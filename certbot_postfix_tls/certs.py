@@ -1,0 +1,208 @@
+"""Certificate material: find the lineage, check key and chain, build the combined file.
+
+certbot swaps live/ symlinks one at a time, so for a moment live/privkey.pem
+and live/fullchain.pem can belong to different renewals. Postfix is therefore
+pointed at one file holding key + full chain, built here from the resolved
+archive files after checking that the key matches the certificate, and put
+in place with an atomic rename (SPEC section 5).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+import re
+from typing import Any, Optional
+
+from certbot import errors
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+PLUGIN_DIR = "postfix-tls"
+CHAIN_FILE = "key-fullchain.pem"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """A certificate as certbot gave it to the installer."""
+
+    name: str
+    key_path: str
+    fullchain_path: str
+    config_dir: str
+    in_live: bool  # paths are config_dir/live/<name>/..., renewable by certbot
+
+    @classmethod
+    def from_paths(
+        cls, domain: str, key_path: str, fullchain_path: Optional[str], config_dir: str
+    ) -> Lineage:
+        if not fullchain_path:
+            raise errors.PluginError(
+                f"No full chain was given for {domain}: Postfix must serve the intermediate "
+                "certificates too, so pass --fullchain-path (never cert.pem alone)."
+            )
+        live = os.path.join(os.path.abspath(config_dir), "live")
+        parent = os.path.dirname(os.path.abspath(fullchain_path))
+        in_live = os.path.dirname(parent) == live
+        name = os.path.basename(parent) if in_live else domain
+        return cls(name, os.path.abspath(key_path), os.path.abspath(fullchain_path),
+                   os.path.abspath(config_dir), in_live)
+
+    @classmethod
+    def from_live_dir(cls, live_dir: str, config_dir: str) -> Lineage:
+        live_dir = os.path.abspath(live_dir)
+        return cls(
+            os.path.basename(live_dir),
+            os.path.join(live_dir, "privkey.pem"),
+            os.path.join(live_dir, "fullchain.pem"),
+            os.path.abspath(config_dir),
+            True,
+        )
+
+    @property
+    def plugin_dir(self) -> str:
+        """Where the plugin keeps this lineage's derived files."""
+        return os.path.join(self.config_dir, PLUGIN_DIR, "lineages", self.name)
+
+    @property
+    def chain_file(self) -> str:
+        return os.path.join(self.plugin_dir, CHAIN_FILE)
+
+
+@dataclass(frozen=True)
+class Material:
+    """A matching key and full chain, read from the same renewal."""
+
+    key_pem: bytes
+    fullchain_pem: bytes
+    leaf: x509.Certificate
+    chain: list[x509.Certificate]
+
+    @property
+    def names(self) -> list[str]:
+        try:
+            san = self.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            return [str(n) for n in san.value.get_values_for_type(x509.DNSName)]
+        except x509.ExtensionNotFound:
+            return []
+
+    @property
+    def leaf_sha256(self) -> str:
+        return sha256_der(self.leaf)
+
+    @property
+    def not_after(self) -> datetime.datetime:
+        return not_after(self.leaf)
+
+    def combined(self) -> bytes:
+        """Key first, then leaf and intermediates: the order smtpd_tls_chain_files wants."""
+        key = self.key_pem if self.key_pem.endswith(b"\n") else self.key_pem + b"\n"
+        return key + self.fullchain_pem
+
+
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def load_pem_chain(data: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle, in order (cryptography < 39 has no helper)."""
+    certs = [x509.load_pem_x509_certificate(block) for block in _PEM_CERT.findall(data)]
+    if not certs:
+        raise ValueError("no PEM certificate found")
+    return certs
+
+
+def not_after(cert: x509.Certificate) -> datetime.datetime:
+    """Expiry as an aware UTC datetime, on old and new cryptography alike."""
+    value = getattr(cert, "not_valid_after_utc", None)
+    if value is None:
+        value = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    return value
+
+
+def sha256_der(cert: x509.Certificate) -> str:
+    """Hex SHA-256 of a certificate's DER, the fingerprint verification compares."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _read(path: str, what: str, domain: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise errors.PluginError(
+            f"The {what} {path} does not exist: check the certificate name "
+            f"(certbot certificates) for {domain}."
+        ) from None
+    except PermissionError:
+        raise errors.PluginError(
+            f"The {what} {path} is not readable by this user: run certbot as root."
+        ) from None
+    except OSError as exc:
+        raise errors.PluginError(f"The {what} {path} cannot be read: {exc.strerror}.") from None
+
+
+def _public_der(key: Any) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_material(lineage: Lineage) -> Material:
+    """Read key and full chain (through resolved links) and check they belong together."""
+    key_path = os.path.realpath(lineage.key_path)
+    chain_path = os.path.realpath(lineage.fullchain_path)
+    key_pem = _read(key_path, "private key", lineage.name)
+    fullchain_pem = _read(chain_path, "certificate chain", lineage.name)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise errors.PluginError(
+            f"The private key {lineage.key_path} is not an unencrypted PEM key: "
+            "give the key certbot issued with the certificate."
+        ) from None
+    try:
+        certs = load_pem_chain(fullchain_pem)
+    except ValueError:
+        raise errors.PluginError(
+            f"The certificate chain {lineage.fullchain_path} holds no PEM certificate."
+        ) from None
+    if _public_der(key) != certs[0].public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        raise errors.PluginError(
+            f"The private key {lineage.key_path} does not match the certificate in "
+            f"{lineage.fullchain_path}: nothing was changed; renew the lineage "
+            f"(certbot renew --force-renewal --cert-name {lineage.name}) or give the matching key."
+        )
+    return Material(key_pem, fullchain_pem, certs[0], certs[1:])
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> bool:
+    """Write ``data`` to ``path`` via a temp file + rename; False when already identical."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read() == data:
+                os.chmod(path, mode)
+                return False
+    except FileNotFoundError:
+        pass
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True

@@ -1,0 +1,134 @@
+"""``certbot-postfix-tls``: verify, demo (and the commands later issues add).
+
+Exit codes follow the monitoring-plugin convention (SPEC section 2):
+0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (usage errors included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn, Optional
+
+from certbot import errors
+
+from certbot_postfix_tls import certs, postfix, verify
+from certbot_postfix_tls.state import State
+
+DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors; monitoring wants 3 (UNKNOWN)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(verify.EXIT_CODES["UNKNOWN"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="certbot-postfix-tls",
+        description="Check and manage what the postfix-tls certbot installer deployed.",
+    )
+    parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR,
+                        help="certbot's configuration directory (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    check = sub.add_parser("verify", help="handshake with every TLS endpoint")
+    which = check.add_mutually_exclusive_group()
+    which.add_argument("--cert-name", help="the lineage to check (default: every deployed one)")
+    which.add_argument("--lineage", help="a lineage directory (live/NAME) to check")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+
+    demo = sub.add_parser("demo", help="the whole job on loopback, no domain needed")
+    demo.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    return parser
+
+
+def _report(status: str, summary: str, endpoints: list[verify.EndpointResult],
+            checks: list[dict[str, str]], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({
+            "status": status,
+            "summary": summary,
+            "endpoints": [e.to_json() for e in endpoints],
+            "checks": checks,
+        }, indent=2))
+    else:
+        for result in endpoints:
+            print(f"{result.status}: {result.service} {result.address}:{result.port} "
+                  f"({result.tls}, SNI {result.sni or '-'}): {result.message}")
+        for check in checks:
+            print(f"{check['status']}: {check['name']}: {check['message']}")
+        print(f"{status}: {summary}")
+    return verify.EXIT_CODES[status]
+
+
+def _lineages_to_check(args: argparse.Namespace, state: State) -> list[certs.Lineage]:
+    if args.lineage:
+        return [certs.Lineage.from_live_dir(args.lineage, args.config_dir)]
+    names = [args.cert_name] if args.cert_name else sorted(state.lineages)
+    result = []
+    for name in names:
+        deployed = state.lineages.get(name)
+        if deployed is None:
+            raise errors.Error(
+                f"The lineage {name} was not deployed by postfix-tls "
+                f"(state {State.path(args.config_dir)}): deploy it with certbot install."
+            )
+        result.append(certs.Lineage.from_paths(name, deployed.key_path, deployed.fullchain_path,
+                                               args.config_dir))
+    return result
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Handshake with every endpoint, with SNI for every name of every lineage."""
+    state = State.load(args.config_dir)
+    checks: list[dict[str, str]] = []
+    if state.pending:
+        checks.append({
+            "name": "pending-reload",
+            "status": "CRITICAL",
+            "message": f"a renewal was deployed but {', '.join(state.pending)} was not reloaded "
+                       "successfully: run certbot-postfix-tls hook post and read its error",
+        })
+    lineages = _lineages_to_check(args, state)
+    if not lineages:
+        return _report("UNKNOWN", f"nothing deployed by postfix-tls in {args.config_dir}",
+                       [], checks, args.json)
+    pf = postfix.Postfix(state.postfix_dir)
+    if not pf.running():
+        checks.append({"name": "postfix-running", "status": "CRITICAL",
+                       "message": f"Postfix ({pf.config_dir}) is not running: postfix start"})
+    endpoints = postfix.endpoints(pf.read(), state.verify_address)
+    results: list[verify.EndpointResult] = []
+    for lineage in lineages:
+        expected = verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
+        names = [n for n in expected.names if not n.startswith("*.")] or list(expected.names)
+        for name in names:
+            for endpoint in endpoints:
+                results.append(verify.check_endpoint(endpoint, expected, name, retry_seconds=0))
+    status = verify.worst([r.status for r in results] + [c["status"] for c in checks])
+    bad = sum(1 for r in results if r.status != "OK")
+    summary = (f"{len(results) - bad} of {len(results)} endpoint checks OK for "
+               f"{', '.join(lineage.name for lineage in lineages)}")
+    return _report(status, summary, results, checks, args.json)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "verify":
+            return cmd_verify(args)
+        if args.command == "demo":
+            from certbot_postfix_tls import demo
+
+            return demo.run(keep=args.keep)
+    except errors.Error as exc:
+        print(f"UNKNOWN: {exc}", file=sys.stderr)
+        return verify.EXIT_CODES["UNKNOWN"]
+    return verify.EXIT_CODES["UNKNOWN"]

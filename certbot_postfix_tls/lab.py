@@ -1,0 +1,400 @@
+"""A throwaway mail lab: Pebble, Postfix and Dovecot in a private namespace.
+
+Used by ``certbot-postfix-tls demo`` and by the test suite. The calling
+process moves itself into a new mount and network namespace: /etc and /var
+become overlays whose writes land in a scratch directory, the mail spool and
+daemon state directories are empty private mounts, and loopback is a private
+interface. Everything started from here on (Pebble, Postfix, Dovecot,
+certbot) sees default paths and standard ports, yet the machine's own
+/etc/postfix, /etc/dovecot, /etc/letsencrypt and running mail services are
+never touched (SPEC section 10).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import fcntl
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from certbot_postfix_tls import process
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+
+# Directories a daemon in the lab writes to: each gets an empty private mount.
+PRIVATE_STATE_DIRS = (
+    "/var/spool/postfix",
+    "/var/lib/postfix",
+    "/var/lib/dovecot",
+    "/var/lib/letsencrypt",
+    "/var/log/letsencrypt",
+    "/run",
+)
+
+LAB_HOSTNAME = "mail.example.org"
+PEBBLE_PORT = 14000
+PEBBLE_MANAGEMENT_PORT = 15000
+HTTP01_PORT = 5002
+
+
+class LabError(RuntimeError):
+    """The lab could not be set up; the message says what is missing."""
+
+
+_entered: Optional[Path] = None
+
+
+def _libc_call(name: str, *args: object) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise LabError(f"{name}{args!r} failed: {os.strerror(err)}")
+
+
+def _mount(source: str, target: str, fstype: Optional[str], flags: int, data: str = "") -> None:
+    _libc_call(
+        "mount",
+        source.encode(),
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
+
+
+def _loopback_up() -> None:
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        req = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH", fcntl.ioctl(sock, siocgifflags, req)[:18])[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14s", b"lo", flags | iff_up, b""))
+
+
+def enter_private_namespace(scratch: Path) -> Path:
+    """Move this process into private mount + network namespaces (idempotent).
+
+    Returns the scratch directory holding the overlays' upper layers.
+    """
+    global _entered
+    if _entered is not None:
+        return _entered
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (it makes private mount and network namespaces).")
+    if sys.platform != "linux":
+        raise LabError("the lab needs Linux namespaces.")
+    scratch.mkdir(parents=True, exist_ok=True)
+    _libc_call("unshare", _CLONE_NEWNS | _CLONE_NEWNET)
+    _mount("none", "/", None, _MS_REC | _MS_PRIVATE)
+    _loopback_up()
+    for top in ("/etc", "/var"):
+        upper = scratch / f"overlay{top.replace('/', '-')}-upper"
+        work = scratch / f"overlay{top.replace('/', '-')}-work"
+        upper.mkdir()
+        work.mkdir()
+        _mount("overlay", top, "overlay", 0, f"lowerdir={top},upperdir={upper},workdir={work}")
+    for directory in PRIVATE_STATE_DIRS:
+        private = scratch / ("state" + directory.replace("/", "-"))
+        private.mkdir()
+        os.makedirs(directory, exist_ok=True)
+        # Same owner and mode as the real one: Postfix checks them at start.
+        real = os.stat(directory)
+        os.chown(private, real.st_uid, real.st_gid)
+        os.chmod(private, real.st_mode & 0o7777)
+        _mount(str(private), directory, None, _MS_BIND)
+    os.makedirs("/run/lock", exist_ok=True)
+    _entered = scratch
+    return scratch
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
+    """Wait until something accepts connections on host:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise LabError(f"nothing listens on {host}:{port} after {timeout:.0f} s") from None
+            time.sleep(0.1)
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM a daemon by pid and wait for it to go (SIGKILL after timeout)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def read_pid(pidfile: str) -> Optional[int]:
+    try:
+        return int(Path(pidfile).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# --- a throwaway CA for Pebble's own HTTPS endpoint ------------------------
+
+
+def _make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certbot-postfix-tls lab CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return ca_path, cert_path, key_path
+
+
+@dataclass
+class Pebble:
+    """Debian's pebble ACME server on 127.0.0.1, with its own throwaway CA."""
+
+    workdir: Path
+    proc: Optional[subprocess.Popen[bytes]] = None
+    ca_bundle: Path = field(init=False)
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{PEBBLE_PORT}/dir"
+
+    def start(self) -> None:
+        binary = process.find_tool("pebble")
+        if binary is None:
+            raise LabError("pebble is not installed (apt-get install pebble).")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ca_bundle, cert, key = _make_ca_and_server_cert(self.workdir)
+        config = self.workdir / "pebble-config.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "pebble": {
+                        "listenAddress": f"127.0.0.1:{PEBBLE_PORT}",
+                        "managementListenAddress": f"127.0.0.1:{PEBBLE_MANAGEMENT_PORT}",
+                        "certificate": str(cert),
+                        "privateKey": str(key),
+                        "httpPort": HTTP01_PORT,
+                        "tlsPort": 5001,
+                        "ocspResponderURL": "",
+                        "externalAccountBindingRequired": False,
+                    }
+                }
+            )
+        )
+        env = {
+            **os.environ,
+            "PEBBLE_VA_ALWAYS_VALID": "1",
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_WFE_NONCEREJECT": "0",
+            "PEBBLE_AUTHZREUSE": "0",
+        }
+        log = open(self.workdir / "pebble.log", "wb")  # noqa: SIM115 - lives with the process
+        self.proc = subprocess.Popen(  # noqa: S603
+            [binary, "-config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        wait_for_port(PEBBLE_PORT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_pid(self.proc.pid)
+            self.proc.wait()
+
+
+# --- certbot -----------------------------------------------------------------
+
+
+@dataclass
+class Certbot:
+    """Runs the real certbot against the lab's Pebble with private directories.
+
+    ``python`` is the interpreter whose certbot to use: this one (the newest
+    certbot from PyPI in the project's venv) or one whose site-packages hold
+    Debian's python3-certbot.
+    """
+
+    pebble: Pebble
+    base: Path
+    python: str = sys.executable
+
+    @property
+    def config_dir(self) -> Path:
+        return self.base / "config"
+
+    def argv(self, *args: str) -> list[str]:
+        return [
+            self.python,
+            "-c",
+            "import sys; from certbot.main import main; sys.exit(main())",
+            *args,
+            "--config-dir", str(self.config_dir),
+            "--work-dir", str(self.base / "work"),
+            "--logs-dir", str(self.base / "logs"),
+            "--non-interactive",
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "REQUESTS_CA_BUNDLE": str(self.pebble.ca_bundle)}
+
+    def acme_args(self) -> list[str]:
+        return [
+            "--server", self.pebble.directory_url,
+            "--agree-tos",
+            "--register-unsafely-without-email",
+            "--http-01-port", str(HTTP01_PORT),
+        ]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(  # noqa: S603
+            self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=300,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise LabError(f"certbot {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def version(self) -> str:
+        proc = subprocess.run(  # noqa: S603
+            [self.python, "-c", "import certbot; print(certbot.__version__)"],
+            capture_output=True, text=True, check=True,
+        )
+        return proc.stdout.strip()
+
+
+# --- Postfix -------------------------------------------------------------------
+
+def debian_stock_config() -> tuple[str, str]:
+    """main.cf and master.cf as Debian's postinst writes them for an Internet Site."""
+    share = Path("/usr/share/postfix")
+    main_cf = (share / "main.cf.debian").read_text()
+    if (share / "main.cf.tls").exists():
+        main_cf += (share / "main.cf.tls").read_text()
+    main_cf += (
+        "\nsmtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated"
+        " defer_unauth_destination\n"
+        "alias_maps = hash:/etc/aliases\nalias_database = hash:/etc/aliases\n"
+        "mynetworks = 127.0.0.0/8\nmailbox_size_limit = 0\nrecipient_delimiter = +\n"
+    )
+    return main_cf, (share / "master.cf.dist").read_text()
+
+
+@dataclass
+class PostfixLab:
+    """The default Postfix instance, inside the private namespace."""
+
+    config_dir: str = "/etc/postfix"
+    log_file: str = "/var/log/postfix.log"
+
+    def install_config(self, main_cf: str, master_cf: str) -> None:
+        """Write main.cf/master.cf, pointed at loopback and logging to a file."""
+        os.makedirs(self.config_dir, exist_ok=True)
+        Path(self.config_dir, "main.cf").write_text(main_cf)
+        Path(self.config_dir, "master.cf").write_text(master_cf)
+        self.postconf(
+            "-e",
+            f"myhostname={LAB_HOSTNAME}",
+            "inet_interfaces=127.0.0.1",
+            "inet_protocols=ipv4",
+            f"maillog_file={self.log_file}",
+            "mydestination=$myhostname, localhost",
+        )
+
+    def postconf(self, *args: str) -> str:
+        return process.run(["postconf", "-c", self.config_dir, *args], what="postconf").stdout
+
+    def running(self) -> bool:
+        return process.run(
+            ["postfix", "-c", self.config_dir, "status"], what="postfix status", check=False
+        ).returncode == 0
+
+    def start(self) -> None:
+        process.run(["postfix", "-c", self.config_dir, "start"], what="postfix start")
+        wait_for_port(25)
+
+    def master_pid(self) -> Optional[int]:
+        queue = self.postconf("-h", "queue_directory").strip()
+        return read_pid(f"{queue}/pid/master.pid")
+
+    def stop(self) -> None:
+        pid = self.master_pid()
+        if pid is not None:
+            stop_pid(pid)
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_file).read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def copy_tree_contents(src: Path, dst: Path) -> None:
+    """Copy a fixture tree over ``dst`` (used for Dovecot's conf.d layout)."""
+    shutil.copytree(src, dst, dirs_exist_ok=True)

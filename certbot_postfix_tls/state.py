@@ -1,0 +1,73 @@
+"""What the plugin deployed, where, and which reloads are pending (SPEC section 6).
+
+One JSON file under <config-dir>/postfix-tls/, written atomically; the hooks,
+``verify``, ``undeploy`` and the installer's restart() all read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from certbot import errors
+
+from certbot_postfix_tls.certs import PLUGIN_DIR, write_atomic
+
+STATE_FILE = "state.json"
+FORMAT = 1
+
+
+@dataclass
+class DeployedLineage:
+    """One lineage the plugin put into service."""
+
+    name: str
+    key_path: str
+    fullchain_path: str
+    chain_file: str  # the combined key+fullchain file Postfix reads
+    names: list[str] = field(default_factory=list)
+    renewable: bool = True  # lives in certbot's live/ directory
+
+
+@dataclass
+class State:
+    postfix_dir: Optional[str] = None
+    dovecot_config: Optional[str] = None
+    verify_address: str = "127.0.0.1"
+    verify: bool = True
+    lineages: dict[str, DeployedLineage] = field(default_factory=dict)
+    default: Optional[str] = None
+    pending: list[str] = field(default_factory=list)  # services awaiting a reload
+
+    @staticmethod
+    def path(config_dir: str) -> str:
+        return os.path.join(config_dir, PLUGIN_DIR, STATE_FILE)
+
+    @classmethod
+    def load(cls, config_dir: str) -> State:
+        """The recorded state; an empty one when nothing was deployed yet."""
+        path = cls.path(config_dir)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw: dict[str, Any] = json.load(handle)
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            raise errors.PluginError(
+                f"The plugin state {path} cannot be read ({exc}): restore it from "
+                "the reverter backups or redeploy with certbot install."
+            ) from None
+        lineages = {
+            name: DeployedLineage(**entry) for name, entry in raw.pop("lineages", {}).items()
+        }
+        raw.pop("format", None)
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(lineages=lineages, **known)
+
+    def save(self, config_dir: str) -> None:
+        data = asdict(self)
+        data["format"] = FORMAT
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        write_atomic(self.path(config_dir), text.encode(), mode=0o600)

@@ -1,0 +1,843 @@
+"""Prove by a real handshake which certificate each mail endpoint serves (SPEC section 7).
+
+smtplib/imaplib cannot be used: they send no SNI when connecting to an IP address and
+silently drop bytes a server sends between the STARTTLS reply and the handshake (FACTS,
+"Verification"). This module therefore speaks just enough SMTP, IMAP and POP3 over a raw
+socket, does the TLS handshake with pyOpenSSL (which exposes the served chain) and
+compares SHA-256 fingerprints instead of relying on a trust store.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import re
+import selectors
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL, crypto
+
+__all__ = [
+    "EXIT_CODES",
+    "Endpoint",
+    "EndpointResult",
+    "ExpectedCert",
+    "Handshake",
+    "VerifyError",
+    "certificate_covers",
+    "check_endpoint",
+    "dns_name_matches",
+    "handshake",
+    "worst",
+]
+
+EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
+_SEVERITY = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+WARN_DAYS = 14
+"""A served certificate with fewer days left than this is a WARNING."""
+
+# Limits against hostile or broken servers: nothing legitimate comes close.
+_MAX_LINE = 8192
+_MAX_TOTAL = 64 * 1024
+# How long to watch for bytes the server sends after its STARTTLS reply. Injected data
+# normally arrives with the reply itself; this catches a separate write right after it.
+_EARLY_DATA_WINDOW = 0.1
+_RETRY_INTERVAL = 0.2
+# QUIT/LOGOUT is a courtesy; never wait long for its answer.
+_QUIT_TIMEOUT = 1.0
+
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
+)
+
+_T = TypeVar("_T")
+
+
+class VerifyError(Exception):
+    """A verification failure; the message is one sentence naming the endpoint or file.
+
+    ``retryable`` marks failures a just-reloaded service may still recover from (nothing
+    listening yet, an old process closing the connection).
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One TLS endpoint of a mail service."""
+
+    service: str  # "postfix" or "dovecot"
+    protocol: str  # "smtp", "imap" or "pop3"
+    address: str  # IP address or host name to connect to
+    port: int
+    tls: str  # "starttls" or "implicit"
+    label: str = ""  # e.g. "smtp", "submission", "imaps" (for messages)
+
+
+@dataclass(frozen=True)
+class _CertInfo:
+    common_name: str | None
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class ExpectedCert:
+    """The certificate that should be served, taken from a lineage's fullchain.pem."""
+
+    leaf_sha256: str
+    intermediates_sha256: tuple[str, ...]
+    names: tuple[str, ...]
+    not_after: datetime
+
+    @classmethod
+    def from_fullchain(cls, path: str) -> ExpectedCert:
+        """Read a PEM fullchain file (leaf first); raises VerifyError naming the file."""
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as err:
+            raise VerifyError(f"Cannot read {path}: {err.strerror or err}.") from err
+        # load_pem_x509_certificates() needs cryptography >= 39; Debian 12 ships 38.
+        blocks = _PEM_CERT.findall(data)
+        if not blocks:
+            raise VerifyError(f"{path} contains no PEM certificate.")
+        try:
+            ders = [x509.load_pem_x509_certificate(b).public_bytes(Encoding.DER) for b in blocks]
+        except ValueError as err:
+            raise VerifyError(f"{path} contains an unreadable certificate: {err}.") from err
+        info = _cert_info(ders[0])
+        if info is None:
+            raise VerifyError(f"{path} starts with an unreadable certificate.")
+        return cls(
+            leaf_sha256=_sha256(ders[0]),
+            intermediates_sha256=tuple(_sha256(d) for d in ders[1:]),
+            names=info.dns_names,
+            not_after=info.not_after,
+        )
+
+
+@dataclass
+class Handshake:
+    """What one connection observed."""
+
+    leaf_der: bytes
+    chain_der: list[bytes]  # as served, leaf first
+    capabilities_before_tls: list[str]  # [] for implicit TLS
+    capabilities_after_tls: list[str]
+
+
+@dataclass
+class EndpointResult:
+    """The verdict for one endpoint; fields are the JSON object of SPEC section 2."""
+
+    service: str
+    address: str
+    port: int
+    tls: str
+    sni: str | None  # the SNI actually sent (None when none was, e.g. for an IP)
+    status: str
+    served_sha256: str | None
+    expected_sha256: str
+    chain_complete: bool | None
+    name_matches: bool | None
+    days_left: int | None
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        """The endpoint as a JSON-ready dict, keys in SPEC order."""
+        return {
+            "service": self.service,
+            "address": self.address,
+            "port": self.port,
+            "tls": self.tls,
+            "sni": self.sni,
+            "status": self.status,
+            "served_sha256": self.served_sha256,
+            "expected_sha256": self.expected_sha256,
+            "chain_complete": self.chain_complete,
+            "name_matches": self.name_matches,
+            "days_left": self.days_left,
+            "message": self.message,
+        }
+
+
+def worst(statuses: Iterable[str]) -> str:
+    """The most severe status (OK < WARNING < CRITICAL < UNKNOWN); OK when empty."""
+    return max(statuses, key=_SEVERITY.index, default="OK")
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _a_label(name: str) -> str:
+    """Lower-case ASCII form of a host name (IDNs as A-labels, as in certificates)."""
+    name = name.rstrip(".").lower()
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
+
+
+def dns_name_matches(pattern: str, hostname: str) -> bool:
+    """Whether a certificate DNS name matches hostname (RFC 6125 section 6.4).
+
+    A wildcard is only accepted as the whole left-most label and covers exactly one
+    label: ``*.example.com`` matches ``mail.example.com`` but neither ``example.com`` nor
+    ``a.mail.example.com``. Wildcards directly under a TLD (``*.com``) never match.
+    """
+    pat, host = _a_label(pattern), _a_label(hostname)
+    if not pat or not host:
+        return False
+    if "*" not in pat:
+        return pat == host
+    plabels, hlabels = pat.split("."), host.split(".")
+    if plabels[0] != "*" or any("*" in label for label in plabels[1:]) or len(plabels) < 3:
+        return False
+    return len(hlabels) == len(plabels) and bool(hlabels[0]) and hlabels[1:] == plabels[1:]
+
+
+def certificate_covers(names: Iterable[str], hostname: str) -> bool:
+    """Whether any of a certificate's DNS names matches hostname."""
+    return any(dns_name_matches(name, hostname) for name in names)
+
+
+# --- certificates -----------------------------------------------------------------------
+
+
+def _sha256(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def _not_after(cert: x509.Certificate) -> datetime:
+    # not_valid_after_utc appeared in cryptography 42; older releases return naive UTC.
+    value = getattr(cert, "not_valid_after_utc", None)
+    if isinstance(value, datetime):
+        return value
+    return cert.not_valid_after.replace(tzinfo=timezone.utc)
+
+
+def _cert_info(der: bytes) -> _CertInfo | None:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        common_name = str(cns[0].value) if cns else None
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            dns = tuple(san.get_values_for_type(x509.DNSName))
+            ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
+        except x509.ExtensionNotFound:
+            dns, ips = (), ()
+        return _CertInfo(common_name, dns, ips, _not_after(cert))
+    except ValueError:
+        return None
+
+
+def _describe(der: bytes, info: _CertInfo | None) -> str:
+    prefix = f"sha256 {_sha256(der)[:16]}"
+    if info is None:
+        return f"an unparseable certificate ({prefix})"
+    parts = []
+    if info.common_name:
+        parts.append(f"CN={_printable(info.common_name)}")
+    names = info.dns_names + info.ip_addresses
+    if names:
+        parts.append("names " + ", ".join(_printable(n) for n in names[:5]))
+        if len(names) > 5:
+            parts[-1] += f" and {len(names) - 5} more"
+    return f"a certificate for {'; '.join(parts) or 'no name'} ({prefix})"
+
+
+# --- the client -------------------------------------------------------------------------
+
+
+def _printable(text: str, limit: int = 120) -> str:
+    """Server-supplied text made safe for a one-line message."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
+def _hostport(endpoint: Endpoint) -> str:
+    host = endpoint.address
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{endpoint.port}"
+
+
+def _where(endpoint: Endpoint) -> str:
+    return f"{_hostport(endpoint)} ({endpoint.service} {endpoint.label or endpoint.protocol})"
+
+
+def _wait(sock: socket.socket, write: bool, timeout: float) -> bool:
+    # selectors instead of select.select: no FD_SETSIZE limit in a busy certbot process.
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_WRITE if write else selectors.EVENT_READ)
+        return bool(sel.select(max(timeout, 0.0)))
+
+
+def _ssl_reason(err: SSL.Error) -> str:
+    details = err.args[0] if err.args else None
+    if isinstance(details, list) and details:
+        reasons = [str(d[-1] or d[0]) for d in details if isinstance(d, tuple) and d]
+        if reasons:
+            return ", ".join(dict.fromkeys(reasons))
+    return str(err) or type(err).__name__
+
+
+class _Eof(Exception):
+    """The peer closed (or reset) the TLS connection."""
+
+
+class _Conversation:
+    """One connection: line I/O with limits, first in plaintext, then over TLS."""
+
+    def __init__(self, endpoint: Endpoint, sock: socket.socket, timeout: float) -> None:
+        self.endpoint = endpoint
+        self.where = _where(endpoint)
+        self.sock = sock
+        self.timeout = timeout
+        self.tls: SSL.Connection | None = None
+        self.buf = b""
+        self.total = 0
+        self.leaf_der = b""
+        self.chain_der: list[bytes] = []
+        self.tag = 0
+
+    # -- raw I/O
+
+    def _tls_call(self, op: Callable[[], _T], what: str) -> _T:
+        """Run a pyOpenSSL operation on the non-blocking fd (a socket timeout makes it so)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return op()
+            except SSL.WantReadError:
+                write = False
+            except SSL.WantWriteError:
+                write = True
+            except (SSL.ZeroReturnError, SSL.SysCallError) as err:
+                raise _Eof() from err
+            except SSL.Error as err:
+                hint = ""
+                if self.endpoint.tls == "implicit" and "wrong version number" in str(err):
+                    hint = " - the port does not seem to speak implicit TLS"
+                raise VerifyError(
+                    f"TLS with {self.where} failed {what}: {_ssl_reason(err)}{hint}."
+                ) from err
+            if not _wait(self.sock, write, deadline - time.monotonic()):
+                raise VerifyError(f"{self.where} did not answer within {self.timeout:g} s {what}.")
+
+    def _recv(self, what: str) -> bytes:
+        try:
+            if self.tls is not None:
+                tls = self.tls
+                try:
+                    return self._tls_call(lambda: tls.recv(4096), what)
+                except _Eof:
+                    return b""
+            return self.sock.recv(4096)
+        except socket.timeout as err:
+            raise VerifyError(
+                f"{self.where} did not answer within {self.timeout:g} s {what}."
+            ) from err
+        except OSError as err:
+            raise VerifyError(
+                f"{self.where} dropped the connection {what}: {err.strerror or err}.",
+                retryable=True,
+            ) from err
+
+    def send(self, line: str) -> None:
+        """Send one command line (CRLF added)."""
+        data = line.encode("ascii") + b"\r\n"
+        what = f"while sending {line.split(' ', 1)[0]}"
+        try:
+            if self.tls is None:
+                self.sock.sendall(data)
+                return
+            tls = self.tls
+            sent = 0
+            while sent < len(data):
+                sent += self._tls_call(functools.partial(tls.send, data[sent:]), what)
+        except _Eof as err:
+            raise VerifyError(f"{self.where} closed the connection {what}.", True) from err
+        except socket.timeout as err:
+            raise VerifyError(f"{self.where} stalled {what}.") from err
+        except OSError as err:
+            raise VerifyError(
+                f"{self.where} dropped the connection {what}: {err.strerror or err}.",
+                retryable=True,
+            ) from err
+
+    def read_line(self, what: str) -> str:
+        """One line without its CRLF (bare LF tolerated), within the size limits."""
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                line, self.buf = self.buf[:end], self.buf[end + 1 :]
+                if len(line) > _MAX_LINE:
+                    break
+                return line.rstrip(b"\r").decode("utf-8", "replace")
+            if len(self.buf) > _MAX_LINE:
+                break
+            data = self._recv(what)
+            if not data:
+                raise VerifyError(f"{self.where} closed the connection {what}.", retryable=True)
+            self.total += len(data)
+            if self.total > _MAX_TOTAL:
+                raise VerifyError(
+                    f"{self.where} sent more than {_MAX_TOTAL // 1024} KiB {what}, "
+                    "which no mail server does."
+                )
+            self.buf += data
+        raise VerifyError(f"{self.where} sent a line longer than {_MAX_LINE} bytes {what}.")
+
+    # -- TLS
+
+    def refuse_early_data(self, command: str) -> None:
+        """Fail if the server sent anything after its reply to STARTTLS/STLS.
+
+        Such bytes would be taken for post-handshake data by a careless client
+        (CVE-2011-0411 class); a correct server stays silent until the ClientHello.
+        """
+        early = len(self.buf)
+        if not early and _wait(self.sock, False, min(_EARLY_DATA_WINDOW, self.timeout)):
+            try:
+                early = len(self.sock.recv(1, socket.MSG_PEEK))
+            except OSError:
+                early = 0
+            if not early:
+                raise VerifyError(
+                    f"{self.where} closed the connection right after accepting {command}.",
+                    retryable=True,
+                )
+        if early:
+            raise VerifyError(
+                f"{self.where} sent data before the TLS handshake (after its {command} reply),"
+                " so plaintext could be passed off as encrypted - refusing to trust it."
+            )
+
+    def start_tls(self, sni: str | None) -> None:
+        """Handshake (SNI only for DNS names) and record the served chain."""
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        # No trust store: the served certificate is compared by fingerprint instead.
+        ctx.set_verify(SSL.VERIFY_NONE)
+        conn = SSL.Connection(ctx, self.sock)
+        if sni and not _is_ip(sni):
+            try:
+                conn.set_tlsext_host_name(_a_label(sni).encode("ascii"))
+            except UnicodeError as err:
+                raise VerifyError(f"Cannot send {sni!r} as SNI to {self.where}.") from err
+        conn.set_connect_state()
+        try:
+            self._tls_call(conn.do_handshake, "during the TLS handshake")
+        except _Eof as err:
+            raise VerifyError(
+                f"{self.where} closed the connection during the TLS handshake.", True
+            ) from err
+        leaf = conn.get_peer_certificate()
+        if leaf is None:
+            raise VerifyError(f"{self.where} completed the TLS handshake without a certificate.")
+        self.leaf_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)
+        chain = conn.get_peer_cert_chain() or []
+        self.chain_der = [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]
+        if not self.chain_der:
+            self.chain_der = [self.leaf_der]
+        self.tls = conn
+
+    def quit(self, send_quit: Callable[[], object]) -> None:
+        """Say goodbye politely; errors no longer matter at this point."""
+        self.timeout = min(self.timeout, _QUIT_TIMEOUT)
+        try:
+            send_quit()
+        except (VerifyError, OSError, SSL.Error):
+            pass
+
+    # -- SMTP
+
+    def smtp_reply(self, what: str) -> tuple[int, list[str]]:
+        """A complete (multi-line) SMTP reply: code and the text of each line."""
+        code = ""
+        texts: list[str] = []
+        while True:
+            line = self.read_line(what)
+            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+                raise VerifyError(
+                    f"{self.where} sent {_printable(line)!r} {what}, which is not an SMTP reply."
+                )
+            if code and line[:3] != code:
+                raise VerifyError(
+                    f"{self.where} mixed reply codes {code} and {line[:3]} in one reply {what}."
+                )
+            code = line[:3]
+            texts.append(line[4:])
+            if line[3:4] != "-":
+                return int(code), texts
+
+    def ehlo(self, name: str) -> list[str]:
+        """EHLO and its keywords (the reply lines after the first)."""
+        self.send(f"EHLO {name}")
+        code, texts = self.smtp_reply("after EHLO")
+        if code != 250:
+            raise VerifyError(
+                f"{self.where} answered EHLO with {_printable(f'{code} {texts[0]}')!r}."
+            )
+        return texts[1:]
+
+    def local_name(self) -> str:
+        # An address literal needs no DNS lookup (socket.getfqdn() can hang).
+        address = str(self.sock.getsockname()[0]).split("%", 1)[0]
+        return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
+
+    # -- IMAP
+
+    def imap_command(self, command: str, what: str) -> tuple[str, str, list[str]]:
+        """Send a tagged command; return its status, text and the untagged lines."""
+        self.tag += 1
+        tag = f"a{self.tag}"
+        self.send(f"{tag} {command}")
+        untagged: list[str] = []
+        while True:
+            line = self.read_line(what)
+            if line.startswith("* "):
+                if line[2:6].upper() == "BYE ":
+                    raise VerifyError(
+                        f"{self.where} ended the session {what}: {_printable(line)!r}."
+                    )
+                untagged.append(line[2:])
+                continue
+            head, _, rest = line.partition(" ")
+            if head != tag:
+                raise VerifyError(
+                    f"{self.where} sent {_printable(line)!r} {what}, which is not an IMAP reply."
+                )
+            status, _, text = rest.partition(" ")
+            return status.upper(), text, untagged
+
+    def imap_capability(self) -> list[str]:
+        status, text, untagged = self.imap_command("CAPABILITY", "after CAPABILITY")
+        if status != "OK":
+            raise VerifyError(
+                f"{self.where} answered CAPABILITY with {_printable(status + ' ' + text)!r}."
+            )
+        for line in untagged:
+            words = line.split()
+            if words and words[0].upper() == "CAPABILITY":
+                return words[1:]
+        return _imap_code_capabilities(text)
+
+    # -- POP3
+
+    def pop3_capa(self) -> list[str]:
+        """CAPA lines; [] when the server does not know CAPA (-ERR)."""
+        self.send("CAPA")
+        status = self.read_line("after CAPA")
+        if status.startswith("-ERR"):
+            return []
+        if not status.startswith("+OK"):
+            raise VerifyError(
+                f"{self.where} sent {_printable(status)!r} after CAPA, which is not a POP3 reply."
+            )
+        lines: list[str] = []
+        while True:
+            line = self.read_line("after CAPA")
+            if line == ".":
+                return lines
+            lines.append(line[1:] if line.startswith("..") else line)
+
+
+def _imap_code_capabilities(text: str) -> list[str]:
+    """Atoms of a [CAPABILITY ...] response code, e.g. in Dovecot's greeting."""
+    match = re.search(r"\[CAPABILITY ([^\]]*)\]", text, re.IGNORECASE)
+    return match.group(1).split() if match else []
+
+
+def _has_keyword(capabilities: Iterable[str], keyword: str) -> bool:
+    return any(cap.split()[:1] == [keyword] for cap in (c.upper() for c in capabilities))
+
+
+def _smtp(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[str], list[str]]:
+    if not starttls:
+        conv.start_tls(sni)
+    code, texts = conv.smtp_reply("while waiting for the greeting")
+    if code != 220:
+        raise VerifyError(
+            f"{conv.where} greeted with {_printable(f'{code} {texts[0]}')!r} instead of 220."
+        )
+    name = conv.local_name()
+    caps = conv.ehlo(name)
+    before: list[str] = []
+    if starttls:
+        before = caps
+        if not _has_keyword(caps, "STARTTLS"):
+            raise VerifyError(f"{conv.where} does not advertise STARTTLS in its EHLO reply.")
+        conv.send("STARTTLS")
+        code, texts = conv.smtp_reply("after STARTTLS")
+        if code != 220:
+            hint = " - see the mail log (usually it cannot read its key)" if code == 454 else ""
+            raise VerifyError(
+                f"{conv.where} answered STARTTLS with {_printable(f'{code} {texts[0]}')!r}"
+                f" instead of 220{hint}."
+            )
+        conv.refuse_early_data("STARTTLS")
+        conv.start_tls(sni)
+        caps = conv.ehlo(name)
+
+    def bye() -> None:
+        conv.send("QUIT")
+        conv.smtp_reply("after QUIT")
+
+    conv.quit(bye)
+    return before, caps
+
+
+def _imap(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[str], list[str]]:
+    if not starttls:
+        conv.start_tls(sni)
+    greeting = conv.read_line("while waiting for the greeting")
+    if not greeting.upper().startswith("* OK"):
+        raise VerifyError(f"{conv.where} greeted with {_printable(greeting)!r} instead of * OK.")
+    caps = conv.imap_capability() or _imap_code_capabilities(greeting)
+    before: list[str] = []
+    if starttls:
+        before = caps
+        if "STARTTLS" not in (c.upper() for c in caps):
+            raise VerifyError(f"{conv.where} does not advertise STARTTLS in its capabilities.")
+        status, text, _ = conv.imap_command("STARTTLS", "after STARTTLS")
+        if status != "OK":
+            raise VerifyError(
+                f"{conv.where} answered STARTTLS with {_printable(status + ' ' + text)!r}"
+                " instead of OK."
+            )
+        conv.refuse_early_data("STARTTLS")
+        conv.start_tls(sni)
+        caps = conv.imap_capability()
+    conv.quit(lambda: conv.imap_command("LOGOUT", "after LOGOUT"))
+    return before, caps
+
+
+def _pop3(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[str], list[str]]:
+    if not starttls:
+        conv.start_tls(sni)
+    greeting = conv.read_line("while waiting for the greeting")
+    if not greeting.startswith("+OK"):
+        raise VerifyError(f"{conv.where} greeted with {_printable(greeting)!r} instead of +OK.")
+    caps = conv.pop3_capa()
+    before: list[str] = []
+    if starttls:
+        before = caps
+        if not _has_keyword(caps, "STLS"):
+            raise VerifyError(f"{conv.where} does not advertise STLS in its CAPA reply.")
+        conv.send("STLS")
+        reply = conv.read_line("after STLS")
+        if not reply.startswith("+OK"):
+            raise VerifyError(
+                f"{conv.where} answered STLS with {_printable(reply)!r} instead of +OK."
+            )
+        conv.refuse_early_data("STLS")
+        conv.start_tls(sni)
+        caps = conv.pop3_capa()
+
+    def bye() -> None:
+        conv.send("QUIT")
+        conv.read_line("after QUIT")
+
+    conv.quit(bye)
+    return before, caps
+
+
+_PROTOCOLS = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}
+
+
+def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0) -> Handshake:
+    """Connect, negotiate TLS as the endpoint is configured, and report what was served.
+
+    SNI is sent only when ``sni`` is a DNS name. Nothing is ever pipelined. Raises
+    VerifyError when nothing listens, the protocol exchange fails, STARTTLS is missing
+    or refused, the server sends data before the handshake, or TLS fails.
+    """
+    run = _PROTOCOLS.get(endpoint.protocol)
+    if run is None or endpoint.tls not in ("starttls", "implicit"):
+        raise VerifyError(
+            f"Cannot check {_where(endpoint)}: unknown protocol {endpoint.protocol!r} "
+            f"or TLS mode {endpoint.tls!r}."
+        )
+    try:
+        sock = socket.create_connection((endpoint.address, endpoint.port), timeout=timeout)
+    except ConnectionRefusedError as err:
+        raise VerifyError(
+            f"Nothing listens on {_where(endpoint)}: connection refused"
+            " - is the service running and listening there?",
+            retryable=True,
+        ) from err
+    except socket.timeout as err:
+        raise VerifyError(
+            f"Connecting to {_where(endpoint)} timed out after {timeout:g} s"
+            " - is a firewall dropping it?"
+        ) from err
+    except OSError as err:
+        raise VerifyError(f"Cannot connect to {_where(endpoint)}: {err.strerror or err}.") from err
+    try:
+        conv = _Conversation(endpoint, sock, timeout)
+        before, after = run(conv, endpoint.tls == "starttls", sni)
+        return Handshake(conv.leaf_der, conv.chain_der, before, after)
+    finally:
+        sock.close()
+
+
+# --- verdict ----------------------------------------------------------------------------
+
+
+def _days_left(not_after: datetime, now: datetime) -> int:
+    return int((not_after - now).total_seconds() // 86400)
+
+
+def _judge(
+    endpoint: Endpoint,
+    expected: ExpectedCert,
+    sni: str | None,
+    shake: Handshake,
+    now: datetime,
+) -> EndpointResult:
+    where = _where(endpoint)
+    served = _sha256(shake.leaf_der)
+    info = _cert_info(shake.leaf_der)
+    days_left = _days_left(info.not_after if info else expected.not_after, now)
+    target = sni or (expected.names[0] if expected.names else None)
+    name_ok: bool | None = None
+    if target is not None and info is not None:
+        if _is_ip(target):
+            wanted = ipaddress.ip_address(target.strip("[]").split("%", 1)[0])
+            name_ok = any(ipaddress.ip_address(ip) == wanted for ip in info.ip_addresses)
+        else:
+            name_ok = certificate_covers(info.dns_names, target)
+    elif target is not None:
+        name_ok = False
+
+    def result(status: str, chain: bool | None, message: str) -> EndpointResult:
+        return EndpointResult(
+            service=endpoint.service,
+            address=endpoint.address,
+            port=endpoint.port,
+            tls=endpoint.tls,
+            sni=sni if sni and not _is_ip(sni) else None,
+            status=status,
+            served_sha256=served,
+            expected_sha256=expected.leaf_sha256,
+            chain_complete=chain,
+            name_matches=name_ok,
+            days_left=days_left,
+            message=message,
+        )
+
+    if served != expected.leaf_sha256:
+        # Chain completeness is judged against the deployed fullchain: meaningless here.
+        return result(
+            "CRITICAL",
+            None,
+            f"{where} serves {_describe(shake.leaf_der, info)} instead of the deployed one"
+            f" (sha256 {expected.leaf_sha256[:16]}) - reload the service or check which"
+            " certificate file it reads.",
+        )
+
+    served_chain = {_sha256(der) for der in shake.chain_der[1:]}
+    chain_ok = all(h in served_chain for h in expected.intermediates_sha256)
+    problems: list[str] = []
+    if not chain_ok:
+        problems.append("serves the leaf without its chain - point the service at fullchain.pem")
+    if name_ok is False:
+        covered = ", ".join(_printable(n) for n in (info.dns_names if info else ())[:5])
+        problems.append(
+            f"serves a certificate that does not cover {_printable(str(target))}"
+            f" (it covers {covered or 'no DNS name'})"
+        )
+    if days_left < 0:
+        problems.append(f"serves a certificate that expired {-days_left} day(s) ago")
+    if problems:
+        return result("CRITICAL", chain_ok, f"{where} {'; '.join(problems)}.")
+    if days_left < WARN_DAYS:
+        return result(
+            "WARNING",
+            chain_ok,
+            f"{where} serves the deployed certificate, but it expires in {days_left} day(s)"
+            " - check that renewal works.",
+        )
+    return result(
+        "OK",
+        chain_ok,
+        f"{where} serves the deployed certificate (sha256 {served[:16]}) with its chain,"
+        f" valid for {_printable(str(target))} for {days_left} more days.",
+    )
+
+
+def check_endpoint(
+    endpoint: Endpoint,
+    expected: ExpectedCert,
+    sni: str | None,
+    retry_seconds: float = 5.0,
+    timeout: float = 10.0,
+    now: datetime | None = None,
+) -> EndpointResult:
+    """Handshake with endpoint and judge the served certificate against ``expected``.
+
+    CRITICAL when the endpoint cannot be reached or the protocol/TLS exchange fails,
+    another leaf is served, an intermediate of fullchain.pem is missing from the served
+    chain, the name (``sni``, else the first expected name) is not covered, or the
+    certificate has expired; WARNING when fewer than 14 days are left; OK otherwise.
+    While the connection is refused/dropped or another leaf is served, it retries about
+    every 0.2 s for ``retry_seconds`` (an old process may still answer after a reload)
+    and reports the last attempt.
+    """
+    deadline = time.monotonic() + retry_seconds
+    while True:
+        retry = False
+        try:
+            shake = handshake(endpoint, sni, timeout)
+        except VerifyError as err:
+            retry = err.retryable
+            result = EndpointResult(
+                service=endpoint.service,
+                address=endpoint.address,
+                port=endpoint.port,
+                tls=endpoint.tls,
+                sni=sni if sni and not _is_ip(sni) else None,
+                status="CRITICAL",
+                served_sha256=None,
+                expected_sha256=expected.leaf_sha256,
+                chain_complete=None,
+                name_matches=None,
+                days_left=None,
+                message=str(err),
+            )
+        else:
+            moment = now or datetime.now(timezone.utc)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            result = _judge(endpoint, expected, sni, shake, moment)
+            retry = result.served_sha256 != expected.leaf_sha256
+        remaining = deadline - time.monotonic()
+        if not retry or remaining <= 0:
+            return result
+        time.sleep(min(_RETRY_INTERVAL, remaining))
