@@ -12,10 +12,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-import re
 from typing import Any, Optional
 
 from certbot import errors

@@ -84,7 +84,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
     # -- helpers -------------------------------------------------------------
 
     @property
-    def postfix(self) -> postfix.Postfix:
+    def instance(self) -> postfix.Postfix:
         if self._postfix is None:
             raise errors.Error("The postfix-tls installer was used before prepare().")
         return self._postfix
@@ -121,7 +121,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
     # -- certbot.interfaces.Installer ----------------------------------------
 
     def get_all_names(self) -> Iterable[str]:
-        return sorted(self.postfix.all_names(self.postfix.read()))
+        return sorted(self.instance.all_names(self.instance.read()))
 
     def deploy_cert(
         self,
@@ -144,7 +144,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         files = postfix.CertificateFiles(
             chain_file=lineage.chain_file, fullchain=lineage.fullchain_path, key=lineage.key_path
         )
-        plan = postfix.plan_tls(self.postfix.read(), files, self._options())
+        plan = postfix.plan_tls(self.instance.read(), files, self._options())
         self._staged = _Staged(lineage, material, plan)
 
     def enhance(
@@ -168,7 +168,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
 
     def _apply(self, staged: _Staged, temporary: bool) -> None:
         state_path = State.path(self.config.config_dir)
-        touched = [self.postfix.main_cf, self.postfix.master_cf, staged.lineage.chain_file,
+        touched = [self.instance.main_cf, self.instance.master_cf, staged.lineage.chain_file,
                    state_path]
         existing = {path for path in touched if os.path.exists(path)}
         self.add_to_checkpoint(existing, f"postfix-tls: deploy {staged.lineage.name}", temporary)
@@ -177,9 +177,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             self.reverter.register_file_creation(temporary, *created)
         try:
             certs.write_atomic(staged.lineage.chain_file, staged.material.combined(), 0o600)
-            self.postfix.apply(staged.plan)
+            self.instance.apply(staged.plan)
             self._record(staged)
-            self.postfix.check()
+            self.instance.check()
         except errors.Error:
             self.recovery_routine()
             self._staged = None
@@ -189,7 +189,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
 
     def _record(self, staged: _Staged) -> None:
         state = State.load(self.config.config_dir)
-        state.postfix_dir = self.postfix.config_dir
+        state.postfix_dir = self.instance.config_dir
         state.verify = bool(self.conf("verify"))
         state.verify_address = str(self.conf("verify-address"))
         lineage = staged.lineage
@@ -207,7 +207,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
     def _report(self, staged: _Staged) -> None:
         plan = staged.plan
         lines = [f"postfix-tls: deployed {staged.lineage.name} to Postfix in "
-                 f"{self.postfix.config_dir}"]
+                 f"{self.instance.config_dir}"]
         lines += [f"  main.cf: {k} = {v}" for k, v in plan.main.items()]
         lines += [f"  master.cf: {p.service} -o {p.param}={p.value}" for p in plan.service_params]
         lines += [f"  note: {note}" for note in plan.notes]
@@ -220,10 +220,12 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         try:
             self.reverter.rollback_checkpoints(rollback)
         except errors.ReverterError as exc:
-            raise errors.PluginError(f"Rolling back the Postfix configuration failed: {exc}")
+            raise errors.PluginError(
+                f"Rolling back the Postfix configuration failed: {exc}"
+            ) from exc
 
     def config_test(self) -> None:
-        self.postfix.check()
+        self.instance.check()
 
     def restart(self) -> None:
         """Reload Postfix (never restart it) and verify what it serves.
@@ -231,16 +233,16 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         A stopped Postfix keeps its new configuration for its next start; it is
         not started here.
         """
-        if not self.postfix.running():
+        if not self.instance.running():
             message = (
-                f"Postfix ({self.postfix.config_dir}) is not running: its new configuration "
+                f"Postfix ({self.instance.config_dir}) is not running: its new configuration "
                 "takes effect when you start it; nothing was reloaded."
             )
             logger.warning(message)
             display_util.notify(f"WARNING: {message}")
             return
-        self.postfix.check()
-        self.postfix.reload()
+        self.instance.check()
+        self.instance.reload()
         state = State.load(self.config.config_dir)
         if state.verify and state.default in state.lineages:
             self._verify(state)
@@ -248,7 +250,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
     def _verify(self, state: State) -> None:
         lineage = state.lineages[str(state.default)]
         expected = verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
-        config = self.postfix.read()
+        config = self.instance.read()
         sni = lineage.names[0] if lineage.names else None
         failures = []
         for endpoint in postfix.endpoints(config, state.verify_address):

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -195,13 +195,17 @@ def _make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
             ),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
     )
-    ca_path, cert_path, key_path = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    ca_path = directory / "ca.pem"
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -222,6 +226,7 @@ class Pebble:
     workdir: Path
     proc: Optional[subprocess.Popen[bytes]] = None
     ca_bundle: Path = field(init=False)
+    _log: Optional[IO[bytes]] = None
 
     @property
     def directory_url(self) -> str:
@@ -257,9 +262,9 @@ class Pebble:
             "PEBBLE_WFE_NONCEREJECT": "0",
             "PEBBLE_AUTHZREUSE": "0",
         }
-        log = open(self.workdir / "pebble.log", "wb")  # noqa: SIM115 - lives with the process
+        self._log = open(self.workdir / "pebble.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(  # noqa: S603
-            [binary, "-config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
+            [binary, "-config", str(config)], stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
         wait_for_port(PEBBLE_PORT)
 
@@ -267,6 +272,8 @@ class Pebble:
         if self.proc is not None and self.proc.poll() is None:
             stop_pid(self.proc.pid)
             self.proc.wait()
+        if self._log is not None:
+            self._log.close()
 
 
 # --- certbot -----------------------------------------------------------------
@@ -312,10 +319,12 @@ class Certbot:
             "--http-01-port", str(HTTP01_PORT),
         ]
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, env: Optional[dict[str, str]] = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(  # noqa: S603
-            self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=300,
-            check=False,
+            self.argv(*args), env={**self.env(), **(env or {})}, capture_output=True, text=True,
+            timeout=300, check=False,
         )
         if check and proc.returncode != 0:
             raise LabError(f"certbot {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -352,6 +361,7 @@ class PostfixLab:
 
     config_dir: str = "/etc/postfix"
     log_file: str = "/var/log/postfix.log"
+    queue_directory: str = "/var/spool/postfix"
 
     def install_config(self, main_cf: str, master_cf: str) -> None:
         """Write main.cf/master.cf, pointed at loopback and logging to a file."""
@@ -380,8 +390,8 @@ class PostfixLab:
         wait_for_port(25)
 
     def master_pid(self) -> Optional[int]:
-        queue = self.postconf("-h", "queue_directory").strip()
-        return read_pid(f"{queue}/pid/master.pid")
+        # Read the pid file directly: a test may have broken main.cf on purpose.
+        return read_pid(f"{self.queue_directory}/pid/master.pid")
 
     def stop(self) -> None:
         pid = self.master_pid()

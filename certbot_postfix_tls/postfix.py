@@ -156,7 +156,9 @@ class MasterService:
         fields = split_master_args(line)
         if len(fields) < 8:
             raise ValueError(f"not a master.cf entry: {line!r}")
-        return cls(*fields[:8], args=tuple(fields[8:]))  # type: ignore[arg-type]
+        name, type_, private, unpriv, chroot, wakeup, maxproc, command = fields[:8]
+        return cls(name, type_, private, unpriv, chroot, wakeup, maxproc, command,
+                   tuple(fields[8:]))
 
     @property
     def key(self) -> str:
@@ -504,8 +506,9 @@ class Postfix:
             line for line in proc.stderr.splitlines() if "fatal:" in line or "warning:" in line
         ]
         if proc.returncode != 0 or any("fatal:" in p for p in problems):
+            where = config_dir or "its default directory"
             raise errors.MisconfigurationError(
-                f"postconf cannot read the Postfix configuration in {config_dir or 'its default directory'}: "
+                f"postconf cannot read the Postfix configuration in {where}: "
                 f"{process.last_line(proc.stderr) or 'exit ' + str(proc.returncode)}; fix it "
                 "(postfix check) and run certbot again."
             )
@@ -535,13 +538,15 @@ class Postfix:
     def check(self) -> None:
         """``postfix check``; raises MisconfigurationError with Postfix's own message."""
         proc = process.run(
-            ["postfix", "-c", self.config_dir, "check"], what="postfix check", check=False
+            ["postfix", "-c", self.config_dir, "check"], what="postfix check", check=False,
+            stderr_tty=True,
         )
         fatal = [line for line in (proc.stderr + proc.stdout).splitlines() if "fatal:" in line]
         if proc.returncode != 0 or fatal:
             reason = fatal[-1] if fatal else process.last_line(proc.stderr or proc.stdout)
             raise errors.MisconfigurationError(
-                f"postfix check failed for {self.config_dir}: {reason}"
+                f"postfix check failed for {self.config_dir}: "
+                f"{reason or 'exit ' + str(proc.returncode) + ', see the mail log'}"
             )
         bad = self.syntax_warnings()
         if bad:
@@ -552,7 +557,8 @@ class Postfix:
 
     def running(self) -> bool:
         proc = process.run(
-            ["postfix", "-c", self.config_dir, "status"], what="postfix status", check=False
+            ["postfix", "-c", self.config_dir, "status"], what="postfix status", check=False,
+            stderr_tty=True,
         )
         return proc.returncode == 0
 
@@ -561,6 +567,7 @@ class Postfix:
             ["postfix", "-c", self.config_dir, "reload"],
             what=f"postfix reload failed for {self.config_dir}",
             error=errors.MisconfigurationError,
+            stderr_tty=True,
         )
 
     def apply(self, plan: TLSPlan) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pty
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -37,12 +38,15 @@ def run(
     input_text: Optional[str] = None,
     timeout: float = 120,
     error: type[errors.Error] = errors.PluginError,
+    stderr_tty: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` and return the completed process.
 
     ``what`` names the action for error messages ("postconf could not read
     /etc/postfix/main.cf"). With ``check`` a non-zero exit raises ``error``
     whose message is one sentence: ``what``, then the command's own last line.
+    ``stderr_tty`` gives the command a terminal as stderr: Postfix's commands
+    only print their "fatal:" reasons there (otherwise just to the mail log).
     """
     tool = find_tool(argv[0]) if not os.path.isabs(argv[0]) else argv[0]
     if tool is None:
@@ -50,11 +54,14 @@ def run(
     full = [tool, *argv[1:]]
     logger.debug("running %s", full)
     run_env = None if env is None else {**os.environ, **env}
+    tty_reader, tty_writer = pty.openpty() if stderr_tty else (-1, -1)
     try:
         proc = subprocess.run(  # noqa: S603 - argv list, no shell
             full,
             input=input_text,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=tty_writer if stderr_tty else subprocess.PIPE,
+            stdin=None if input_text is not None else subprocess.DEVNULL,
             text=True,
             env=run_env,
             timeout=timeout,
@@ -64,9 +71,28 @@ def run(
         raise error(f"{what}: {argv[0]} did not finish within {timeout:.0f} s.") from exc
     except OSError as exc:
         raise error(f"{what}: {argv[0]} could not be run ({exc.strerror}).") from exc
+    finally:
+        if stderr_tty:
+            os.close(tty_writer)
+    if stderr_tty:
+        proc.stderr = _drain(tty_reader).replace("\r\n", "\n")
     if check and proc.returncode != 0:
-        raise error(f"{what}: {last_line(proc.stderr or proc.stdout) or 'exit ' + str(proc.returncode)}")
+        reason = last_line(proc.stderr or proc.stdout) or f"exit {proc.returncode}"
+        raise error(f"{what}: {reason}")
     return proc
+
+
+def _drain(fd: int) -> str:
+    """Everything written to a pty whose writers have all exited."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:  # EIO once the last writer is gone
+        pass
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def last_line(text: str) -> str:

@@ -774,7 +774,9 @@ def _judge(
             f" (it covers {covered or 'no DNS name'})"
         )
     if days_left < 0:
-        problems.append(f"serves a certificate that expired {-days_left} day(s) ago")
+        problems.append(
+            f"serves a certificate that expired {-days_left} day(s) ago - run certbot renew"
+        )
     if problems:
         return result("CRITICAL", chain_ok, f"{where} {'; '.join(problems)}.")
     if days_left < WARN_DAYS:

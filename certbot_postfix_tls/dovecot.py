@@ -1,0 +1,819 @@
+"""Dovecot: find its configuration files, decide the TLS changes, check and reload.
+
+Dovecot has no ``postconf -e``: its configuration is text spread over
+``!include``d files. The plugin therefore owns one file (SPEC section 4) and
+only ever touches other files by commenting out, with a marker, the lines that
+would compete with it. Deciding (``plan_config``) is a pure function of the
+files' text, so it is unit-tested on real Debian 12 (2.3) and Debian 13 (2.4)
+trees; talking to Dovecot (``doveconf``, ``doveadm``) is the ``Dovecot`` class.
+
+Syntax by version (checked against 2.3.19 and 2.4.1):
+- 2.3: ``ssl_cert = </path`` (``<`` = read the file; quoting the value turns
+  the ``<`` into a literal, so paths are written unquoted);
+- 2.4: ``ssl_server_cert_file = /path``; the same settings may also be written
+  inside a top-level ``ssl_server { cert_file = ... }`` block, which is treated
+  as top level here.
+"""
+
+from __future__ import annotations
+
+import glob
+import grp
+import logging
+import os
+import pwd
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Optional
+
+from certbot import errors
+
+from certbot_postfix_tls import process
+from certbot_postfix_tls.verify import Endpoint
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "/etc/dovecot/dovecot.conf"
+MARKER = "#certbot-postfix-tls# "
+"""Prefix of every line the plugin commented out in a file it does not own."""
+
+DEBIAN_PLUGIN_NAME = "99-certbot-postfix-tls.conf"  # sorts after Debian's conf.d files
+PLUGIN_NAME = "certbot-postfix-tls.conf"
+DEFAULT_BASE_DIR = "/run/dovecot"
+
+# Server certificate settings that must not compete with the plugin's file.
+# The alt_ pair is a second (e.g. ECDSA) certificate Dovecot would still serve.
+CERT_SETTINGS_23 = ("ssl_cert", "ssl_key", "ssl_alt_cert", "ssl_alt_key")
+CERT_SETTINGS_24 = (
+    "ssl_server_cert_file",
+    "ssl_server_key_file",
+    "ssl_server_alt_cert_file",
+    "ssl_server_alt_key_file",
+)
+# 2.4 short names inside a top-level ``ssl_server { }`` block.
+SSL_SERVER_SHORT_24 = ("cert_file", "key_file", "alt_cert_file", "alt_key_file")
+
+LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+
+# Dovecot include nesting is shallow in practice; this only stops include loops.
+_MAX_INCLUDE_DEPTH = 20
+# Values written unquoted (2.3's `<file` only works unquoted; 2.4 expands % and $).
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./@+=:,~-]*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_SAFE_NAME = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*\.?$")
+_INCLUDE = re.compile(r"^!(include_try|include)\s+(.+)$")
+_SETTING = re.compile(r"^([A-Za-z0-9_./-]+)\s*=")
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    """The certificate Dovecot should serve: full chain and private key paths."""
+
+    fullchain: str
+    key: str
+
+
+@dataclass
+class DovecotPlan:
+    """Every file to write, which of them are new, and what to tell the administrator."""
+
+    writes: dict[str, str] = field(default_factory=dict)  # path -> full new content
+    creates: list[str] = field(default_factory=list)  # paths in writes that do not exist yet
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.writes
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``name = value`` line (or continued lines) of a configuration file."""
+
+    path: str
+    first_line: int  # 0-based index of the first physical line
+    end_line: int  # index after the last physical line (continuations included)
+    name: str
+    value: str
+    blocks: tuple[str, ...]  # enclosing block headers, outermost first
+
+    @property
+    def lineno(self) -> int:
+        """1-based line number, as Dovecot reports it."""
+        return self.first_line + 1
+
+
+@dataclass(frozen=True)
+class Include:
+    """One ``!include``/``!include_try`` line and what it matched."""
+
+    path: str  # the including file
+    lineno: int  # 1-based
+    pattern: str  # absolute glob
+    optional: bool
+    blocks: tuple[str, ...]
+    matches: tuple[str, ...]
+
+
+@dataclass
+class ConfigTree:
+    """The text of every file Dovecot reads for one dovecot.conf, in reading order."""
+
+    main: str
+    files: dict[str, str] = field(default_factory=dict)
+    settings: list[Setting] = field(default_factory=list)
+    includes: list[Include] = field(default_factory=list)
+    # Files the plan may write that Dovecot does not read (yet): path -> text or None.
+    extra: dict[str, Optional[str]] = field(default_factory=dict)
+
+    def text(self, path: str) -> Optional[str]:
+        """The current text of a file, None when it does not exist."""
+        if path in self.files:
+            return self.files[path]
+        return self.extra.get(path)
+
+    def included(self, path: str) -> bool:
+        """Whether a top-level include (of the main file's level) covers ``path``."""
+        return any(
+            not inc.blocks and (path in inc.matches or fnmatch(path, inc.pattern))
+            for inc in self.includes
+        )
+
+
+# --- reading configuration files --------------------------------------------------------
+
+
+def _strip_comment(line: str) -> str:
+    """The line without its ``#`` comment ('#' inside double quotes is kept)."""
+    quoted = False
+    for i, char in enumerate(line):
+        if char == '"' and (i == 0 or line[i - 1] != "\\"):
+            quoted = not quoted
+        elif char == "#" and not quoted:
+            return line[:i]
+    return line
+
+
+def _logical_lines(text: str) -> list[tuple[int, int, str]]:
+    """(first, end, code) per logical line: backslash continuations joined, comments cut."""
+    physical = text.splitlines()
+    result: list[tuple[int, int, str]] = []
+    i = 0
+    while i < len(physical):
+        first = i
+        line = physical[i]
+        while line.endswith("\\") and i + 1 < len(physical):
+            i += 1
+            line = line[:-1] + physical[i]
+        i += 1
+        result.append((first, i, _strip_comment(line).strip()))
+    return result
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def read_config(
+    config_file: str, extra: Sequence[str] = (), skip_missing_includes: bool = False
+) -> ConfigTree:
+    """Read ``config_file`` and every file it includes, as Dovecot would.
+
+    ``!include`` and ``!include_try`` take globs relative to the including file,
+    expanded in sorted order, and may appear inside blocks (their settings are then
+    inside that block). An ``!include`` that matches nothing is an error for Dovecot,
+    so it raises MisconfigurationError here too. ``extra`` files are read as well
+    (or recorded as missing) without being parsed.
+    """
+    tree = ConfigTree(main=os.path.abspath(config_file))
+    try:
+        text = Path(tree.main).read_text()
+    except OSError as exc:
+        raise errors.MisconfigurationError(
+            f"Cannot read the Dovecot configuration {tree.main}: {exc.strerror}; "
+            "pass the right file with --postfix-tls-dovecot-config."
+        ) from exc
+    _parse_file(tree, tree.main, text, (), 0, skip_missing_includes)
+    for path in extra:
+        path = os.path.abspath(path)
+        if path not in tree.files:
+            try:
+                tree.extra[path] = Path(path).read_text()
+            except FileNotFoundError:
+                tree.extra[path] = None
+            except OSError as exc:
+                raise errors.MisconfigurationError(
+                    f"Cannot read {path}: {exc.strerror}; fix its permissions and retry."
+                ) from exc
+    return tree
+
+
+def _parse_file(
+    tree: ConfigTree,
+    path: str,
+    text: str,
+    outer: tuple[str, ...],
+    depth: int,
+    skip_missing: bool,
+) -> None:
+    tree.files[path] = text
+    blocks = list(outer)
+    for first, end, code in _logical_lines(text):
+        if not code:
+            continue
+        include = _INCLUDE.match(code)
+        if include:
+            _follow_include(tree, path, first + 1, include, tuple(blocks), depth, skip_missing)
+        elif code.startswith("}"):
+            if len(blocks) > len(outer):
+                blocks.pop()
+        elif code.endswith("{") and "=" not in code.split("{", 1)[0]:
+            blocks.append(" ".join(code[:-1].split()))
+        else:
+            setting = _SETTING.match(code)
+            if setting:
+                value = _unquote(code[setting.end() :])
+                tree.settings.append(
+                    Setting(path, first, end, setting.group(1), value, tuple(blocks))
+                )
+
+
+def _follow_include(
+    tree: ConfigTree,
+    path: str,
+    lineno: int,
+    include: re.Match[str],
+    blocks: tuple[str, ...],
+    depth: int,
+    skip_missing: bool,
+) -> None:
+    optional = include.group(1) == "include_try"
+    pattern = os.path.normpath(
+        os.path.join(os.path.dirname(path), os.path.expanduser(_unquote(include.group(2))))
+    )
+    matches = tuple(sorted(p for p in glob.glob(pattern) if os.path.isfile(p)))
+    tree.includes.append(Include(path, lineno, pattern, optional, blocks, matches))
+    if not matches and not optional and not skip_missing:
+        raise errors.MisconfigurationError(
+            f"{path} line {lineno} includes {pattern}, which matches no file, so Dovecot "
+            "would refuse to start: create the file, or use !include_try, or remove the line."
+        )
+    if depth >= _MAX_INCLUDE_DEPTH:
+        raise errors.MisconfigurationError(
+            f"{path} line {lineno}: includes are nested more than {_MAX_INCLUDE_DEPTH} deep "
+            "(an include loop?); fix the !include lines."
+        )
+    for match in matches:
+        try:
+            text = Path(match).read_text()
+        except OSError as exc:
+            if optional and isinstance(exc, FileNotFoundError):
+                continue
+            raise errors.MisconfigurationError(
+                f"Cannot read {match} (included from {path} line {lineno}): {exc.strerror}."
+            ) from exc
+        _parse_file(tree, match, text, blocks, depth + 1, skip_missing)
+
+
+def _main_includes(config_file: str, text: str) -> list[tuple[str, bool]]:
+    """(absolute pattern, optional) of the top-level includes written in the main file."""
+    result: list[tuple[str, bool]] = []
+    depth = 0
+    for _first, _end, code in _logical_lines(text):
+        if not code:
+            continue
+        include = _INCLUDE.match(code)
+        if include and depth == 0:
+            pattern = os.path.join(os.path.dirname(config_file), _unquote(include.group(2)))
+            result.append((os.path.normpath(pattern), include.group(1) == "include_try"))
+        elif code.startswith("}"):
+            depth = max(0, depth - 1)
+        elif code.endswith("{") and "=" not in code.split("{", 1)[0]:
+            depth += 1
+    return result
+
+
+def plugin_layout(config_file: str, text: str) -> tuple[str, Optional[str]]:
+    """Where the plugin's file goes, and which file must include it (None: a glob does).
+
+    Debian's dovecot.conf reads ``conf.d/*.conf``: the file is
+    conf.d/99-certbot-postfix-tls.conf, read after Debian's own files. Otherwise it is
+    certbot-postfix-tls.conf next to dovecot.conf, included from local.conf when
+    dovecot.conf includes that (the place meant for local changes), else from
+    dovecot.conf itself.
+    """
+    config_file = os.path.abspath(config_file)
+    includes = _main_includes(config_file, text)
+    for pattern, _optional in includes:
+        directory, base = os.path.split(pattern)
+        if any(c in base for c in "*?[") and fnmatch(DEBIAN_PLUGIN_NAME, base):
+            if not any(c in directory for c in "*?["):
+                return os.path.join(directory, DEBIAN_PLUGIN_NAME), None
+    here = os.path.dirname(config_file)
+    local_conf = os.path.join(here, "local.conf")
+    if any(pattern == local_conf for pattern, _optional in includes):
+        return os.path.join(here, PLUGIN_NAME), local_conf
+    return os.path.join(here, PLUGIN_NAME), config_file
+
+
+# --- deciding -------------------------------------------------------------------------
+
+
+def _uses_24(version: Sequence[int]) -> bool:
+    return tuple(version) >= (2, 4)
+
+
+def _check_path(path: str) -> str:
+    if not _SAFE_PATH.match(path):
+        raise errors.PluginError(
+            f"The certificate path {path!r} is not absolute or contains characters that "
+            "cannot be written unquoted in Dovecot's configuration; use a lineage whose "
+            "path has only letters, digits and ._-/@+=:,~."
+        )
+    return path
+
+
+def _cert_lines(v24: bool, cert: CertFiles, indent: str) -> list[str]:
+    fullchain, key = _check_path(cert.fullchain), _check_path(cert.key)
+    if v24:
+        return [
+            f"{indent}ssl_server_cert_file = {fullchain}",
+            f"{indent}ssl_server_key_file = {key}",
+        ]
+    return [f"{indent}ssl_cert = <{fullchain}", f"{indent}ssl_key = <{key}"]
+
+
+def render_plugin_file(
+    version: Sequence[int],
+    cert: CertFiles,
+    sasl_listener: Optional[str] = None,
+    sni: Sequence[tuple[Sequence[str], CertFiles]] = (),
+) -> str:
+    """The plugin's Dovecot file: default cert, SNI ``local_name`` blocks, SASL socket.
+
+    Deterministic (SNI names sorted, first lineage wins a name) so that planning
+    again gives the same bytes, whatever order the lineages were deployed in.
+    """
+    v24 = _uses_24(version)
+    lines = [
+        "# Managed by certbot-postfix-tls: the certificate Dovecot serves for IMAP/POP3.",
+        "# Rewritten on every deploy; `certbot rollback` restores the previous state.",
+        "",
+        *_cert_lines(v24, cert, ""),
+    ]
+    by_name: dict[str, CertFiles] = {}
+    for names, files in sni:
+        for name in names:
+            if not _SAFE_NAME.match(name):
+                raise errors.PluginError(
+                    f"{name!r} is not a host name Dovecot's local_name can match; "
+                    "remove it from the certificate's names."
+                )
+            by_name.setdefault(name.lower().rstrip("."), files)
+    for name in sorted(by_name):
+        lines += ["", f"local_name {name} {{", *_cert_lines(v24, by_name[name], "  "), "}"]
+    if sasl_listener:
+        if not _SAFE_PATH.match(sasl_listener):
+            raise errors.PluginError(
+                f"The SASL socket path {sasl_listener!r} is not absolute or contains "
+                "characters Dovecot's configuration cannot hold unquoted."
+            )
+        lines += [
+            "",
+            "# Postfix's SASL (smtpd_sasl_type = dovecot) for the submission service.",
+            "service auth {",
+            f"  unix_listener {sasl_listener} {{",
+            "    mode = 0660",
+            "    user = postfix",
+            "    group = postfix",
+            "  }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def competing_settings(tree: ConfigTree, version: Sequence[int], plugin_file: str) -> list[Setting]:
+    """Top-level server cert/key settings outside the plugin's file (SPEC section 4).
+
+    Settings inside ``local_name``/``protocol``/... blocks of other files are the
+    operator's and are left alone; a 2.4 top-level ``ssl_server { }`` block is the
+    same as top level.
+    """
+    v24 = _uses_24(version)
+    names = CERT_SETTINGS_24 if v24 else CERT_SETTINGS_23
+    result = []
+    for setting in tree.settings:
+        if setting.path == plugin_file:
+            continue
+        if not setting.blocks and setting.name in names:
+            result.append(setting)
+        elif (
+            v24
+            and setting.blocks == ("ssl_server",)
+            and setting.name in (*names, *SSL_SERVER_SHORT_24)
+        ):
+            result.append(setting)
+    return result
+
+
+def comment_out(text: str, settings: Sequence[Setting]) -> str:
+    """``text`` with the lines of ``settings`` prefixed by MARKER, every other byte kept."""
+    lines = text.splitlines(keepends=True)
+    marked: set[int] = set()
+    for setting in settings:
+        marked.update(range(setting.first_line, setting.end_line))
+    return "".join(MARKER + line if i in marked else line for i, line in enumerate(lines))
+
+
+def uncomment(text: str) -> str:
+    """Undo ``comment_out`` (for undeploy when the reverter's checkpoint is gone)."""
+    return "".join(
+        line[len(MARKER) :] if line.startswith(MARKER) else line
+        for line in text.splitlines(keepends=True)
+    )
+
+
+def _include_line(include_from: str, plugin_file: str) -> str:
+    if os.path.dirname(include_from) == os.path.dirname(plugin_file):
+        return f"!include {os.path.basename(plugin_file)}"
+    return f"!include {plugin_file}"
+
+
+def plan_config(
+    tree: ConfigTree,
+    version: Sequence[int],
+    plugin_file: str,
+    include_from: Optional[str],
+    cert: CertFiles,
+    sasl_listener: Optional[str] = None,
+    sni: Sequence[tuple[Sequence[str], CertFiles]] = (),
+) -> DovecotPlan:
+    """Every file change that makes ``cert`` the only server certificate in effect.
+
+    Pure: works on ``tree`` (from ``read_config``, which must also have read
+    ``plugin_file`` and ``include_from`` as extras). Planning again after applying
+    the result gives an empty plan.
+    """
+    plan = DovecotPlan()
+    new_text: dict[str, str] = {}
+
+    wanted = render_plugin_file(version, cert, sasl_listener, sni)
+    current = tree.text(plugin_file)
+    if current != wanted:
+        new_text[plugin_file] = wanted
+        if current is None:
+            plan.creates.append(plugin_file)
+        kind = "2.4 ssl_server_cert_file/key_file" if _uses_24(version) else "2.3 ssl_cert/ssl_key"
+        plan.notes.append(f"wrote {plugin_file} ({kind} for {cert.fullchain})")
+
+    by_file: dict[str, list[Setting]] = {}
+    for setting in competing_settings(tree, version, plugin_file):
+        by_file.setdefault(setting.path, []).append(setting)
+    for path, settings in by_file.items():
+        new_text[path] = comment_out(tree.files[path], settings)
+        for setting in settings:
+            plan.notes.append(
+                f"commented out {setting.name} in {path} line {setting.lineno}: "
+                f"only {os.path.basename(plugin_file)} sets the certificate now"
+            )
+
+    if include_from is not None and not tree.included(plugin_file):
+        base = new_text.get(include_from, tree.text(include_from))
+        line = _include_line(include_from, plugin_file)
+        if base is None:
+            plan.creates.append(include_from)
+            base = ""
+        elif base and not base.endswith("\n"):
+            base += "\n"
+        new_text[include_from] = (
+            base + "# certbot-postfix-tls: the certificate for IMAP/POP3 (certbot rollback "
+            "removes this)\n" + line + "\n"
+        )
+        plan.notes.append(f"added `{line}` to {include_from}")
+
+    plan.writes = new_text
+    return plan
+
+
+# --- effective configuration (doveconf output) -----------------------------------------
+
+
+@dataclass
+class Section:
+    """One block of ``doveconf`` output: its settings and its sub-blocks, in order."""
+
+    settings: dict[str, str] = field(default_factory=dict)
+    children: list[tuple[str, Section]] = field(default_factory=list)
+
+
+def parse_doveconf(text: str) -> Section:
+    """Parse what ``doveconf`` prints (``name = value`` lines, ``header {`` ... ``}``)."""
+    root = Section()
+    stack = [root]
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line == "}":
+            if len(stack) > 1:
+                stack.pop()
+        elif line.endswith("{") and "=" not in line:
+            child = Section()
+            stack[-1].children.append((" ".join(line[:-1].split()), child))
+            stack.append(child)
+        else:
+            name, sep, value = line.partition("=")
+            if sep:
+                stack[-1].settings[name.strip()] = value.strip()
+    return root
+
+
+def _protocols(root: Section) -> set[str]:
+    if "protocols" in root.settings:  # 2.3: protocols = imap pop3
+        return set(root.settings["protocols"].split())
+    for header, child in root.children:  # 2.4: protocols { imap = yes }
+        if header == "protocols":
+            return {name for name, value in child.settings.items() if value == "yes"}
+    return set()
+
+
+def _addresses(listen: str, verify_address: str) -> list[str]:
+    result: list[str] = []
+    for item in re.split(r"[,\s]+", listen.strip()):
+        item = item.strip("[]")
+        if not item:
+            continue
+        address = verify_address if item in ("*", "::") else item
+        if address not in result:
+            result.append(address)
+    return result
+
+
+def endpoints_from_doveconf(text: str, verify_address: str) -> list[Endpoint]:
+    """IMAP/POP3 TLS endpoints from ``doveconf protocols listen ssl service/...`` output.
+
+    Listeners with port 0 are disabled; haproxy listeners expect a PROXY header
+    first, which the verifier cannot send, so they are left out; ``ssl = no``
+    means no TLS anywhere. A listener's own address (2.3 ``address``, 2.4
+    ``listen``) wins over the global ``listen``; ``*``/``::`` become verify_address.
+    """
+    root = parse_doveconf(text)
+    if root.settings.get("ssl", "yes") == "no":
+        return []
+    protocols = _protocols(root)
+    listen = root.settings.get("listen", "*, ::")
+    result: list[Endpoint] = []
+    for header, service in root.children:
+        kind, _, name = header.partition(" ")
+        if kind != "service":
+            continue
+        protocol = service.settings.get("protocol") or LOGIN_SERVICES.get(name, "")
+        is_login = name in LOGIN_SERVICES or service.settings.get("type") == "login"
+        if not is_login or protocol not in ("imap", "pop3") or protocol not in protocols:
+            continue
+        for lheader, listener in service.children:
+            lkind, _, lname = lheader.partition(" ")
+            if lkind != "inet_listener":
+                continue
+            try:
+                port = int(listener.settings.get("port", "0") or "0")
+            except ValueError:
+                continue
+            if port == 0 or listener.settings.get("haproxy") == "yes":
+                continue
+            tls = "implicit" if listener.settings.get("ssl") == "yes" else "starttls"
+            where = listener.settings.get("address") or listener.settings.get("listen") or listen
+            for address in _addresses(where, verify_address):
+                endpoint = Endpoint("dovecot", protocol, address, port, tls, lname or protocol)
+                if endpoint not in result:
+                    result.append(endpoint)
+    return result
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``2.3.19.1 (9b53102964)`` -> (2, 3, 19, 1); ``2.4.1-4 (7d8c0e5759)`` -> (2, 4, 1)."""
+    token = text.strip().split()[0] if text.strip() else ""
+    numbers = re.findall(r"\d+", token.split("-")[0])
+    return tuple(int(n) for n in numbers) or (0,)
+
+
+# --- the service ----------------------------------------------------------------------
+
+
+def _doveconf_problem(proc_stderr: str, proc_stdout: str, returncode: int) -> str:
+    """doveconf's own reason: its Fatal/Error line without the program prefix."""
+    lines = [line for line in proc_stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Fatal:" in line or "Error:" in line:
+            return line.split(": ", 1)[-1].replace("Fatal: ", "").replace("Error: ", "").strip()
+    return process.last_line(proc_stderr or proc_stdout) or f"exit {returncode}"
+
+
+class Dovecot:
+    """One Dovecot instance, addressed by its dovecot.conf (``doveconf -c FILE``)."""
+
+    def __init__(
+        self, config_file: str = DEFAULT_CONFIG, version: Optional[Sequence[int]] = None
+    ) -> None:
+        if process.find_tool("doveconf") is None:
+            raise errors.NoInstallationError(
+                "Dovecot is not installed (doveconf was not found): install dovecot-imapd "
+                "or dovecot-pop3d, or leave dovecot out of --postfix-tls-services."
+            )
+        self.config_file = os.path.abspath(config_file)
+        if not os.path.isfile(self.config_file):
+            raise errors.NoInstallationError(
+                f"{self.config_file} does not exist: pass Dovecot's configuration file with "
+                "--postfix-tls-dovecot-config."
+            )
+        self.version: tuple[int, ...] = (
+            tuple(version) if version is not None else self._detect_version()
+        )
+        try:
+            main_text = Path(self.config_file).read_text()
+        except OSError as exc:
+            raise errors.MisconfigurationError(
+                f"Cannot read {self.config_file}: {exc.strerror}; run certbot as root."
+            ) from exc
+        self.plugin_file, self.include_from = plugin_layout(self.config_file, main_text)
+
+    def _detect_version(self) -> tuple[int, ...]:
+        if process.find_tool("dovecot") is not None:
+            proc = process.run(["dovecot", "--version"], what="dovecot --version", check=False)
+            if proc.returncode == 0 and proc.stdout.strip():
+                return parse_version(proc.stdout)
+        # doveconf's header line: "# 2.3.19.1 (9b53102964): /etc/dovecot/dovecot.conf"
+        proc = self._doveconf("-n", check=False)
+        match = re.match(r"#\s*(\S+)", proc.stdout)
+        if match:
+            return parse_version(match.group(1))
+        raise errors.NoInstallationError(
+            f"Cannot tell which Dovecot version reads {self.config_file} (dovecot --version "
+            "and doveconf -n failed): check the Dovecot installation."
+        )
+
+    @property
+    def uses_24_syntax(self) -> bool:
+        """Dovecot 2.4 renamed the certificate settings (ssl_server_cert_file)."""
+        return _uses_24(self.version)
+
+    def _doveconf(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = process.run(
+            ["doveconf", "-c", self.config_file, *args],
+            what=f"doveconf could not read {self.config_file}",
+            check=False,
+            error=errors.MisconfigurationError,
+        )
+        if check and proc.returncode != 0:
+            raise errors.MisconfigurationError(
+                f"Dovecot rejects its configuration {self.config_file}: "
+                f"{_doveconf_problem(proc.stderr, proc.stdout, proc.returncode)}; fix it "
+                "(doveconf -n shows the problem) and run certbot again."
+            )
+        return proc
+
+    def check_syntax(self) -> None:
+        """Refuse a configuration that doveconf already rejects without reading cert files.
+
+        For use before planning: a missing ``<file`` (Debian's snakeoil) is not an
+        error here, since the plan is what replaces it.
+        """
+        self._doveconf("base_dir")
+
+    def check(self) -> None:
+        """The configuration check Dovecot's own start does, cert/key files included.
+
+        ``doveconf -n`` exits 0 when an ``ssl_cert = <file`` is missing; ``-x``
+        expands file values and fails like ``dovecot`` would, on 2.3 and 2.4. A
+        setting name is given so that no key material is printed.
+        """
+        proc = self._doveconf("-x", "base_dir", check=False)
+        if proc.returncode != 0:
+            raise errors.MisconfigurationError(
+                f"Dovecot's configuration check (doveconf -x) fails for {self.config_file}: "
+                f"{_doveconf_problem(proc.stderr, proc.stdout, proc.returncode)}; "
+                "Dovecot would not start or reload with it."
+            )
+
+    def base_dir(self) -> str:
+        """Dovecot's runtime directory (master.pid lives there)."""
+        proc = self._doveconf("base_dir", check=False)
+        values = parse_doveconf(proc.stdout).settings if proc.returncode == 0 else {}
+        return values.get("base_dir") or DEFAULT_BASE_DIR
+
+    def master_pid(self) -> Optional[int]:
+        """The pid of a live Dovecot master for this configuration, if any."""
+        try:
+            pid = int(Path(self.base_dir(), "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        try:  # a stale pid file may name an unrelated process
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return pid
+        return pid if comm.startswith("dovecot") else None
+
+    def running(self) -> bool:
+        """Whether this Dovecot's master process runs (base_dir/master.pid, alive)."""
+        return self.master_pid() is not None
+
+    def reload(self) -> None:
+        """``doveadm reload`` (SIGHUP: listeners kept) after the full config check.
+
+        Dovecot refuses an invalid new config on reload and only logs it, so the
+        check runs first and raises instead.
+        """
+        self.check()
+        process.run(
+            ["doveadm", "-c", self.config_file, "reload"],
+            what=f"doveadm reload failed for {self.config_file}",
+            error=errors.MisconfigurationError,
+        )
+
+    def read(self) -> ConfigTree:
+        """Every file Dovecot reads, plus the plugin's file and its include target."""
+        extra = [self.plugin_file] + ([self.include_from] if self.include_from else [])
+        return read_config(self.config_file, extra)
+
+    def plan(
+        self,
+        cert: CertFiles,
+        sasl_listener: Optional[str] = None,
+        sni: Sequence[tuple[Sequence[str], CertFiles]] = (),
+    ) -> DovecotPlan:
+        """What to write so that ``cert`` (and ``sni`` by name) is what Dovecot serves.
+
+        ``sasl_listener`` is the absolute path of the auth socket Postfix connects to
+        (``<queue_directory>/private/auth``); its directory and the postfix user and
+        group must exist, or Dovecot would fail to start.
+        """
+        if sasl_listener:
+            directory = os.path.dirname(sasl_listener)
+            if not os.path.isdir(directory):
+                raise errors.MisconfigurationError(
+                    f"Dovecot cannot create Postfix's SASL socket {sasl_listener}: "
+                    f"{directory} does not exist; check Postfix's queue_directory."
+                )
+            try:
+                pwd.getpwnam("postfix")
+                grp.getgrnam("postfix")
+            except KeyError as exc:
+                raise errors.MisconfigurationError(
+                    f"Dovecot's SASL socket {sasl_listener} needs the postfix user and group, "
+                    "which do not exist: install Postfix first."
+                ) from exc
+        return plan_config(
+            self.read(), self.version, self.plugin_file, self.include_from, cert,
+            sasl_listener, sni,
+        )
+
+    def apply(self, plan: DovecotPlan) -> None:
+        """Write the plan's files (new files 0644 like Debian's conf.d; modes kept)."""
+        for path, text in plan.writes.items():
+            _write_atomic(path, text)
+
+    def endpoints(self, verify_address: str) -> list[Endpoint]:
+        """Enabled IMAP/POP3 TLS endpoints of the effective configuration."""
+        proc = self._doveconf("protocols", "listen", "ssl", "service/imap-login",
+                              "service/pop3-login")
+        return endpoints_from_doveconf(proc.stdout, verify_address)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Replace ``path`` by temp file + rename, keeping an existing file's mode and owner."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.certbot-postfix-tls.tmp")
+    try:
+        st: Optional[os.stat_result] = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+            if st is not None:
+                os.fchmod(handle.fileno(), st.st_mode & 0o7777)
+                os.fchown(handle.fileno(), st.st_uid, st.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+

@@ -1,0 +1,388 @@
+"""Private-key permissions: readable by root and the key group, nobody else (SPEC section 5).
+
+certbot makes live/ and archive/ 0700 and each new key 0600, then copies the
+previous key's group bits *and its world-read bit* to the renewed key, so a
+key that was ever world-readable stays so forever. Here the lineage's keys
+become root:<key group> 0640 at most with no "other" bit, and the four
+directories on the way to them become root:<key group> 0750.
+
+Nothing here follows a symbolic link when changing an owner or a mode: every
+path component below certbot's config dir is opened relative to its parent
+with O_NOFOLLOW, checked (type, inode) and changed through the descriptor
+(fchown/fchmod). A symlink where certbot keeps a real file or directory, or a
+live/ key link resolving outside the lineage's archive/ directory, is refused
+before anything is changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import grp
+import logging
+import os
+import pwd
+import re
+import stat
+from dataclasses import dataclass
+from typing import Optional
+
+from certbot import errors
+
+from certbot_postfix_tls import certs, process
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KEY_GROUP = "ssl-cert"  # Debian's convention (package ssl-cert)
+KEY_MAX_MODE = 0o640
+KEY_MIN_MODE = 0o440  # the key group must be able to read the key, or the group is pointless
+DIR_MODE = 0o750  # owner rwx, key group traverse + list, nothing for other
+KEY_PATTERN = "privkey*.pem"
+
+# A plain group name as shadow-utils accepts it; no leading '-' (option
+# injection into groupadd), no '/', no whitespace, not all digits (a gid).
+_GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
+
+
+# --- names ------------------------------------------------------------------------
+
+
+def _gid_of(group: str) -> Optional[int]:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _check_group_name(name: str) -> None:
+    if not _GROUP_NAME.match(name) or name.isdigit():
+        raise errors.PluginError(
+            f"The key group name {name!r} is not a plain group name: pass a name such as "
+            f"{DEFAULT_KEY_GROUP} to --postfix-tls-key-group."
+        )
+
+
+def ensure_group(name: str) -> tuple[int, bool]:
+    """Return ``(gid, created)`` for the key group, creating it as a system group if missing."""
+    _check_group_name(name)
+    gid = _gid_of(name)
+    if gid is not None:
+        return gid, False
+    proc = process.run(
+        ["groupadd", "--system", name],
+        what=f"The key group {name} does not exist and groupadd could not create it "
+             f"(create it yourself with groupadd --system {name})",
+        check=False,
+    )
+    gid = _gid_of(name)
+    if gid is None:
+        raise errors.PluginError(
+            f"The key group {name} does not exist and groupadd --system {name} failed "
+            f"({process.last_line(proc.stderr or proc.stdout) or 'exit ' + str(proc.returncode)}): "
+            "create the group yourself or choose an existing one with --postfix-tls-key-group."
+        )
+    if proc.returncode != 0:
+        # Someone else created it between our look-up and groupadd.
+        return gid, False
+    logger.info("Created the system group %s (gid %d) for private-key access.", name, gid)
+    return gid, True
+
+
+def _require_gid(group: str) -> int:
+    _check_group_name(group)
+    gid = _gid_of(group)
+    if gid is None:
+        raise errors.PluginError(
+            f"The key group {group} does not exist: create it with groupadd --system {group} "
+            "or choose an existing one with --postfix-tls-key-group."
+        )
+    return gid
+
+
+# --- the O_NOFOLLOW primitive -----------------------------------------------------------
+
+
+def _refuse_link(path: str, kind: str) -> errors.PluginError:
+    return errors.PluginError(
+        f"Refusing to change {path}: it is a symbolic link where certbot keeps a real {kind}, "
+        "so nothing was changed; find out who planted it and restore the lineage "
+        "(certbot renew --force-renewal recreates its files)."
+    )
+
+
+def _open_nofollow(dir_fd: Optional[int], name: str, path: str, want_dir: bool) -> int:
+    """Open ``name`` (relative to ``dir_fd``) without following a final symlink.
+
+    ``path`` is only used in messages. The entry must be a real directory or a
+    regular file as asked; the lstat before and fstat after must agree, so an
+    entry swapped in between is refused too.
+    """
+    kind = "directory" if want_dir else "file"
+    try:
+        before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise errors.PluginError(
+            f"The {kind} {path} does not exist: check the certificate name "
+            "(certbot certificates) and that the lineage is complete."
+        ) from None
+    if stat.S_ISLNK(before.st_mode):
+        raise _refuse_link(path, kind)
+    if not (stat.S_ISDIR if want_dir else stat.S_ISREG)(before.st_mode):
+        raise errors.PluginError(
+            f"Refusing to change {path}: it is not a {kind} as certbot makes it, "
+            "so nothing was changed; restore the lineage."
+        )
+    try:
+        fd = os.open(name, _DIR_FLAGS if want_dir else _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # became a symlink after the lstat
+            raise _refuse_link(path, kind) from None
+        raise errors.PluginError(
+            f"The {kind} {path} cannot be opened ({exc.strerror}): run certbot as root."
+        ) from None
+    after = os.fstat(fd)
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        os.close(fd)
+        raise errors.PluginError(
+            f"Refusing to change {path}: it was replaced while being checked, "
+            "so nothing was changed; run the command again."
+        )
+    return fd
+
+
+def _apply(fd: int, path: str, label: str, uid: int, gid: int,
+           min_mode: int, max_mode: int) -> Optional[str]:
+    """Set owner and mode through ``fd``; return a change line or None."""
+    st = os.fstat(fd)
+    old_mode = stat.S_IMODE(st.st_mode)
+    new_mode = (old_mode & max_mode) | min_mode
+    changes = []
+    try:
+        # Take bits away first, then change the owner, then add bits: at no
+        # moment does anyone get more access than before or after.
+        if old_mode & max_mode != old_mode:
+            os.fchmod(fd, old_mode & max_mode)
+        if st.st_uid != uid or st.st_gid != gid:
+            os.fchown(fd, uid if st.st_uid != uid else -1, gid if st.st_gid != gid else -1)
+        if stat.S_IMODE(os.fstat(fd).st_mode) != new_mode:
+            os.fchmod(fd, new_mode)
+    except PermissionError:
+        raise errors.PluginError(
+            f"The owner or mode of {path} cannot be changed by this user: run certbot as root."
+        ) from None
+    if new_mode != old_mode:
+        changes.append(f"mode {old_mode:04o} -> {new_mode:04o}")
+    if st.st_uid != uid:
+        changes.append(f"owner {_user_name(st.st_uid)} -> {_user_name(uid)}")
+    if st.st_gid != gid:
+        changes.append(f"group {_group_name(st.st_gid)} -> {_group_name(gid)}")
+    return f"{label}: {', '.join(changes)}" if changes else None
+
+
+def secure_file(path: str, uid: int, gid: int, max_mode: int, *,
+                min_mode: int = 0) -> Optional[str]:
+    """Make the regular file ``path`` uid:gid with mode ``(mode & max_mode) | min_mode``.
+
+    A symlink at ``path`` is refused (O_NOFOLLOW) and nothing behind it is
+    touched; directories above ``path`` are resolved normally. Returns the
+    change line ("PATH: mode 0644 -> 0640, group root -> ssl-cert") or None.
+    """
+    fd = _open_nofollow(None, path, path, want_dir=False)
+    try:
+        return _apply(fd, path, path, uid, gid, min_mode, max_mode)
+    finally:
+        os.close(fd)
+
+
+# --- lineages ------------------------------------------------------------------------
+
+
+@dataclass
+class _Opened:
+    label: str  # relative to the config dir, for change lines
+    path: str
+    fd: int
+    is_dir: bool
+
+
+def _live_key_target(lineage: certs.Lineage, archive_dir: str) -> str:
+    """Basename of the archive key the live key link resolves to, refusing anything else."""
+    target = os.path.realpath(lineage.key_path)
+    if os.path.dirname(target) != archive_dir:
+        raise errors.PluginError(
+            f"Refusing to change permissions for {lineage.key_path}: it resolves to {target}, "
+            f"outside the lineage's archive directory {archive_dir}; restore the link "
+            "(certbot update_symlinks) or the lineage."
+        )
+    if not os.path.isfile(target):
+        raise errors.PluginError(
+            f"The private key {lineage.key_path} points to {target}, which is not a file: "
+            "restore the lineage (certbot update_symlinks)."
+        )
+    return os.path.basename(target)
+
+
+def secure_lineage(lineage: certs.Lineage, group: str) -> list[str]:
+    """Give the key group read access to the lineage's private keys and nobody else.
+
+    For a lineage in certbot's tree: live/, archive/, live/NAME and archive/NAME
+    become root:GROUP 0750; every archive/NAME/privkey*.pem becomes
+    root:GROUP with mode 0640 at most (group-readable, no other bit). For a
+    key given by path (not in live/), only that file is changed. All entries
+    are opened and checked before the first change. Returns one line per
+    changed entry, empty when everything was already right. ``group`` must
+    exist (see ensure_group).
+    """
+    gid = _require_gid(group)
+    if not lineage.in_live:
+        line = secure_file(lineage.key_path, 0, gid, KEY_MAX_MODE, min_mode=KEY_MIN_MODE)
+        return [line] if line else []
+
+    name = lineage.name
+    if name in ("", ".", "..") or "/" in name:
+        raise errors.PluginError(
+            f"The lineage name {name!r} is not a directory name: give the certificate name "
+            "shown by certbot certificates."
+        )
+    config_dir = os.path.realpath(lineage.config_dir)
+    archive_dir = os.path.join(config_dir, "archive", name)
+    opened: list[_Opened] = []
+    try:
+        # The config dir itself may be a symlink (an admin's choice, e.g. a
+        # moved /etc/letsencrypt); below it, certbot's own layout is enforced.
+        config_fd = os.open(config_dir, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        try:
+            for top in ("live", "archive"):
+                top_path = os.path.join(config_dir, top)
+                top_fd = _open_nofollow(config_fd, top, top_path, want_dir=True)
+                opened.append(_Opened(top, top_path, top_fd, True))
+                sub_path = os.path.join(top_path, name)
+                sub_fd = _open_nofollow(top_fd, name, sub_path, want_dir=True)
+                opened.append(_Opened(f"{top}/{name}", sub_path, sub_fd, True))
+        finally:
+            os.close(config_fd)
+        archive_fd = opened[-1].fd
+        keys = sorted(n for n in os.listdir(archive_fd) if fnmatch.fnmatchcase(n, KEY_PATTERN))
+        current = _live_key_target(lineage, archive_dir)
+        if current not in keys:  # an oddly named key the live link uses: secure it too
+            keys.append(current)
+        for key in keys:
+            key_path = os.path.join(archive_dir, key)
+            fd = _open_nofollow(archive_fd, key, key_path, want_dir=False)
+            opened.append(_Opened(f"archive/{name}/{key}", key_path, fd, False))
+
+        changes = []
+        for entry in opened:
+            if entry.is_dir:
+                line = _apply(entry.fd, entry.path, entry.label, 0, gid, DIR_MODE, DIR_MODE)
+            else:
+                line = _apply(entry.fd, entry.path, entry.label, 0, gid,
+                              KEY_MIN_MODE, KEY_MAX_MODE)
+            if line:
+                changes.append(line)
+        for line in changes:
+            logger.info("Permissions for %s: %s", name, line)
+        return changes
+    finally:
+        for entry in opened:
+            os.close(entry.fd)
+
+
+# --- doctor ------------------------------------------------------------------------
+
+
+def _ancestors(directory: str) -> list[str]:
+    result = []
+    while True:
+        result.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return list(reversed(result))
+        directory = parent
+
+
+def key_problems(key_path: str, group: str) -> list[str]:
+    """Sentences describing why ``key_path`` is not "root:GROUP, 0640 at most, reachable".
+
+    Reports a key that other users can access, one the key group cannot read,
+    one with more than 0640 or not owned by root, and every directory on the
+    way (through the live link and to its target) the key group cannot
+    traverse. Empty when the key is fine.
+    """
+    gid = _gid_of(group)
+    if gid is None:
+        return [
+            f"The key group {group} does not exist, so no group can read {key_path}: "
+            f"create it with groupadd --system {group} and deploy the certificate again."
+        ]
+    real = os.path.realpath(key_path)
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return [f"The private key {key_path} cannot be examined ({exc.strerror}): "
+                "check the path and run as root."]
+    shown = key_path if real == os.path.abspath(key_path) else f"{key_path} (-> {real})"
+    mode = stat.S_IMODE(st.st_mode)
+    problems = []
+    if mode & 0o007:
+        problems.append(
+            f"The private key {shown} has mode {mode:04o}, so every user on the machine can "
+            f"{'read' if mode & 0o004 else 'access'} it: run chmod o= {real} "
+            "(certbot copies this bit to every renewed key)."
+        )
+    if mode & ~KEY_MAX_MODE & 0o7770:
+        problems.append(
+            f"The private key {shown} has mode {mode:04o}, more than 0640 allows: "
+            f"run chmod {mode & KEY_MAX_MODE:04o} {real}."
+        )
+    if st.st_uid != 0:
+        problems.append(
+            f"The private key {shown} is owned by {_user_name(st.st_uid)}, not root: "
+            f"run chown root {real}."
+        )
+    if st.st_gid != gid:
+        problems.append(
+            f"The private key {shown} belongs to group {_group_name(st.st_gid)}, not the key "
+            f"group {group}: run chgrp {group} {real}."
+        )
+    elif not mode & 0o040:
+        problems.append(
+            f"The private key {shown} (mode {mode:04o}) is not readable by the key group "
+            f"{group}: run chmod g+r {real}."
+        )
+    # Directories a group member walks through: where the link is, where the key is.
+    link_dir = os.path.realpath(os.path.dirname(os.path.abspath(key_path)))
+    dirs = sorted(set(_ancestors(link_dir)) | set(_ancestors(os.path.dirname(real))))
+    for directory in dirs:
+        try:
+            dst = os.stat(directory)
+        except OSError as exc:
+            problems.append(f"The directory {directory} cannot be examined ({exc.strerror}): "
+                            "run as root.")
+            continue
+        dmode = stat.S_IMODE(dst.st_mode)
+        if dmode & 0o001 or (dst.st_gid == gid and dmode & 0o010):
+            continue
+        problems.append(
+            f"The directory {directory} (mode {dmode:04o}, group {_group_name(dst.st_gid)}) "
+            f"does not let the key group {group} reach {key_path}: "
+            f"run chgrp {group} {directory} && chmod g+x {directory}."
+        )
+    return problems

@@ -1,0 +1,177 @@
+"""The main.cf/master.cf decisions, on real configuration fixtures read by the real postconf.
+
+Each test copies a fixture pair (Debian 12's stock files, or a heavily
+customised pair) into a temp directory and points ``postconf -c`` at it, so
+parsing is Postfix's own; nothing is mocked. Applying writes only the copy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+
+from certbot_postfix_tls import postfix
+
+FILES = postfix.CertificateFiles(
+    chain_file="/etc/letsencrypt/postfix-tls/lineages/mail/key-fullchain.pem",
+    fullchain="/etc/letsencrypt/live/mail/fullchain.pem",
+    key="/etc/letsencrypt/live/mail/privkey.pem",
+)
+
+
+@pytest.fixture(autouse=True)
+def _postconf() -> None:
+    if shutil.which("postconf", path="/usr/sbin:/sbin:/usr/bin") is None:
+        pytest.skip("postconf is not installed (apt-get install postfix)")
+
+
+def instance(tmp_path: Path, fixture: str) -> postfix.Postfix:
+    target = tmp_path / fixture
+    shutil.copytree(FIXTURES / fixture, target)
+    return postfix.Postfix(str(target))
+
+
+def params(plan: postfix.TLSPlan, service: str) -> dict[str, str]:
+    return {p.param: p.value for p in plan.service_params if p.service == service}
+
+
+def test_debian_stock_plan(tmp_path: Path) -> None:
+    pf = instance(tmp_path, "debian12")
+    plan = postfix.plan_tls(pf.read(), FILES, postfix.Options())
+    assert plan.main == {
+        "smtpd_tls_chain_files": FILES.chain_file,
+        "smtpd_tls_cert_file": "",
+        "smtpd_tls_key_file": "",
+        "smtpd_tls_session_cache_database": "btree:${data_directory}/smtpd_scache",
+        "smtpd_tls_loglevel": "1",
+    }
+    assert any("smtpd_tls_cert_file, smtpd_tls_key_file" in note for note in plan.notes)
+    # Debian's submission entry is commented out: a new one is added, not uncommented.
+    assert [s.key for s in plan.new_services] == ["submission/inet"]
+    assert plan.new_services[0].chroot == "y"
+    assert params(plan, "submission/inet") == {
+        "syslog_name": "postfix/submission",
+        "smtpd_tls_security_level": "encrypt",
+        "smtpd_tls_auth_only": "yes",
+        "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
+    }
+    # No SASL backend and no Dovecot wired: SASL stays off, with a warning.
+    assert "smtpd_sasl_auth_enable" not in params(plan, "submission/inet")
+    assert any("no SASL backend" in w for w in plan.warnings)
+
+
+def test_apply_then_plan_again_is_empty(tmp_path: Path) -> None:
+    pf = instance(tmp_path, "debian12")
+    options = postfix.Options(smtps=True)
+    pf.apply(postfix.plan_tls(pf.read(), FILES, options))
+    config = pf.read()
+    assert config.main["smtpd_tls_chain_files"] == FILES.chain_file
+    assert config.main["smtpd_tls_security_level"] == "may"  # port 25 keeps plaintext
+    assert config.main["smtp_tls_security_level"] == "may"
+    assert len(config.services_on_port(587)) == 1
+    smtps = config.services_on_port(465)
+    assert len(smtps) == 1 and smtps[0].overrides["smtpd_tls_wrappermode"] == "yes"
+    again = postfix.plan_tls(config, FILES, options)
+    assert again.empty, again
+    # Deploying twice never duplicates a service.
+    pf.apply(again)
+    assert len(pf.read().services_on_port(587)) == 1
+
+
+def test_custom_config_is_never_weakened(tmp_path: Path) -> None:
+    pf = instance(tmp_path, "custom")
+    config = pf.read()
+    plan = postfix.plan_tls(config, FILES, postfix.Options(smtps=True))
+    # smtpd_enforce_tls=yes (obsolete) stays in force: no level is set over it.
+    assert "smtpd_tls_security_level" not in plan.main
+    assert "smtp_tls_security_level" not in plan.main  # dane is stronger than may
+    assert "smtpd_tls_loglevel" not in plan.main  # 2 is more than 1
+    assert "smtpd_tls_session_cache_database" not in plan.main  # lmdb one kept
+    assert plan.main["smtpd_tls_eccert_file"] == "" and plan.main["smtpd_tls_eckey_file"] == ""
+    # The address-bound submission entry is amended, not duplicated.
+    assert plan.new_services == []
+    sub = params(plan, "127.0.0.1:submission/inet")
+    assert sub["smtpd_tls_security_level"] == "encrypt"  # was may
+    assert "syslog_name" not in sub  # operator's postfix/msa stays
+    # The existing global Dovecot SASL backend is kept, so no warning.
+    assert "smtpd_sasl_auth_enable" not in sub
+    assert not plan.warnings
+    # Old-style smtps entry matched by port 465; wrappermode already on.
+    smtps = params(plan, "smtps/inet")
+    assert "smtpd_tls_wrappermode" not in smtps
+    assert smtps["smtpd_tls_auth_only"] == "yes"
+
+
+def test_custom_endpoints_from_master_cf(tmp_path: Path) -> None:
+    config = instance(tmp_path, "custom").read()
+    found = {(e.address, e.port, e.tls) for e in postfix.endpoints(config, "127.0.0.1")}
+    assert found == {
+        ("127.0.0.1", 25, "starttls"),  # postscreen
+        ("127.0.0.1", 587, "starttls"),  # bound to 127.0.0.1
+        ("127.0.0.1", 465, "implicit"),
+        ("127.0.0.1", 2525, "starttls"),  # non-standard port, found by number
+    }  # the 10025 reinjection listener has TLS off
+
+
+def test_endpoints_use_verify_address_for_wildcard_listeners(tmp_path: Path) -> None:
+    config = instance(tmp_path, "custom").read()
+    addresses = {e.port: e.address for e in postfix.endpoints(config, "192.0.2.7")}
+    assert addresses[25] == "192.0.2.7" and addresses[587] == "127.0.0.1"
+
+
+def test_old_postfix_gets_cert_and_key_files(tmp_path: Path) -> None:
+    config = instance(tmp_path, "debian12").read()
+    config.main["mail_version"] = "3.3.2"
+    plan = postfix.plan_tls(config, FILES, postfix.Options())
+    assert plan.main["smtpd_tls_cert_file"] == FILES.fullchain  # never cert.pem
+    assert plan.main["smtpd_tls_key_file"] == FILES.key
+    assert "smtpd_tls_chain_files" not in plan.main
+
+
+def test_dovecot_sasl_is_wired_only_when_asked(tmp_path: Path) -> None:
+    config = instance(tmp_path, "debian12").read()
+    plan = postfix.plan_tls(
+        config, FILES, postfix.Options(sasl="auto", dovecot_sasl_path="private/auth")
+    )
+    sub = params(plan, "submission/inet")
+    assert sub["smtpd_sasl_auth_enable"] == "yes"
+    assert sub["smtpd_sasl_type"] == "dovecot" and sub["smtpd_sasl_path"] == "private/auth"
+    assert not plan.warnings
+    none = postfix.plan_tls(config, FILES, postfix.Options(sasl="none", dovecot_sasl_path="x"))
+    assert "smtpd_sasl_auth_enable" not in params(none, "submission/inet")
+
+
+def test_no_submission_when_disabled(tmp_path: Path) -> None:
+    config = instance(tmp_path, "debian12").read()
+    plan = postfix.plan_tls(config, FILES, postfix.Options(submission=False))
+    assert plan.new_services == [] and plan.service_params == []
+
+
+def test_master_arg_groups_and_ports() -> None:
+    service = postfix.MasterService.parse(
+        "[::1]:2587 inet n - y - - smtpd -o { smtpd_tls_mandatory_protocols = >=TLSv1.2 }"
+        " -o smtpd_tls_wrappermode=yes"
+    )
+    assert service.host == "::1" and service.port == 2587
+    assert service.overrides == {
+        "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
+        "smtpd_tls_wrappermode": "yes",
+    }
+    assert postfix.resolve_port("submissions") == 465
+    assert postfix.parse_version("3.10.13") == (3, 10, 13)
+
+
+def test_all_names_are_literal_domains(tmp_path: Path) -> None:
+    pf = instance(tmp_path, "custom")
+    assert pf.all_names(pf.read()) == {"mx1.example.net", "example.net", "example.com"}
+
+
+def test_broken_main_cf_is_one_clear_error(tmp_path: Path) -> None:
+    pf = instance(tmp_path, "debian12")
+    with open(pf.main_cf, "a") as handle:
+        handle.write("this line has no equals sign\n")
+    with pytest.raises(postfix.errors.MisconfigurationError, match=r"main.cf, line \d+"):
+        pf.read()
