@@ -186,12 +186,15 @@ def load_material(lineage: Lineage) -> Material:
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> bool:
     """Write ``data`` to ``path`` via a temp file + rename; False when already identical."""
     try:
-        with open(path, "rb") as handle:
-            if handle.read() == data:
-                os.chmod(path, mode)
-                return False
+        # O_NOFOLLOW: a link planted where our file belongs is refused, not chmod-ed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         pass
+    else:
+        with os.fdopen(fd, "rb") as handle:
+            if handle.read() == data:
+                os.fchmod(handle.fileno(), mode)
+                return False
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")

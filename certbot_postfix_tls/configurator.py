@@ -17,7 +17,7 @@ from certbot import errors, interfaces, util
 from certbot.display import util as display_util
 from certbot.plugins import common
 
-from certbot_postfix_tls import certs, postfix, verify
+from certbot_postfix_tls import certs, permissions, postfix, verify
 from certbot_postfix_tls.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class _Staged:
     material: certs.Material
     plan: postfix.TLSPlan
     applied: bool = False
+    permission_changes: tuple[str, ...] = ()
 
 
 class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
@@ -176,6 +177,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         if created:
             self.reverter.register_file_creation(temporary, *created)
         try:
+            staged.permission_changes = tuple(self._secure_key(staged.lineage))
             certs.write_atomic(staged.lineage.chain_file, staged.material.combined(), 0o600)
             self.instance.apply(staged.plan)
             self._record(staged)
@@ -186,6 +188,13 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             raise
         staged.applied = True
         self._report(staged)
+
+    def _secure_key(self, lineage: certs.Lineage) -> list[str]:
+        """Key group exists; key 0640 root:group at most, directories traversable by it."""
+        group = str(self.conf("key-group"))
+        _, created = permissions.ensure_group(group)
+        changes = [f"created the system group {group}"] if created else []
+        return changes + permissions.secure_lineage(lineage, group)
 
     def _record(self, staged: _Staged) -> None:
         state = State.load(self.config.config_dir)
@@ -200,6 +209,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             chain_file=lineage.chain_file,
             names=staged.material.names,
             renewable=lineage.in_live,
+            key_group=str(self.conf("key-group")),
         )
         state.default = lineage.name
         state.save(self.config.config_dir)
@@ -210,6 +220,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                  f"{self.instance.config_dir}"]
         lines += [f"  main.cf: {k} = {v}" for k, v in plan.main.items()]
         lines += [f"  master.cf: {p.service} -o {p.param}={p.value}" for p in plan.service_params]
+        lines += [f"  key permissions: {change}" for change in staged.permission_changes]
         lines += [f"  note: {note}" for note in plan.notes]
         display_util.notify("\n".join(lines))
         for warning in plan.warnings:
@@ -276,5 +287,6 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         target = certs.Lineage.from_live_dir(
             os.path.dirname(lineage.fullchain_path), self.config.config_dir
         )
+        permissions.secure_lineage(target, deployed.key_group)
         material = certs.load_material(target)
         certs.write_atomic(deployed.chain_file, material.combined(), 0o600)

@@ -29,6 +29,7 @@ class DeployedLineage:
     chain_file: str  # the combined key+fullchain file Postfix reads
     names: list[str] = field(default_factory=list)
     renewable: bool = True  # lives in certbot's live/ directory
+    key_group: str = "ssl-cert"  # re-applied on every renewal
 
 
 @dataclass

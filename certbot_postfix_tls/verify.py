@@ -271,6 +271,11 @@ def _describe(der: bytes, info: _CertInfo | None) -> str:
     return f"a certificate for {'; '.join(parts) or 'no name'} ({prefix})"
 
 
+def describe_der(der: bytes) -> str:
+    """One phrase naming a served certificate: CN, names and SHA-256 prefix."""
+    return _describe(der, _cert_info(der))
+
+
 # --- the client -------------------------------------------------------------------------
 
 
