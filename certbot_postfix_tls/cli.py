@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls import certs, postfix, verify
-from certbot_postfix_tls.state import State
+from certbot_postfix_tls import certs, hooks, postfix, services, verify
+from certbot_postfix_tls.state import DeployedLineage, State
 
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--lineage", help="a lineage directory (live/NAME) to check")
     check.add_argument("--json", action="store_true", help="print one JSON object")
 
+    hook = sub.add_parser("hook", help="what the installed renewal hooks call")
+    hook.add_argument("kind", choices=("deploy", "post"))
+
     demo = sub.add_parser("demo", help="the whole job on loopback, no domain needed")
     demo.add_argument("--keep", action="store_true", help="keep the scratch directory")
     return parser
@@ -71,7 +75,7 @@ def _report(status: str, summary: str, endpoints: list[verify.EndpointResult],
 def _lineages_to_check(args: argparse.Namespace, state: State) -> list[certs.Lineage]:
     if args.lineage:
         return [certs.Lineage.from_live_dir(args.lineage, args.config_dir)]
-    names = [args.cert_name] if args.cert_name else sorted(state.lineages)
+    names = [args.cert_name] if args.cert_name else services.served_lineages(state)
     result = []
     for name in names:
         deployed = state.lineages.get(name)
@@ -100,18 +104,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not lineages:
         return _report("UNKNOWN", f"nothing deployed by postfix-tls in {args.config_dir}",
                        [], checks, args.json)
-    pf = postfix.Postfix(state.postfix_dir)
-    if not pf.running():
+    mta = postfix.Postfix(state.postfix_dir)
+    if not mta.running():
         checks.append({"name": "postfix-running", "status": "CRITICAL",
-                       "message": f"Postfix ({pf.config_dir}) is not running: postfix start"})
-    endpoints = postfix.endpoints(pf.read(), state.verify_address)
-    results: list[verify.EndpointResult] = []
+                       "message": f"Postfix ({mta.config_dir}) is not running: postfix start"})
     for lineage in lineages:
-        expected = verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
-        names = [n for n in expected.names if not n.startswith("*.")] or list(expected.names)
-        for name in names:
-            for endpoint in endpoints:
-                results.append(verify.check_endpoint(endpoint, expected, name, retry_seconds=0))
+        if lineage.name not in state.lineages:  # --lineage DIR not recorded: check it anyway
+            state.lineages[lineage.name] = DeployedLineage(
+                lineage.name, lineage.key_path, lineage.fullchain_path, lineage.chain_file
+            )
+    results = services.check_all(state, [lineage.name for lineage in lineages], retry_seconds=0)
     status = verify.worst([r.status for r in results] + [c["status"] for c in checks])
     bad = sum(1 for r in results if r.status != "OK")
     summary = (f"{len(results) - bad} of {len(results)} endpoint checks OK for "
@@ -119,11 +121,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _report(status, summary, results, checks, args.json)
 
 
+def cmd_hook(args: argparse.Namespace) -> int:
+    """The renewal hooks: certbot only logs their output, so say it in one line."""
+    if args.kind == "deploy":
+        result = hooks.run_deploy_hook(args.config_dir, os.environ.get("RENEWED_LINEAGE"))
+    else:
+        def warn(message: str) -> None:
+            print(f"WARNING: {message}", file=sys.stderr)
+
+        def reload_and_verify(state: State) -> list[str]:
+            return services.reload_and_verify(state, list(state.pending), warn)
+
+        result = hooks.run_post_hook(args.config_dir, reload_and_verify)
+    print(result.message, file=sys.stderr if result.code else sys.stdout)
+    return result.code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "hook":
+            return cmd_hook(args)
         if args.command == "demo":
             from certbot_postfix_tls import demo
 

@@ -17,7 +17,7 @@ from certbot import errors, interfaces, util
 from certbot.display import util as display_util
 from certbot.plugins import common
 
-from certbot_postfix_tls import certs, permissions, postfix, verify
+from certbot_postfix_tls import certs, dovecot, hooks, permissions, postfix, process, services
 from certbot_postfix_tls.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class _Staged:
     lineage: certs.Lineage
     material: certs.Material
     plan: postfix.TLSPlan
+    dovecot_plan: Optional[dovecot.DovecotPlan] = None
     applied: bool = False
     permission_changes: tuple[str, ...] = ()
 
@@ -80,6 +81,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._postfix: Optional[postfix.Postfix] = None
+        self._dovecot: Optional[dovecot.Dovecot] = None
         self._staged: Optional[_Staged] = None
 
     # -- helpers -------------------------------------------------------------
@@ -90,12 +92,45 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             raise errors.Error("The postfix-tls installer was used before prepare().")
         return self._postfix
 
-    def _options(self) -> postfix.Options:
+    def _options(self, dovecot_sasl: bool) -> postfix.Options:
         return postfix.Options(
             submission=bool(self.conf("submission")),
             smtps=bool(self.conf("smtps")),
             sasl=str(self.conf("sasl")),
+            dovecot_sasl_path=postfix.DOVECOT_SASL_PATH if dovecot_sasl else None,
         )
+
+    def _wanted_services(self) -> tuple[bool, bool]:
+        """(Postfix, Dovecot) from --postfix-tls-services; auto = Dovecot when installed."""
+        raw = str(self.conf("services")).strip().lower()
+        if raw == "auto":
+            return True, process.find_tool("doveconf") is not None and os.path.isfile(
+                str(self.conf("dovecot-config"))
+            )
+        names = {name.strip() for name in raw.split(",") if name.strip()}
+        unknown = names - {"postfix", "dovecot"}
+        if unknown or "postfix" not in names:
+            raise errors.PluginError(
+                f"--postfix-tls-services {raw} is not valid: give postfix or postfix,dovecot "
+                "(this installer always configures Postfix)."
+            )
+        return True, "dovecot" in names
+
+    def _dovecot_sasl(self, config: postfix.PostfixConfig) -> bool:
+        """Should submission authenticate through Dovecot's auth socket (SPEC section 3)?"""
+        sasl = str(self.conf("sasl"))
+        if sasl == "dovecot" and self._dovecot is None:
+            raise errors.PluginError(
+                "--postfix-tls-sasl dovecot needs Dovecot, which is not configured here: "
+                "install dovecot-core or use --postfix-tls-sasl auto."
+            )
+        if self._dovecot is None or sasl == "none" or not self.conf("submission"):
+            return False
+        if sasl == "dovecot":
+            return True
+        # auto: a stopped Dovecot has no socket, and smtpd without its SASL backend
+        # dies ("no SASL authentication mechanisms"), so only wire a running one.
+        return not postfix.has_sasl_backend(config) and self._dovecot.running()
 
     # -- certbot.interfaces.Plugin -------------------------------------------
 
@@ -109,6 +144,10 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 f"Postfix {config.main.get('mail_version')} is too old: "
                 "smtpd_tls_security_level needs Postfix 2.11 or newer."
             )
+        _, want_dovecot = self._wanted_services()
+        if want_dovecot:
+            self._dovecot = dovecot.Dovecot(str(self.conf("dovecot-config")))
+            self._dovecot.check_syntax()
         util.lock_dir_until_exit(self._postfix.config_dir)
 
     def more_info(self) -> str:
@@ -145,8 +184,18 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         files = postfix.CertificateFiles(
             chain_file=lineage.chain_file, fullchain=lineage.fullchain_path, key=lineage.key_path
         )
-        plan = postfix.plan_tls(self.instance.read(), files, self._options())
-        self._staged = _Staged(lineage, material, plan)
+        config = self.instance.read()
+        dovecot_sasl = self._dovecot_sasl(config)
+        plan = postfix.plan_tls(config, files, self._options(dovecot_sasl))
+        dovecot_plan = None
+        if self._dovecot is not None:
+            queue = config.main.get("queue_directory", "/var/spool/postfix")
+            dovecot_plan = self._dovecot.plan(
+                dovecot.CertFiles(fullchain=lineage.fullchain_path, key=lineage.key_path),
+                sasl_listener=os.path.join(queue, postfix.DOVECOT_SASL_PATH)
+                if dovecot_sasl else None,
+            )
+        self._staged = _Staged(lineage, material, plan, dovecot_plan)
 
     def enhance(
         self, domain: str, enhancement: str, options: Optional[list[str] | str] = None
@@ -169,8 +218,11 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
 
     def _apply(self, staged: _Staged, temporary: bool) -> None:
         state_path = State.path(self.config.config_dir)
+        config_dir = self.config.config_dir
         touched = [self.instance.main_cf, self.instance.master_cf, staged.lineage.chain_file,
-                   state_path]
+                   state_path, *(hooks.hook_path(config_dir, kind) for kind in hooks.KINDS)]
+        if staged.dovecot_plan is not None:
+            touched += list(staged.dovecot_plan.writes)
         existing = {path for path in touched if os.path.exists(path)}
         self.add_to_checkpoint(existing, f"postfix-tls: deploy {staged.lineage.name}", temporary)
         created = [path for path in touched if path not in existing]
@@ -180,8 +232,13 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             staged.permission_changes = tuple(self._secure_key(staged.lineage))
             certs.write_atomic(staged.lineage.chain_file, staged.material.combined(), 0o600)
             self.instance.apply(staged.plan)
+            if self._dovecot is not None and staged.dovecot_plan is not None:
+                self._dovecot.apply(staged.dovecot_plan)
             self._record(staged)
+            hooks.write_hooks(config_dir)
             self.instance.check()
+            if self._dovecot is not None:
+                self._dovecot.check()
         except errors.Error:
             self.recovery_routine()
             self._staged = None
@@ -199,6 +256,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
     def _record(self, staged: _Staged) -> None:
         state = State.load(self.config.config_dir)
         state.postfix_dir = self.instance.config_dir
+        state.dovecot_config = self._dovecot.config_file if self._dovecot else None
         state.verify = bool(self.conf("verify"))
         state.verify_address = str(self.conf("verify-address"))
         lineage = staged.lineage
@@ -221,6 +279,8 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         lines += [f"  main.cf: {k} = {v}" for k, v in plan.main.items()]
         lines += [f"  master.cf: {p.service} -o {p.param}={p.value}" for p in plan.service_params]
         lines += [f"  key permissions: {change}" for change in staged.permission_changes]
+        if staged.dovecot_plan is not None:
+            lines += [f"  dovecot: {note}" for note in staged.dovecot_plan.notes]
         lines += [f"  note: {note}" for note in plan.notes]
         display_util.notify("\n".join(lines))
         for warning in plan.warnings:
@@ -239,54 +299,37 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         self.instance.check()
 
     def restart(self) -> None:
-        """Reload Postfix (never restart it) and verify what it serves.
+        """Reload the configured services once (never restart them) and verify.
 
-        A stopped Postfix keeps its new configuration for its next start; it is
-        not started here.
+        During ``certbot renew`` with intact directory hooks, the post hook
+        reloads once for the whole run, so this defers to it. A stopped
+        service keeps its new configuration for its next start.
         """
-        if not self.instance.running():
-            message = (
-                f"Postfix ({self.instance.config_dir}) is not running: its new configuration "
-                "takes effect when you start it; nothing was reloaded."
-            )
-            logger.warning(message)
-            display_util.notify(f"WARNING: {message}")
+        config_dir = self.config.config_dir
+        state = State.load(config_dir)
+        renewing = getattr(self.config, "verb", None) == "renew"
+        if renewing and getattr(self.config, "directory_hooks", True) and hooks.all_intact(
+            config_dir
+        ):
+            logger.info("postfix-tls: the post hook reloads once at the end of this renewal run")
             return
-        self.instance.check()
-        self.instance.reload()
-        state = State.load(self.config.config_dir)
-        if state.verify and state.default in state.lineages:
-            self._verify(state)
-
-    def _verify(self, state: State) -> None:
-        lineage = state.lineages[str(state.default)]
-        expected = verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
-        config = self.instance.read()
-        sni = lineage.names[0] if lineage.names else None
-        failures = []
-        for endpoint in postfix.endpoints(config, state.verify_address):
-            result = verify.check_endpoint(endpoint, expected, sni)
-            if result.status == "CRITICAL":
-                failures.append(result.message)
-            elif result.status == "WARNING":
-                display_util.notify(f"WARNING: {result.message}")
-        if failures:
+        problems = services.reload_and_verify(state, state.services(), self._warn)
+        if problems:
             raise errors.MisconfigurationError(
-                "Verification after postfix reload failed, so the change is rolled back: "
-                + "; ".join(failures)
+                "Verification after reload failed, so the change is rolled back: "
+                + "; ".join(problems)
             )
+        if state.pending:
+            state.pending = []
+            state.save(config_dir)
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        logger.info("postfix-tls: %s", message)
+        display_util.notify(f"WARNING: {message}")
 
     # -- certbot.interfaces.RenewDeployer --------------------------------------
 
     def renew_deploy(self, lineage: interfaces.RenewableCert, *args: Any, **kwargs: Any) -> None:
-        """Rebuild the combined key+chain file of a renewed lineage we deployed."""
-        state = State.load(self.config.config_dir)
-        deployed = state.lineages.get(lineage.lineagename)
-        if deployed is None:
-            return
-        target = certs.Lineage.from_live_dir(
-            os.path.dirname(lineage.fullchain_path), self.config.config_dir
-        )
-        permissions.secure_lineage(target, deployed.key_group)
-        material = certs.load_material(target)
-        certs.write_atomic(deployed.chain_file, material.combined(), 0o600)
+        """Re-stage a renewed lineage exactly as the deploy hook does (idempotent)."""
+        hooks.run_deploy_hook(self.config.config_dir, os.path.dirname(lineage.fullchain_path))

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 # Well-known service names, for machines whose /etc/services lacks them.
 KNOWN_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "smtps": 465, "urd": 465}
 SUBMISSION_PORT = 587
+# Dovecot's auth socket for Postfix, relative to the queue directory (smtpd_sasl_path).
+DOVECOT_SASL_PATH = "private/auth"
 SMTPS_PORT = 465
 
 # Parameters Postfix ignores (with a warning) once smtpd_tls_chain_files is set.
@@ -373,6 +375,14 @@ def _sasl_backend(config: PostfixConfig, service: Optional[MasterService]) -> bo
     return _yes(enabled)
 
 
+def has_sasl_backend(config: PostfixConfig) -> bool:
+    """Do the submission services (or main.cf) already enable SASL?"""
+    services = config.services_on_port(SUBMISSION_PORT)
+    if services:
+        return all(_sasl_backend(config, service) for service in services)
+    return _sasl_backend(config, None)
+
+
 def _plan_submission_service(
     config: PostfixConfig,
     plan: TLSPlan,
@@ -556,11 +566,11 @@ class Postfix:
             )
 
     def running(self) -> bool:
-        proc = process.run(
-            ["postfix", "-c", self.config_dir, "status"], what="postfix status", check=False,
-            stderr_tty=True,
-        )
-        return proc.returncode == 0
+        """Is this instance's master alive? Read from its pid file, not ``postfix
+        status``, which fails on a broken main.cf even while the master runs."""
+        queue = self.postconf("-h", "queue_directory").strip()
+        pid = process.pid_alive(os.path.join(queue, "pid", "master.pid"))
+        return pid is not None
 
     def reload(self) -> None:
         process.run(

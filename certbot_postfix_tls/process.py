@@ -82,6 +82,17 @@ def run(
     return proc
 
 
+def pid_alive(pidfile: str) -> Optional[int]:
+    """The pid in a daemon's pid file when that process exists, else None."""
+    try:
+        with open(pidfile, encoding="ascii") as handle:
+            pid = int(handle.read().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
 def _drain(fd: int) -> str:
     """Everything written to a pty whose writers have all exited."""
     chunks = []

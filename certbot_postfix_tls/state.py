@@ -42,6 +42,11 @@ class State:
     default: Optional[str] = None
     pending: list[str] = field(default_factory=list)  # services awaiting a reload
 
+    def services(self) -> list[str]:
+        """The services this state configures, in reload order: Dovecot first, so that
+        its SASL socket exists before new smtpd processes look for it."""
+        return (["dovecot"] if self.dovecot_config else []) + ["postfix"]
+
     @staticmethod
     def path(config_dir: str) -> str:
         return os.path.join(config_dir, PLUGIN_DIR, STATE_FILE)

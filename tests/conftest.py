@@ -17,10 +17,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from certbot_postfix_tls import lab
+from certbot_postfix_tls.lab_dovecot import DovecotLab
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -66,7 +68,24 @@ def pebble() -> Iterator[lab.Pebble]:
 
 
 @pytest.fixture
-def postfix_lab() -> Iterator[lab.PostfixLab]:
+def dovecot_config() -> Iterator[Optional[DovecotLab]]:
+    """Debian's stock Dovecot configuration (not started), when Dovecot is installed.
+
+    Installed for every end-to-end test so that what the plugin finds in
+    /etc/dovecot never depends on the host's own files.
+    """
+    if LAB_PROBLEM or shutil.which("doveconf", path="/usr/bin:/usr/sbin") is None:
+        yield None
+        return
+    instance = DovecotLab()
+    instance.install_config(snakeoil=False)
+    yield instance
+    instance.stop()
+    Path(instance.log_file).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def postfix_lab(dovecot_config: Optional[DovecotLab]) -> Iterator[lab.PostfixLab]:
     """Postfix as Debian installs it, started on the private loopback."""
     need("postfix")
     instance = lab.PostfixLab()
@@ -76,6 +95,16 @@ def postfix_lab() -> Iterator[lab.PostfixLab]:
     yield instance
     instance.stop()
     Path(instance.log_file).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def dovecot_lab(dovecot_config: Optional[DovecotLab]) -> DovecotLab:
+    """The stock Dovecot configuration with its snakeoil certificate, started."""
+    need("dovecot")
+    assert dovecot_config is not None
+    dovecot_config.install_config(snakeoil=True)
+    dovecot_config.start()
+    return dovecot_config
 
 
 @pytest.fixture(params=certbot_pythons(), ids=lambda flavor: flavor[0])

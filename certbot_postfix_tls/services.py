@@ -1,0 +1,102 @@
+"""Reload the services the plugin configured, and verify what every endpoint serves.
+
+Shared by the installer's restart(), the post hook and ``verify``: one
+implementation of "reload each pending service once, then prove by handshake
+that every lineage is served".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Optional
+
+from certbot_postfix_tls import dovecot, postfix, verify
+from certbot_postfix_tls.state import State
+
+logger = logging.getLogger(__name__)
+
+Warn = Callable[[str], None]
+
+
+def _dovecot(state: State) -> Optional[dovecot.Dovecot]:
+    return dovecot.Dovecot(state.dovecot_config) if state.dovecot_config else None
+
+
+def endpoints(state: State, running_only: bool = True) -> list[verify.Endpoint]:
+    """Every TLS endpoint of the services in the state (of running ones by default)."""
+    found: list[verify.Endpoint] = []
+    mta = postfix.Postfix(state.postfix_dir)
+    if not running_only or mta.running():
+        found += postfix.endpoints(mta.read(), state.verify_address)
+    imap = _dovecot(state)
+    if imap is not None and (not running_only or imap.running()):
+        found += imap.endpoints(state.verify_address)
+    return found
+
+
+def sni_names(fullchain: str) -> list[str]:
+    """The names a client would ask for: the certificate's, wildcards skipped when others exist."""
+    names = list(verify.ExpectedCert.from_fullchain(fullchain).names)
+    concrete = [n for n in names if not n.startswith("*.")]
+    return concrete or names
+
+
+def served_lineages(state: State) -> list[str]:
+    """The lineages clients can be served: today the default one."""
+    return [state.default] if state.default in state.lineages else []
+
+
+def check_all(
+    state: State,
+    lineage_names: Optional[Iterable[str]] = None,
+    endpoints_to_check: Optional[Sequence[verify.Endpoint]] = None,
+    retry_seconds: float = 5.0,
+) -> list[verify.EndpointResult]:
+    """Handshake with every endpoint, with SNI for every name of every served lineage."""
+    targets = endpoints(state) if endpoints_to_check is None else list(endpoints_to_check)
+    results = []
+    for name in sorted(lineage_names if lineage_names is not None else served_lineages(state)):
+        lineage = state.lineages[name]
+        expected = verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
+        for sni in sni_names(lineage.fullchain_path):
+            for endpoint in targets:
+                results.append(verify.check_endpoint(endpoint, expected, sni, retry_seconds))
+    return results
+
+
+def reload(state: State, services: Iterable[str], warn: Warn) -> None:
+    """Check and reload each named service once; a stopped one is skipped with a warning."""
+    for service in sorted(services, key=state.services().index):
+        if service == "postfix":
+            mta = postfix.Postfix(state.postfix_dir)
+            if not mta.running():
+                warn(f"Postfix ({mta.config_dir}) is not running: its new configuration takes "
+                     "effect when you start it; nothing was reloaded.")
+                continue
+            mta.check()
+            mta.reload()
+        elif service == "dovecot":
+            imap = _dovecot(state)
+            if imap is None:
+                continue
+            if not imap.running():
+                warn(f"Dovecot ({state.dovecot_config}) is not running: its new configuration "
+                     "takes effect when you start it; nothing was reloaded.")
+                continue
+            imap.check()
+            imap.reload()
+
+
+def reload_and_verify(state: State, services: Iterable[str], warn: Warn) -> list[str]:
+    """Reload, then verify; returns one sentence per endpoint that is not right."""
+    reload(state, services, warn)
+    if not state.verify or not state.lineages:
+        return []
+    problems = []
+    for result in check_all(state):
+        if result.status == "CRITICAL":
+            problems.append(result.message)
+        elif result.status == "WARNING":
+            warn(result.message)
+    return problems
