@@ -13,7 +13,6 @@ import datetime
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -197,7 +196,10 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> bool:
                 return False
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    # One fixed temp name: a write killed half-way leaves at most this file, which
+    # the next write replaces (callers hold certbot's lock, so there is one writer).
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:

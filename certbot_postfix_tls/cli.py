@@ -104,16 +104,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not lineages:
         return _report("UNKNOWN", f"nothing deployed by postfix-tls in {args.config_dir}",
                        [], checks, args.json)
-    mta = postfix.Postfix(state.postfix_dir)
-    if not mta.running():
-        checks.append({"name": "postfix-running", "status": "CRITICAL",
-                       "message": f"Postfix ({mta.config_dir}) is not running: postfix start"})
-    for lineage in lineages:
-        if lineage.name not in state.lineages:  # --lineage DIR not recorded: check it anyway
-            state.lineages[lineage.name] = DeployedLineage(
-                lineage.name, lineage.key_path, lineage.fullchain_path, lineage.chain_file
-            )
-    results = services.check_all(state, [lineage.name for lineage in lineages], retry_seconds=0)
+    results: list[verify.EndpointResult] = []
+    try:
+        mta = postfix.Postfix(state.postfix_dir)
+        if not mta.running():
+            checks.append({"name": "postfix-running", "status": "CRITICAL",
+                           "message": f"Postfix ({mta.config_dir}) is not running: postfix start"})
+        for lineage in lineages:
+            if lineage.name not in state.lineages:  # --lineage DIR not recorded: check it too
+                state.lineages[lineage.name] = DeployedLineage(
+                    lineage.name, lineage.key_path, lineage.fullchain_path, lineage.chain_file
+                )
+        results = services.check_all(state, [lineage.name for lineage in lineages],
+                                     retry_seconds=0)
+    except (errors.Error, verify.VerifyError) as exc:
+        checks.append({"name": "configuration", "status": "UNKNOWN", "message": str(exc)})
     status = verify.worst([r.status for r in results] + [c["status"] for c in checks])
     bad = sum(1 for r in results if r.status != "OK")
     summary = (f"{len(results) - bad} of {len(results)} endpoint checks OK for "

@@ -126,7 +126,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             )
         if self._dovecot is None or sasl == "none" or not self.conf("submission"):
             return False
-        if sasl == "dovecot":
+        if sasl == "dovecot" or postfix.uses_dovecot_socket(config):
+            # Asked for, or already wired (by an earlier deploy): keep the listener,
+            # or Dovecot's reload would remove the socket submission depends on.
             return True
         # auto: a stopped Dovecot has no socket, and smtpd without its SASL backend
         # dies ("no SASL authentication mechanisms"), so only wire a running one.

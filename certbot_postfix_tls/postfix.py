@@ -383,6 +383,19 @@ def has_sasl_backend(config: PostfixConfig) -> bool:
     return _sasl_backend(config, None)
 
 
+def uses_dovecot_socket(config: PostfixConfig) -> bool:
+    """Does a submission service authenticate through Dovecot's socket at our path?"""
+    for service in config.services_on_port(SUBMISSION_PORT) + config.services_on_port(SMTPS_PORT):
+        settings = {**config.main, **service.overrides}
+        if (
+            _yes(settings.get("smtpd_sasl_auth_enable", ""))
+            and settings.get("smtpd_sasl_type") == "dovecot"
+            and settings.get("smtpd_sasl_path") == DOVECOT_SASL_PATH
+        ):
+            return True
+    return False
+
+
 def _plan_submission_service(
     config: PostfixConfig,
     plan: TLSPlan,

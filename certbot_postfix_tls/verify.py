@@ -40,7 +40,9 @@ __all__ = [
 ]
 
 EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
-_SEVERITY = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+# CRITICAL outranks UNKNOWN: a known failure (say, a pending reload) must not be
+# hidden by a check that could not run.
+_SEVERITY = ("OK", "WARNING", "UNKNOWN", "CRITICAL")
 
 WARN_DAYS = 14
 """A served certificate with fewer days left than this is a WARNING."""
@@ -176,7 +178,7 @@ class EndpointResult:
 
 
 def worst(statuses: Iterable[str]) -> str:
-    """The most severe status (OK < WARNING < CRITICAL < UNKNOWN); OK when empty."""
+    """The most severe status (OK < WARNING < UNKNOWN < CRITICAL); OK when empty."""
     return max(statuses, key=_SEVERITY.index, default="OK")
 
 

@@ -607,5 +607,6 @@ def test_worst_and_exit_codes():
     assert verify.worst([]) == "OK"
     assert verify.worst(["OK", "WARNING", "OK"]) == "WARNING"
     assert verify.worst(["CRITICAL", "WARNING"]) == "CRITICAL"
-    assert verify.worst(iter(["UNKNOWN", "CRITICAL"])) == "UNKNOWN"
+    assert verify.worst(iter(["UNKNOWN", "CRITICAL"])) == "CRITICAL"
+    assert verify.worst(["WARNING", "UNKNOWN"]) == "UNKNOWN"
     assert verify.EXIT_CODES == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
