@@ -15,7 +15,7 @@ from typing import NoReturn, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls import certs, hooks, postfix, services, verify
+from certbot_postfix_tls import certs, hooks, postfix, services, undeploy, verify
 from certbot_postfix_tls.state import DeployedLineage, State
 
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--cert-name", help="the lineage to check (default: every deployed one)")
     which.add_argument("--lineage", help="a lineage directory (live/NAME) to check")
     check.add_argument("--json", action="store_true", help="print one JSON object")
+
+    remove = sub.add_parser("undeploy", help="take one lineage out of service")
+    remove.add_argument("--cert-name", required=True, help="the lineage to remove")
 
     hook = sub.add_parser("hook", help="what the installed renewal hooks call")
     hook.add_argument("kind", choices=("deploy", "post"))
@@ -126,16 +129,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _report(status, summary, results, checks, args.json)
 
 
+def _warn(message: str) -> None:
+    print(f"WARNING: {message}", file=sys.stderr)
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    problems = undeploy.undeploy(args.config_dir, args.cert_name, print, _warn)
+    for problem in problems:
+        print(f"CRITICAL: {problem}", file=sys.stderr)
+    return verify.EXIT_CODES["CRITICAL" if problems else "OK"]
+
+
 def cmd_hook(args: argparse.Namespace) -> int:
     """The renewal hooks: certbot only logs their output, so say it in one line."""
     if args.kind == "deploy":
         result = hooks.run_deploy_hook(args.config_dir, os.environ.get("RENEWED_LINEAGE"))
     else:
-        def warn(message: str) -> None:
-            print(f"WARNING: {message}", file=sys.stderr)
-
         def reload_and_verify(state: State) -> list[str]:
-            return services.reload_and_verify(state, list(state.pending), warn)
+            return services.reload_and_verify(state, list(state.pending), _warn)
 
         result = hooks.run_post_hook(args.config_dir, reload_and_verify)
     print(result.message, file=sys.stderr if result.code else sys.stdout)
@@ -149,6 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_verify(args)
         if args.command == "hook":
             return cmd_hook(args)
+        if args.command == "undeploy":
+            return cmd_undeploy(args)
         if args.command == "demo":
             from certbot_postfix_tls import demo
 

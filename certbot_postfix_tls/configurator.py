@@ -17,7 +17,16 @@ from certbot import errors, interfaces, util
 from certbot.display import util as display_util
 from certbot.plugins import common
 
-from certbot_postfix_tls import certs, dovecot, hooks, permissions, postfix, process, services
+from certbot_postfix_tls import (
+    certs,
+    dovecot,
+    hooks,
+    permissions,
+    postfix,
+    process,
+    services,
+    sni,
+)
 from certbot_postfix_tls.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -41,6 +50,7 @@ class _Staged:
     lineage: certs.Lineage
     material: certs.Material
     plan: postfix.TLSPlan
+    state: State
     dovecot_plan: Optional[dovecot.DovecotPlan] = None
     applied: bool = False
     permission_changes: tuple[str, ...] = ()
@@ -183,21 +193,63 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         if self._staged is not None and self._staged.lineage == lineage:
             return
         material = certs.load_material(lineage)  # mismatch/missing: refuse before any change
-        files = postfix.CertificateFiles(
-            chain_file=lineage.chain_file, fullchain=lineage.fullchain_path, key=lineage.key_path
-        )
         config = self.instance.read()
+        state = self._prospective_state(lineage, material, config)
+        default = state.lineages[str(state.default)]
+        files = postfix.CertificateFiles(
+            chain_file=default.chain_file,
+            fullchain=default.fullchain_path,
+            key=default.key_path,
+            sni_map=f"{state.sni_map_type}:{sni.map_path(self.config.config_dir)}"
+            if state.sni_map_type else None,
+        )
         dovecot_sasl = self._dovecot_sasl(config)
         plan = postfix.plan_tls(config, files, self._options(dovecot_sasl))
         dovecot_plan = None
         if self._dovecot is not None:
             queue = config.main.get("queue_directory", "/var/spool/postfix")
             dovecot_plan = self._dovecot.plan(
-                dovecot.CertFiles(fullchain=lineage.fullchain_path, key=lineage.key_path),
+                dovecot.CertFiles(fullchain=default.fullchain_path, key=default.key_path),
                 sasl_listener=os.path.join(queue, postfix.DOVECOT_SASL_PATH)
                 if dovecot_sasl else None,
+                sni=sni.dovecot_sni(state),
             )
-        self._staged = _Staged(lineage, material, plan, dovecot_plan)
+        self._staged = _Staged(lineage, material, plan, state, dovecot_plan)
+
+    def _prospective_state(
+        self, lineage: certs.Lineage, material: certs.Material, config: postfix.PostfixConfig
+    ) -> State:
+        """The plugin's state as it will be once this lineage is deployed."""
+        state = State.load(self.config.config_dir)
+        others = [name for name in state.lineages if name != lineage.name]
+        if config.version < (3, 4) and others:
+            raise errors.PluginError(
+                f"Postfix {config.main.get('mail_version')} serves one certificate only "
+                f"(SNI needs Postfix 3.4): {others[0]} stays deployed; undeploy it first "
+                f"(certbot-postfix-tls undeploy --cert-name {others[0]}) to switch."
+            )
+        state.add(
+            DeployedLineage(
+                name=lineage.name,
+                key_path=lineage.key_path,
+                fullchain_path=lineage.fullchain_path,
+                chain_file=lineage.chain_file,
+                names=material.names,
+                renewable=lineage.in_live,
+                key_group=str(self.conf("key-group")),
+            ),
+            pin=bool(self.conf("default")),
+        )
+        state.default = sni.choose_default(state, config.main.get("myhostname", ""))
+        state.postfix_dir = self.instance.config_dir
+        state.dovecot_config = self._dovecot.config_file if self._dovecot else None
+        state.verify = bool(self.conf("verify"))
+        state.verify_address = str(self.conf("verify-address"))
+        if config.version >= (3, 4):
+            state.sni_map_type = sni.map_type(
+                config.map_types, config.main.get("default_database_type", "hash")
+            )
+        return state
 
     def enhance(
         self, domain: str, enhancement: str, options: Optional[list[str] | str] = None
@@ -225,6 +277,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                    state_path, *(hooks.hook_path(config_dir, kind) for kind in hooks.KINDS)]
         if staged.dovecot_plan is not None:
             touched += list(staged.dovecot_plan.writes)
+        if staged.state.sni_map_type:
+            touched += [sni.map_path(config_dir),
+                        sni.index_path(config_dir, staged.state.sni_map_type)]
         existing = {path for path in touched if os.path.exists(path)}
         self.add_to_checkpoint(existing, f"postfix-tls: deploy {staged.lineage.name}", temporary)
         created = [path for path in touched if path not in existing]
@@ -233,10 +288,13 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         try:
             staged.permission_changes = tuple(self._secure_key(staged.lineage))
             certs.write_atomic(staged.lineage.chain_file, staged.material.combined(), 0o600)
+            if staged.state.sni_map_type:
+                sni.write_map(staged.state, config_dir, self.instance.config_dir,
+                              staged.state.sni_map_type)
             self.instance.apply(staged.plan)
             if self._dovecot is not None and staged.dovecot_plan is not None:
                 self._dovecot.apply(staged.dovecot_plan)
-            self._record(staged)
+            staged.state.save(config_dir)
             hooks.write_hooks(config_dir)
             self.instance.check()
             if self._dovecot is not None:
@@ -255,29 +313,11 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         changes = [f"created the system group {group}"] if created else []
         return changes + permissions.secure_lineage(lineage, group)
 
-    def _record(self, staged: _Staged) -> None:
-        state = State.load(self.config.config_dir)
-        state.postfix_dir = self.instance.config_dir
-        state.dovecot_config = self._dovecot.config_file if self._dovecot else None
-        state.verify = bool(self.conf("verify"))
-        state.verify_address = str(self.conf("verify-address"))
-        lineage = staged.lineage
-        state.lineages[lineage.name] = DeployedLineage(
-            name=lineage.name,
-            key_path=lineage.key_path,
-            fullchain_path=lineage.fullchain_path,
-            chain_file=lineage.chain_file,
-            names=staged.material.names,
-            renewable=lineage.in_live,
-            key_group=str(self.conf("key-group")),
-        )
-        state.default = lineage.name
-        state.save(self.config.config_dir)
-
     def _report(self, staged: _Staged) -> None:
         plan = staged.plan
         lines = [f"postfix-tls: deployed {staged.lineage.name} to Postfix in "
-                 f"{self.instance.config_dir}"]
+                 f"{self.instance.config_dir} (default certificate: {staged.state.default}; "
+                 f"served by SNI: {', '.join(sorted(staged.state.lineages))})"]
         lines += [f"  main.cf: {k} = {v}" for k, v in plan.main.items()]
         lines += [f"  master.cf: {p.service} -o {p.param}={p.value}" for p in plan.service_params]
         lines += [f"  key permissions: {change}" for change in staged.permission_changes]

@@ -780,6 +780,23 @@ class Dovecot:
             sasl_listener, sni,
         )
 
+    def removal_plan(self) -> DovecotPlan:
+        """Writes that take the plugin out again (its file is deleted by the caller):
+        the lines it commented out come back, its include line goes."""
+        tree = self.read()
+        writes: dict[str, str] = {}
+        for path, text in tree.files.items():
+            if path != self.plugin_file and MARKER in text:
+                writes[path] = uncomment(text)
+        if self.include_from:
+            text = writes.get(self.include_from, tree.text(self.include_from) or "")
+            line = _include_line(self.include_from, self.plugin_file) + "\n"
+            if line in text:
+                writes[self.include_from] = text.replace(line, "")
+        notes = [f"restored the lines certbot-postfix-tls had commented out in {path}"
+                 for path in sorted(writes)]
+        return DovecotPlan(writes=writes, creates=[], notes=notes)
+
     def apply(self, plan: DovecotPlan) -> None:
         """Write the plan's files (new files 0644 like Debian's conf.d; modes kept)."""
         for path, text in plan.writes.items():

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls import certs, permissions
+from certbot_postfix_tls import certs, permissions, sni
 from certbot_postfix_tls.state import State
 
 logger = logging.getLogger(__name__)
@@ -115,6 +115,9 @@ def run_deploy_hook(config_dir: str, renewed_lineage: Optional[str]) -> HookResu
     material = certs.load_material(lineage)
     certs.write_atomic(deployed.chain_file, material.combined(), 0o600)
     deployed.names = material.names
+    if state.sni_map_type and state.postfix_dir:
+        # postmap -F copied the old key and chain into the index: rebuild it.
+        sni.write_map(state, config_dir, state.postfix_dir, state.sni_map_type)
     for service in state.services():
         if service not in state.pending:
             state.pending.append(service)

@@ -65,6 +65,7 @@ MAIN_PARAMS = (
     "virtual_alias_domains",
     "relay_domains",
     "tls_server_sni_maps",
+    "default_database_type",
     *LEGACY_CERT_PARAMS,
 )
 
@@ -278,6 +279,7 @@ class CertificateFiles:
     chain_file: str  # key followed by the full chain (smtpd_tls_chain_files, 3.4+)
     fullchain: str  # for Postfix < 3.4
     key: str
+    sni_map: Optional[str] = None  # "type:path" of the SNI table (3.4+)
 
 
 @dataclass(frozen=True)
@@ -329,6 +331,8 @@ def _plan_main(config: PostfixConfig, files: CertificateFiles, plan: TLSPlan) ->
     wanted: dict[str, str] = {}
     if config.version >= (3, 4):
         wanted["smtpd_tls_chain_files"] = files.chain_file
+        if files.sni_map:
+            wanted["tls_server_sni_maps"] = files.sni_map
         stale = [p for p in LEGACY_CERT_PARAMS if explicit.get(p, "").strip()]
         for param in stale:
             wanted[param] = ""

@@ -43,8 +43,8 @@ def sni_names(fullchain: str) -> list[str]:
 
 
 def served_lineages(state: State) -> list[str]:
-    """The lineages clients can be served: today the default one."""
-    return [state.default] if state.default in state.lineages else []
+    """Every lineage the plugin deployed: each is served by SNI for its names."""
+    return sorted(state.lineages)
 
 
 def check_all(
@@ -59,7 +59,10 @@ def check_all(
     for name in sorted(lineage_names if lineage_names is not None else served_lineages(state)):
         lineage = state.lineages[name]
         expected = verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
-        for sni in sni_names(lineage.fullchain_path):
+        # A client without SNI must get the default certificate.
+        names: list[Optional[str]] = [None] if name == state.default else []
+        names += sni_names(lineage.fullchain_path)
+        for sni in names:
             for endpoint in targets:
                 results.append(verify.check_endpoint(endpoint, expected, sni, retry_seconds))
     return results

@@ -39,8 +39,27 @@ class State:
     verify_address: str = "127.0.0.1"
     verify: bool = True
     lineages: dict[str, DeployedLineage] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # deploy order (the default rule uses it)
     default: Optional[str] = None
+    default_pinned: Optional[str] = None  # set by --postfix-tls-default
+    sni_map_type: Optional[str] = None  # Postfix >= 3.4: the SNI table's map type
     pending: list[str] = field(default_factory=list)  # services awaiting a reload
+
+    def add(self, lineage: DeployedLineage, pin: bool = False) -> None:
+        """Record a deployed lineage (again: its entry is replaced, its place kept)."""
+        self.lineages[lineage.name] = lineage
+        if lineage.name not in self.order:
+            self.order.append(lineage.name)
+        if pin:
+            self.default_pinned = lineage.name
+
+    def remove(self, name: str) -> None:
+        self.lineages.pop(name, None)
+        self.order = [n for n in self.order if n != name]
+        if self.default_pinned == name:
+            self.default_pinned = None
+        if self.default == name:
+            self.default = None
 
     def services(self) -> list[str]:
         """The services this state configures, in reload order: Dovecot first, so that

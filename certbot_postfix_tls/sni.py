@@ -1,0 +1,96 @@
+"""Several certificates on one server (SPEC section 9).
+
+The default certificate (what a client without SNI gets) is the lineage whose
+names include Postfix's myhostname; else the first one deployed; a lineage
+deployed with --postfix-tls-default overrides both. Every lineage, the default
+included, is also served by SNI for its names: Postfix through
+``tls_server_sni_maps`` (a table built with ``postmap -F``, which embeds the
+key material, so table and index are 0600 root), Dovecot through
+``local_name`` blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from certbot_postfix_tls import certs, dovecot, process
+from certbot_postfix_tls.state import State
+
+MAP_FILE = "sni-map"
+# What postmap appends to the table's name for its index, per map type.
+INDEX_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+
+
+def map_path(config_dir: str) -> str:
+    return os.path.join(config_dir, certs.PLUGIN_DIR, MAP_FILE)
+
+
+def index_path(config_dir: str, map_type: str) -> str:
+    return map_path(config_dir) + INDEX_SUFFIX.get(map_type, ".db")
+
+
+def map_type(map_types: set[str], default_type: str) -> str:
+    """The table type for the SNI map: Postfix's default type when it can index it."""
+    for kind in (default_type, "hash", "lmdb", "btree"):
+        if kind in INDEX_SUFFIX and kind in map_types:
+            return kind
+    return "hash"
+
+
+def choose_default(state: State, myhostname: str) -> Optional[str]:
+    """The default lineage by SPEC section 9's rule."""
+    if state.default_pinned in state.lineages:
+        return state.default_pinned
+    host = myhostname.strip().lower().rstrip(".")
+    ordered = [name for name in state.order if name in state.lineages]
+    ordered += sorted(set(state.lineages) - set(ordered))
+    for name in ordered:
+        if host and host in (n.lower() for n in state.lineages[name].names):
+            return name
+    return ordered[0] if ordered else None
+
+
+def map_key(name: str) -> str:
+    """Postfix looks up the client's name, then its parent domains as ``.example.com``."""
+    name = name.strip().lower().rstrip(".")
+    return name[1:] if name.startswith("*.") else name
+
+
+def render_map(state: State) -> str:
+    """``name chain-file`` lines; on a name two lineages share, the default wins, then
+    the lineage that sorts first, so the table never depends on deploy order."""
+    lines: dict[str, str] = {}
+    ordered = ([state.default] if state.default in state.lineages else []) + sorted(
+        name for name in state.lineages if name != state.default
+    )
+    for name in ordered:
+        lineage = state.lineages[name]
+        for host in lineage.names:
+            lines.setdefault(map_key(host), lineage.chain_file)
+    body = "".join(f"{key} {path}\n" for key, path in sorted(lines.items()))
+    return "# Written by certbot-postfix-tls: one line per certificate name.\n" + body
+
+
+def write_map(state: State, config_dir: str, postfix_dir: str, kind: str) -> None:
+    """Write the SNI table and rebuild its index with ``postmap -F`` (0600 both)."""
+    path = map_path(config_dir)
+    certs.write_atomic(path, render_map(state).encode(), mode=0o600)
+    process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{path}"],
+                what=f"postmap -F could not build the SNI table {path}")
+    index = index_path(config_dir, kind)
+    fd = os.open(index, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o600)  # it holds private keys
+    finally:
+        os.close(fd)
+
+
+def dovecot_sni(state: State) -> list[tuple[list[str], dovecot.CertFiles]]:
+    """``local_name`` entries for every lineage but the default (served without SNI)."""
+    return [
+        (list(lineage.names), dovecot.CertFiles(lineage.fullchain_path, lineage.key_path))
+        for name, lineage in sorted(state.lineages.items())
+        if name != state.default
+    ]

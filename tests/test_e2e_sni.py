@@ -1,0 +1,129 @@
+"""Several certificates on one server: SNI on every port, default by rule, undeploy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from certbot_postfix_tls import certs, hooks, lab, sni, verify
+from certbot_postfix_tls.lab_dovecot import DovecotLab
+from certbot_postfix_tls.state import State
+
+HOST = lab.LAB_HOSTNAME  # Postfix's myhostname in the lab
+OTHER = "mail.b.example"
+PORTS = (("smtp", 25, "starttls"), ("smtp", 587, "starttls"),
+         ("imap", 143, "starttls"), ("imap", 993, "implicit"))
+
+
+def leaf(certbot: lab.Certbot, name: str) -> bytes:
+    pem = (certbot.config_dir / "live" / name / "fullchain.pem").read_bytes()
+    return certs.load_pem_chain(pem)[0].public_bytes(certs.serialization.Encoding.DER)
+
+
+def served(protocol: str, port: int, tls: str, name: str | None) -> bytes:
+    endpoint = verify.Endpoint("x", protocol, "127.0.0.1", port, tls, str(port))
+    return verify.handshake(endpoint, name).leaf_der
+
+
+def assert_serving(certbot: lab.Certbot, names: list[str], default: str) -> None:
+    for protocol, port, tls in PORTS:
+        for name in names:
+            assert served(protocol, port, tls, name) == leaf(certbot, name), (port, name)
+        assert served(protocol, port, tls, None) == leaf(certbot, default), (port, "no SNI")
+
+
+def issue(certbot: lab.Certbot, *names: str) -> None:
+    for name in names:
+        certbot.run("certonly", "-a", "standalone", "-d", name, *certbot.acme_args())
+
+
+def install(certbot: lab.Certbot, name: str, *extra: str) -> None:
+    certbot.run("install", "-i", "postfix-tls", "--cert-name", name, *extra)
+
+
+def normalized_config(certbot: lab.Certbot) -> dict[str, str]:
+    """What the deploy produced, with this run's temp paths taken out."""
+    base = str(certbot.config_dir)
+    files = {
+        # postconf -n: the settings in force (postconf -e appends new ones in the
+        # order they first appeared, which is not what "same state" means).
+        "main.cf": lab.process.run(["postconf", "-n"], what="postconf").stdout,
+        "sni-map": Path(sni.map_path(base)).read_text(),
+        "dovecot": Path("/etc/dovecot/conf.d/99-certbot-postfix-tls.conf").read_text(),
+    }
+    return {k: v.replace(base, "CONFIG") for k, v in files.items()}
+
+
+def test_two_lineages_in_both_orders(
+    certbot: lab.Certbot, postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab
+) -> None:
+    issue(certbot, OTHER, HOST)
+    install(certbot, OTHER)
+    install(certbot, HOST)  # the second deploy must not take the first one's place
+    assert_serving(certbot, [OTHER, HOST], default=HOST)  # myhostname's lineage is default
+    first = normalized_config(certbot)
+    for path in (sni.map_path(str(certbot.config_dir)),
+                 sni.index_path(str(certbot.config_dir), "hash")):
+        assert os.stat(path).st_mode & 0o777 == 0o600  # postmap -F embeds private keys
+
+    certbot.run("rollback", "--installer", "postfix-tls", "--checkpoints", "2")
+    install(certbot, HOST)
+    install(certbot, OTHER)
+    assert_serving(certbot, [OTHER, HOST], default=HOST)
+    assert normalized_config(certbot) == first  # order does not matter
+
+
+def test_default_flag_and_undeploy(
+    certbot: lab.Certbot, postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab
+) -> None:
+    issue(certbot, HOST, OTHER)
+    install(certbot, HOST)
+    install(certbot, OTHER, "--postfix-tls-default")
+    assert State.load(str(certbot.config_dir)).default == OTHER
+    assert_serving(certbot, [OTHER, HOST], default=OTHER)
+
+    cli = [sys.executable, "-m", "certbot_postfix_tls", "--config-dir", str(certbot.config_dir)]
+    out = subprocess.run([*cli, "undeploy", "--cert-name", OTHER], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    state = State.load(str(certbot.config_dir))
+    assert state.default == HOST and list(state.lineages) == [HOST]
+    for protocol, port, tls in PORTS:  # the removed name now gets the default
+        assert served(protocol, port, tls, OTHER) == leaf(certbot, HOST)
+    assert all(hooks.intact(str(certbot.config_dir), kind) for kind in hooks.KINDS)
+    assert subprocess.run([*cli, "verify"], capture_output=True, timeout=120,
+                          check=False).returncode == 0
+
+    out = subprocess.run([*cli, "undeploy", "--cert-name", HOST], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert "last lineage" in out.stderr
+    assert not any(os.path.exists(hooks.hook_path(str(certbot.config_dir), k))
+                   for k in hooks.KINDS)
+    assert not Path("/etc/dovecot/conf.d/99-certbot-postfix-tls.conf").exists()
+    assert "#certbot-postfix-tls#" not in Path("/etc/dovecot/conf.d/10-ssl.conf").read_text()
+
+
+def test_five_lineages_renewed_with_one_reload(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    if "debian" in request.node.name:
+        pytest.skip("the two-lineage tests cover Debian's certbot; five once is enough")
+    names = [HOST] + [f"mail.{c}.example" for c in "bcde"]
+    issue(certbot, *names)
+    for name in names:
+        install(certbot, name)
+    old = {name: leaf(certbot, name) for name in names}
+    reloads = postfix_lab.log().count("reload -- version")
+    dovecot_reloads = dovecot_lab.log().count("SIGHUP received")
+    certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew", *certbot.acme_args())
+    time.sleep(1)  # postlogd writes asynchronously
+    assert postfix_lab.log().count("reload -- version") == reloads + 1
+    assert dovecot_lab.log().count("SIGHUP received") == dovecot_reloads + 1
+    assert all(leaf(certbot, name) != old[name] for name in names)
+    assert_serving(certbot, names, default=HOST)
