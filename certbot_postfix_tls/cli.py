@@ -15,7 +15,7 @@ from typing import NoReturn, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls import certs, hooks, postfix, services, undeploy, verify
+from certbot_postfix_tls import certs, doctor, hooks, postfix, services, undeploy, verify
 from certbot_postfix_tls.state import DeployedLineage, State
 
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--cert-name", help="the lineage to check (default: every deployed one)")
     which.add_argument("--lineage", help="a lineage directory (live/NAME) to check")
     check.add_argument("--json", action="store_true", help="print one JSON object")
+
+    doc = sub.add_parser("doctor", help="the usual mail TLS failures, checked")
+    doc.add_argument("--json", action="store_true", help="print one JSON object")
 
     remove = sub.add_parser("undeploy", help="take one lineage out of service")
     remove.add_argument("--cert-name", required=True, help="the lineage to remove")
@@ -129,6 +132,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _report(status, summary, results, checks, args.json)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    results, checks = doctor.run(args.config_dir)
+    status = verify.worst([r.status for r in results] + [c.status for c in checks])
+    failing = [c.name for c in checks if c.status != "OK"]
+    failing += [f"{r.port}/{r.sni or 'no-SNI'}" for r in results if r.status != "OK"]
+    summary = f"{len(checks) + len(results) - len(failing)} of {len(checks) + len(results)} " \
+        f"checks OK" + (f"; look at: {', '.join(failing)}" if failing else "")
+    return _report(status, summary, results, [c.to_json() for c in checks], args.json)
+
+
 def _warn(message: str) -> None:
     print(f"WARNING: {message}", file=sys.stderr)
 
@@ -162,6 +175,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_hook(args)
         if args.command == "undeploy":
             return cmd_undeploy(args)
+        if args.command == "doctor":
+            return cmd_doctor(args)
         if args.command == "demo":
             from certbot_postfix_tls import demo
 

@@ -108,9 +108,16 @@ def dovecot_lab(dovecot_config: Optional[DovecotLab]) -> DovecotLab:
 
 
 @pytest.fixture(params=certbot_pythons(), ids=lambda flavor: flavor[0])
-def certbot(request: pytest.FixtureRequest, pebble: lab.Pebble, tmp_path: Path) -> lab.Certbot:
+def certbot(request: pytest.FixtureRequest, pebble: lab.Pebble) -> lab.Certbot:
     flavor, python = request.param
-    runner = lab.Certbot(pebble, tmp_path / "certbot", python=python)
+    # Like /etc/letsencrypt, the config dir's ancestors are traversable (0755):
+    # pytest's tmp_path is not, and key-permission checks would rightly complain.
+    root = _SCRATCH / "certbot"
+    root.mkdir(exist_ok=True)
+    base = Path(tempfile.mkdtemp(dir=root, prefix=f"{flavor}-"))
+    for directory in (_SCRATCH, root, base):
+        directory.chmod(0o755)
+    runner = lab.Certbot(pebble, base, python=python)
     if flavor == "debian" and not runner.version().startswith("2."):
         pytest.skip(f"{python} does not run Debian 12's certbot 2.x")
     return runner
