@@ -216,3 +216,29 @@ def test_non_default_instance(
     assert "smtpd_tls_chain_files" in (second / "main.cf").read_text()
     assert "submission" in (second / "master.cf").read_text()
     assert postfix_lab.master_pid() == default_pid
+
+
+def test_verification_failure_rolls_back(
+    certbot: lab.Certbot, postfix_lab: lab.PostfixLab, tmp_path: Path
+) -> None:
+    """An operator override makes one port serve another certificate: the deploy
+    is rolled back and the message says which port served what."""
+    from certbot_postfix_tls.lab_dovecot import write_self_signed
+
+    cert, key = tmp_path / "other.pem", tmp_path / "other.key"
+    write_self_signed(str(cert), str(key), name="stale.example.net")
+    combined = tmp_path / "other-chain.pem"
+    combined.write_bytes(key.read_bytes() + cert.read_bytes())
+    combined.chmod(0o600)
+    postfix_lab.postconf(
+        "-M", f"2526/inet=2526 inet n - y - - smtpd -o smtpd_tls_chain_files={combined}"
+    )
+    lab.process.run(["postfix", "reload"], what="reload")
+    before = files(postfix_lab)
+    proc = certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", NAME,
+                       *certbot.acme_args(), check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "127.0.0.1:2526" in output and "stale.example.net" in output
+    assert "successfully restored" in output
+    assert files(postfix_lab) == before
