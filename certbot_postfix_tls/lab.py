@@ -346,6 +346,12 @@ def debian_stock_config() -> tuple[str, str]:
     main_cf = (share / "main.cf.debian").read_text()
     if (share / "main.cf.tls").exists():
         main_cf += (share / "main.cf.tls").read_text()
+    # Debian 13's main.cf.debian already sets some of these: drop them so postconf
+    # does not warn about an "overriding earlier entry".
+    ours = ("smtpd_relay_restrictions", "alias_maps", "alias_database", "mynetworks",
+            "mailbox_size_limit", "recipient_delimiter")
+    main_cf = "".join(line for line in main_cf.splitlines(keepends=True)
+                      if line[:1] in "# \t" or line.split("=", 1)[0].strip() not in ours)
     main_cf += (
         "\nsmtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated"
         " defer_unauth_destination\n"

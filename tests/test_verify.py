@@ -15,6 +15,9 @@ from typing import Callable
 
 import pytest
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from certbot_postfix_tls import verify
 from certbot_postfix_tls.verify import Endpoint, ExpectedCert, VerifyError
@@ -43,18 +46,43 @@ class Pki:
         return ExpectedCert.from_fullchain(self.fullchain(leaf))
 
 
+def issue_dated(
+    inter: trustme.CA, chain: list[bytes], name: str, not_before: datetime, not_after: datetime
+) -> trustme.LeafCert:
+    """A leaf with chosen validity, signed with cryptography by trustme's intermediate
+    (Debian 12's trustme 0.9 has no not_before/not_after)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer = inter._certificate  # noqa: SLF001 - the CA's own certificate
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(inter._private_key, hashes.SHA256())  # noqa: SLF001
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return trustme.LeafCert(key_pem, cert.public_bytes(serialization.Encoding.PEM), chain)
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca = trustme.CA()
     inter = ca.create_child_ca()
+    good = inter.issue_cert(NAME, "*.example.net")
+    chain = [blob.bytes() for blob in good.cert_chain_pems[1:]]
     return Pki(
         tmp=tmp_path_factory.mktemp("pki"),
-        good=inter.issue_cert(NAME, "*.example.net"),
+        good=good,
         other=inter.issue_cert("old.example.com", common_name="old.example.com"),
-        soon=inter.issue_cert(NAME, not_after=NOW + timedelta(days=5, hours=6)),
-        expired=inter.issue_cert(
-            NAME, not_before=NOW - timedelta(days=90), not_after=NOW - timedelta(days=2, hours=6)
-        ),
+        soon=issue_dated(inter, chain, NAME, NOW - timedelta(days=1),
+                         NOW + timedelta(days=5, hours=6)),
+        expired=issue_dated(inter, chain, NAME, NOW - timedelta(days=90),
+                            NOW - timedelta(days=2, hours=6)),
     )
 
 
