@@ -294,26 +294,26 @@ def _level(levels: Mapping[str, int], value: str) -> int:
     return levels.get(value.strip().lower(), 0)
 
 
-def effective_smtpd_level(main: Mapping[str, str]) -> str:
-    """The server TLS level in force, including the obsolete smtpd_enforce/use_tls."""
-    if main.get("smtpd_tls_security_level", "").strip():
-        return main["smtpd_tls_security_level"].strip().lower()
-    if _yes(main.get("smtpd_enforce_tls", "")):
+def _effective_level(main: Mapping[str, str], side: str) -> str:
+    """The TLS level in force for ``side`` (smtpd or smtp), including the obsolete
+    ``*_enforce_tls``/``*_use_tls`` that ``*_tls_security_level`` replaced."""
+    if main.get(f"{side}_tls_security_level", "").strip():
+        return main[f"{side}_tls_security_level"].strip().lower()
+    if _yes(main.get(f"{side}_enforce_tls", "")):
         return "encrypt"
-    if _yes(main.get("smtpd_use_tls", "")):
+    if _yes(main.get(f"{side}_use_tls", "")):
         return "may"
     return "none"
+
+
+def effective_smtpd_level(main: Mapping[str, str]) -> str:
+    """The server (inbound) TLS level in force."""
+    return _effective_level(main, "smtpd")
 
 
 def effective_smtp_level(main: Mapping[str, str]) -> str:
     """The client (outbound) TLS level in force."""
-    if main.get("smtp_tls_security_level", "").strip():
-        return main["smtp_tls_security_level"].strip().lower()
-    if _yes(main.get("smtp_enforce_tls", "")):
-        return "encrypt"
-    if _yes(main.get("smtp_use_tls", "")):
-        return "may"
-    return "none"
+    return _effective_level(main, "smtp")
 
 
 def _cache_type(map_types: set[str]) -> str:

@@ -71,24 +71,20 @@ def check_all(
 def reload(state: State, services: Iterable[str], warn: Warn) -> None:
     """Check and reload each named service once; a stopped one is skipped with a warning."""
     for service in sorted(services, key=state.services().index):
+        daemon: Optional[postfix.Postfix | dovecot.Dovecot]
         if service == "postfix":
             mta = postfix.Postfix(state.postfix_dir)
-            if not mta.running():
-                warn(f"Postfix ({mta.config_dir}) is not running: its new configuration takes "
-                     "effect when you start it; nothing was reloaded.")
-                continue
-            mta.check()
-            mta.reload()
-        elif service == "dovecot":
-            imap = _dovecot(state)
-            if imap is None:
-                continue
-            if not imap.running():
-                warn(f"Dovecot ({state.dovecot_config}) is not running: its new configuration "
-                     "takes effect when you start it; nothing was reloaded.")
-                continue
-            imap.check()
-            imap.reload()
+            daemon, label = mta, f"Postfix ({mta.config_dir})"
+        else:
+            daemon, label = _dovecot(state), f"Dovecot ({state.dovecot_config})"
+        if daemon is None:
+            continue
+        if not daemon.running():
+            warn(f"{label} is not running: its new configuration takes effect when you "
+                 "start it; nothing was reloaded.")
+            continue
+        daemon.check()
+        daemon.reload()
 
 
 def reload_and_verify(state: State, services: Iterable[str], warn: Warn) -> list[str]:
