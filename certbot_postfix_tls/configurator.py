@@ -355,6 +355,11 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         ):
             logger.info("postfix-tls: the post hook reloads once at the end of this renewal run")
             return
+        # After a rollback the state may be gone or older than what this run
+        # touched: reload every service this installer manages, whatever it says.
+        state.postfix_dir = state.postfix_dir or self.instance.config_dir
+        if self._dovecot is not None:
+            state.dovecot_config = state.dovecot_config or self._dovecot.config_file
         problems = services.reload_and_verify(state, state.services(), self._warn)
         if problems:
             raise errors.MisconfigurationError(

@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from certbot_postfix_tls import lab, postfix, verify
+from certbot_postfix_tls import certs, lab, lab_load, postfix, services, verify
+from certbot_postfix_tls.lab_dovecot import DovecotLab
+from certbot_postfix_tls.state import State
 
 NAME = lab.LAB_HOSTNAME
 EXTRA_PORT = "2525"  # a non-standard listener, to show endpoints come from master.cf
@@ -30,9 +32,17 @@ def _step(title: str) -> None:
     _say(f"\n== {title}")
 
 
-def _show_endpoints(expected: verify.ExpectedCert | None) -> None:
-    config = postfix.Postfix().read()
-    for endpoint in postfix.endpoints(config, "127.0.0.1"):
+def _endpoints(with_dovecot: bool) -> list[verify.Endpoint]:
+    found = postfix.endpoints(postfix.Postfix().read(), "127.0.0.1")
+    if with_dovecot:
+        from certbot_postfix_tls import dovecot
+
+        found += dovecot.Dovecot().endpoints("127.0.0.1")
+    return found
+
+
+def _show_endpoints(expected: verify.ExpectedCert | None, with_dovecot: bool) -> None:
+    for endpoint in _endpoints(with_dovecot):
         where = f"{endpoint.label} {endpoint.address}:{endpoint.port} ({endpoint.tls})"
         try:
             shake = verify.handshake(endpoint, NAME)
@@ -47,8 +57,47 @@ def _show_endpoints(expected: verify.ExpectedCert | None) -> None:
         _say(f"  {where}: serves {info}{verdict}")
 
 
-def _config_bytes() -> tuple[bytes, bytes]:
-    return Path("/etc/postfix/main.cf").read_bytes(), Path("/etc/postfix/master.cf").read_bytes()
+def _config_bytes(with_dovecot: bool) -> dict[str, bytes]:
+    """The files a rollback must restore byte for byte."""
+    paths = [Path("/etc/postfix/main.cf"), Path("/etc/postfix/master.cf")]
+    if with_dovecot:
+        paths += sorted(p for p in Path("/etc/dovecot").rglob("*") if p.is_file())
+    return {str(p): p.read_bytes() for p in paths}
+
+
+def _renew_under_load(certbot: lab.Certbot, mta: lab.PostfixLab, imap: DovecotLab | None) -> None:
+    """Renew while clients keep handshaking; count failures, reloads, time to new cert."""
+    state = State.load(str(certbot.config_dir))
+    wanted = {25, 587, 993}
+    endpoints = [e for e in services.endpoints(state) if e.port in wanted]
+    postfix_reloads = mta.log().count("reload -- version")
+    dovecot_reloads = imap.log().count("SIGHUP received") if imap else 0
+    with lab_load.HandshakeLoad(endpoints, NAME, threads=2, max_seconds=120) as load:
+        time.sleep(1)
+        started = time.monotonic()
+        certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew",
+                    *certbot.acme_args())
+        ended = time.monotonic()
+        time.sleep(2)
+    results = load.stop()
+    new_leaf = certs.load_material(
+        certs.Lineage.from_live_dir(str(certbot.config_dir / "live" / NAME),
+                                    str(certbot.config_dir))
+    ).leaf_sha256
+    time.sleep(0.5)  # postlogd writes asynchronously
+    for port, stats in sorted(results.stats.items()):
+        _say(f"  port {port}: {stats.attempts} handshakes attempted, {stats.failures} failed")
+    served_at = results.first_time_serving_everywhere(new_leaf)
+    if served_at is None:
+        _say("  the new certificate was NOT served on every port")
+    else:
+        _say(f"  new certificate served on every port {served_at - ended:+.2f} s after certbot "
+             f"exited (certbot renew took {ended - started:.1f} s, its post hook verifies "
+             "before it returns)")
+    _say(f"  reloads: Postfix {mta.log().count('reload -- version') - postfix_reloads}"
+         + (f", Dovecot {imap.log().count('SIGHUP received') - dovecot_reloads}" if imap else "")
+         + f"; master pids {mta.master_pid()}"
+         + (f", {imap.master_pid()}" if imap else "") + " unchanged")
 
 
 def _indent(text: str) -> str:
@@ -77,19 +126,29 @@ def run(keep: bool = False) -> int:
         cleanups.append(pebble.stop)
         _say(f"  {pebble.directory_url}")
 
-        _step("2. Postfix with Debian's stock configuration, started on loopback")
+        _step("2. Postfix and Dovecot with Debian's stock configuration, on loopback")
         mta = lab.PostfixLab()
         main_cf, master_cf = lab.debian_stock_config()
         mta.install_config(main_cf, master_cf)
         mta.postconf("-M", f"{EXTRA_PORT}/inet={EXTRA_PORT} inet n - y - - smtpd")
         mta.start()
         cleanups.append(mta.stop)
-        _say(f"  master pid {mta.master_pid()}; what each port serves before certbot:")
-        _show_endpoints(None)
+        imap: DovecotLab | None = None
+        if shutil.which("dovecot", path="/usr/sbin:/usr/bin") is not None:
+            imap = DovecotLab()
+            imap.install_config(snakeoil=True)
+            imap.start()
+            cleanups.append(imap.stop)
+            _say(f"  Postfix master pid {mta.master_pid()}, Dovecot master pid "
+                 f"{imap.master_pid()}")
+        else:
+            _say(f"  Postfix master pid {mta.master_pid()} (Dovecot is not installed)")
+        _say("  what each port serves before certbot (Debian's snakeoil, or nothing):")
+        _show_endpoints(None, imap is not None)
 
         _step(f"3. certbot run -a standalone -i postfix-tls -d {NAME}")
         certbot = lab.Certbot(pebble, scratch / "certbot")
-        before = _config_bytes()
+        before = _config_bytes(imap is not None)
         started = time.monotonic()
         proc = certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", NAME,
                            *certbot.acme_args())
@@ -100,15 +159,21 @@ def run(keep: bool = False) -> int:
         expected = verify.ExpectedCert.from_fullchain(
             str(certbot.config_dir / "live" / NAME / "fullchain.pem")
         )
-        _show_endpoints(expected)
-        _say(f"  master pid {mta.master_pid()} (postfix reload, never a restart)")
+        _show_endpoints(expected, imap is not None)
+        _say(f"  Postfix master pid {mta.master_pid()}"
+             + (f", Dovecot master pid {imap.master_pid()}" if imap else "")
+             + " (reloaded, never restarted)")
 
-        _step("5. certbot rollback --installer postfix-tls")
+        _step("5. certbot renew --force-renewal, under load (handshakes on 25, 587, 993)")
+        _renew_under_load(certbot, mta, imap)
+
+        _step("6. certbot rollback --installer postfix-tls --checkpoints 1")
         certbot.run("rollback", "--installer", "postfix-tls")
-        after = _config_bytes()
+        after = _config_bytes(imap is not None)
         same = "yes" if after == before else "NO"
-        _say(f"  main.cf and master.cf restored byte for byte: {same}")
-        _show_endpoints(None)
+        _say(f"  main.cf, master.cf{' and /etc/dovecot' if imap else ''} restored byte for "
+             f"byte: {same}")
+        _show_endpoints(None, imap is not None)
         _say("\nDone: the throwaway Postfix and Pebble are stopped and their files removed.")
         return 0 if after == before else 2
     except (lab.LabError, verify.VerifyError, OSError) as exc:

@@ -106,6 +106,9 @@ def test_run_serves_every_port_and_wires_sasl(
     assert configs() == before  # every Dovecot file, main.cf, master.cf, byte for byte
     assert not PLUGIN_FILE.exists()
     assert dovecot_lab.master_pid() == dovecot_pid
+    # ... and reloaded: Dovecot serves its snakeoil certificate again.
+    for protocol, port, tls in MAIL_ENDPOINTS[:4]:
+        assert served_leaf(protocol, port, tls) != leaf, (protocol, port)
 
 
 def test_missing_snakeoil_then_operator_starts_dovecot(

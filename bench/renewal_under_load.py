@@ -1,0 +1,461 @@
+"""Renewal under load: this plugin's hooks against the article's restart hook.
+
+Run as root from the repository: ``.venv/bin/python bench/renewal_under_load.py``.
+
+Everything runs in the lab's private mount + network namespace (certbot_postfix_tls.lab):
+a local Pebble, Postfix and Dovecot with Debian's stock configuration, the real certbot.
+For each lineage count N and for two strategies, a handshake load runs on 25, 587
+(SMTP STARTTLS) and 993 (IMAP implicit TLS) and ~10 established IMAP sessions are held
+open on 143 while ``certbot renew --force-renewal`` renews all N lineages:
+
+A) this plugin: lineages issued with ``certonly`` and deployed with
+   ``certbot install -i postfix-tls``; renewal goes through the plugin's deploy hook
+   (rebuilds the combined key+chain files) and post hook (reloads each service once,
+   then verifies every endpoint).
+B) the article: the same lineages, Postfix and Dovecot reading live/ files, the plugin's
+   hooks removed and ``renewal-hooks/deploy/restart`` doing what
+   ``systemctl restart postfix; systemctl restart dovecot`` does (without systemd):
+   ``postfix stop; postfix start``, stop Dovecot's master and start it again. certbot
+   runs deploy hooks once per renewed lineage, so N lineages mean N restarts.
+
+The table (Markdown) goes to stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from certbot_postfix_tls import hooks, lab, lab_load, process, verify
+from certbot_postfix_tls.lab_dovecot import DovecotLab
+from certbot_postfix_tls.state import State
+
+LOAD_PORTS = (25, 587, 993)
+SESSION_PORT = 143
+POSTFIX_RELOAD = "reload -- version"
+POSTFIX_START = "daemon started -- version"
+DOVECOT_RELOAD = "SIGHUP received"
+DOVECOT_START = "starting up for"
+WARMUP_SECONDS = 2.0
+RESTART_HOOK = "restart"
+POSTFIX_THROTTLE = "-- throttling"
+MAIL_USER = ("bench", "bench-password")  # a system user inside the namespace only
+
+STRATEGIES = {
+    "A": "A: postfix-tls hooks",
+    "B": "B: article, restart hook",
+}
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Row:
+    """One strategy and lineage count."""
+
+    strategy: str
+    lineages: int
+    load: Optional[lab_load.LoadResults] = None
+    new_cert_after_exit: Optional[float] = None  # max over ports; None: never served
+    stale_after_new: int = 0  # handshakes that still got the old leaf after the new one
+    only_new_after_exit: Optional[float] = None  # from then on every handshake got it
+    postfix_reloads: int = 0
+    postfix_starts: int = 0
+    postfix_throttled: int = 0  # "bad command startup -- throttling" (a service stopped)
+    postfix_fatal: list[str] = field(default_factory=list)  # distinct "fatal:" messages
+    dovecot_reloads: int = 0
+    dovecot_starts: int = 0
+    sessions: Optional[lab_load.ImapSessionResults] = None
+    session_cut_offsets: list[float] = field(default_factory=list)  # vs certbot exit
+    renew_seconds: float = 0.0
+    renew_error: str = ""
+    pids_unchanged: tuple[bool, bool] = (False, False)  # postfix, dovecot
+    failure_offsets: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+
+def leaf_sha256(live_dir: Path) -> str:
+    cert = x509.load_pem_x509_certificate((live_dir / "cert.pem").read_bytes())
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def lineage_names(count: int) -> list[str]:
+    """The default lineage (Postfix's myhostname) first, then others served by SNI."""
+    return [lab.LAB_HOSTNAME] + [f"mail{i}.example.net" for i in range(1, count)]
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)  # noqa: S603
+    except OSError:
+        return "?"
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, scratch: Path) -> None:
+        self.args = args
+        self.scratch = scratch
+        self.pebble = lab.Pebble(scratch / "pebble")
+        self.postfix = lab.PostfixLab()
+        self.dovecot = DovecotLab()
+
+    # -- lab -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        lab.enter_private_namespace(self.scratch / "namespace")
+        self.pebble.start()
+        # /etc is an overlay inside the namespace: this user exists nowhere else.
+        user, password = MAIL_USER
+        process.run(["useradd", "--create-home", user], what="useradd")
+        process.run(["chpasswd"], what="chpasswd", input_text=f"{user}:{password}\n")
+
+    def stop(self) -> None:
+        self.dovecot.stop()
+        self.postfix.stop()
+        self.pebble.stop()
+
+    def fresh_daemons(self, tag: str) -> None:
+        """Stock Postfix and Dovecot, started, with empty logs (the previous ones are
+        renamed: with --keep they stay in the scratch directory's /var overlay)."""
+        self.dovecot.stop()
+        self.postfix.stop()
+        for log in (self.postfix.log_file, self.dovecot.log_file):
+            if os.path.exists(log):
+                os.replace(log, f"{log}.before-{tag}")
+        main_cf, master_cf = lab.debian_stock_config()
+        self.postfix.install_config(main_cf, master_cf)
+        self.postfix.start()
+        self.dovecot.install_config(snakeoil=True)
+        self.dovecot.start()
+
+    def deploy(self, count: int) -> tuple[lab.Certbot, str]:
+        """Issue ``count`` lineages with certonly, deploy each with certbot install."""
+        certbot = lab.Certbot(self.pebble, self.scratch / f"certbot-{count}")
+        names = lineage_names(count)
+        started = time.monotonic()
+        for name in names:
+            certbot.run("certonly", "-a", "standalone", "-d", name, *certbot.acme_args())
+        for index, name in enumerate(names):
+            # Verification after each install checks every deployed lineage on every
+            # endpoint; skip it until the last install (which sets verify back to yes in
+            # the plugin's state, so renewal verifies as it would in production).
+            extra = ["--postfix-tls-verify", "no"] if index < len(names) - 1 else []
+            certbot.run("install", "-i", "postfix-tls", "--cert-name", name, *extra)
+        default = State.load(str(certbot.config_dir)).default
+        if default is None:
+            raise lab.LabError("the plugin recorded no default lineage")
+        say(f"  issued and deployed {count} lineage(s) in {time.monotonic() - started:.1f} s;"
+            f" default: {default}")
+        return certbot, default
+
+    def to_article(self, certbot: lab.Certbot, default: str) -> None:
+        """Strategy B: live/ files, the plugin's hooks gone, a restart deploy hook."""
+        config_dir = str(certbot.config_dir)
+        hooks.remove_hooks(config_dir)
+        hook = certbot.config_dir / "renewal-hooks" / "deploy" / RESTART_HOOK
+        pidfile = os.path.join(self.dovecot.runtime_dir(), "master.pid")
+        hook.write_text(
+            "#!/bin/sh\n"
+            "# The article's `systemctl restart postfix; systemctl restart dovecot`,"
+            " without systemd.\n"
+            "postfix stop >/dev/null 2>&1\n"
+            "postfix start </dev/null >/dev/null 2>&1\n"
+            f"pid=$(cat {pidfile} 2>/dev/null)\n"
+            'if [ -n "$pid" ]; then\n'
+            '  kill "$pid"\n'
+            "  i=0\n"
+            '  while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n'
+            "fi\n"
+            f"dovecot -c {self.dovecot.config_file} </dev/null >/dev/null 2>&1\n"
+        )
+        hook.chmod(0o755)
+        # `certbot install` writes no installer into the renewal config; make sure.
+        for conf in (certbot.config_dir / "renewal").glob("*.conf"):
+            text = conf.read_text()
+            stripped = re.sub(r"(?m)^installer = (?!None$).*\n", "", text)
+            if stripped != text:
+                conf.write_text(stripped)
+                say(f"  removed the installer from {conf.name}")
+        live = certbot.config_dir / "live" / default
+        self.postfix.postconf(
+            "-e",
+            "smtpd_tls_chain_files=",
+            f"smtpd_tls_cert_file={live / 'fullchain.pem'}",
+            f"smtpd_tls_key_file={live / 'privkey.pem'}",
+        )
+        self.postfix.postconf("-X", "tls_server_sni_maps")
+        overrides = [line for line in self.postfix.postconf("-P").splitlines()
+                     if "smtpd_tls_chain_files" in line or "_cert_file" in line]
+        if overrides:
+            raise lab.LabError(f"master.cf overrides the certificate: {overrides}")
+        # Dovecot already reads live/ files (the plugin's conf.d file names them).
+        dovecot_files = "".join(p.read_text() for p in Path("/etc/dovecot/conf.d").glob("*.conf"))
+        if f"{live}/fullchain.pem" not in dovecot_files:
+            raise lab.LabError("Dovecot does not read the default lineage's live/ files")
+        self.postfix.stop()
+        self.postfix.start()
+        served = lab_load.light_handshake(lab_load.mail_endpoints(ports=(25,))[0], default)
+        if served != leaf_sha256(live):
+            raise lab.LabError("after switching to live/ files Postfix serves another leaf")
+
+    # -- one measured renewal ------------------------------------------------------------
+
+    def measure(self, strategy: str, certbot: lab.Certbot, default: str, count: int) -> Row:
+        row = Row(strategy, count)
+        live = certbot.config_dir / "live" / default
+        old_sha = leaf_sha256(live)
+        postfix_offset, dovecot_offset = len(self.postfix.log()), len(self.dovecot.log())
+        pids = (self.postfix.master_pid(), self.dovecot.master_pid())
+        load = lab_load.HandshakeLoad(
+            lab_load.mail_endpoints(ports=LOAD_PORTS), default, threads=self.args.threads,
+            timeout=3.0, client=self.args.client, max_seconds=240,
+        )
+        sessions = lab_load.ImapSessions(port=SESSION_PORT, count=self.args.sessions,
+                                         max_seconds=240, login=MAIL_USER)
+        say(f"  {STRATEGIES[strategy]}, {count} lineage(s): load on "
+            f"{', '.join(map(str, LOAD_PORTS))}, {self.args.sessions} IMAP sessions, renewing")
+        with load:
+            time.sleep(WARMUP_SECONDS)
+            for port in LOAD_PORTS:
+                if load.first_time_serving(old_sha, port) is None:
+                    say(f"  warning: port {port} did not serve the current leaf during warm-up")
+            sessions.open()
+            started = time.monotonic()
+            proc = certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew",
+                               *certbot.acme_args(), check=False)
+            ended = time.monotonic()
+            row.renew_seconds = ended - started
+            if proc.returncode != 0:
+                row.renew_error = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            new_sha = leaf_sha256(live)
+            if new_sha == old_sha:
+                row.renew_error = row.renew_error or "the default lineage was not renewed"
+            # Keep the load and the sessions going: the new certificate must show up on
+            # every port, and Dovecot cuts sessions a few seconds after a reload.
+            time.sleep(self.args.seconds)
+            row.sessions = sessions.close()
+        row.load = load_results = load.stop()
+        served = load_results.first_time_serving_everywhere(new_sha)
+        row.new_cert_after_exit = None if served is None else served - ended
+        stable = load_results.serving_only_everywhere_from(new_sha)
+        row.only_new_after_exit = None if stable is None else stable - ended
+        row.stale_after_new = sum(
+            s.served_other_after(new_sha) for s in load_results.stats.values()
+        )
+        row.session_cut_offsets = [t - ended for t in row.sessions.cut_times]
+        for port, stats in load_results.stats.items():
+            if stats.failed_at:
+                row.failure_offsets[port] = (stats.failed_at[0] - ended,
+                                             stats.failed_at[-1] - ended)
+        time.sleep(0.5)  # postlogd writes asynchronously
+        postfix_log = self.postfix.log()[postfix_offset:]
+        dovecot_log = self.dovecot.log()[dovecot_offset:]
+        row.postfix_reloads = postfix_log.count(POSTFIX_RELOAD)
+        row.postfix_starts = postfix_log.count(POSTFIX_START)
+        row.postfix_throttled = postfix_log.count(POSTFIX_THROTTLE)
+        for message in re.findall(r"fatal: (.*)", postfix_log):
+            if message not in row.postfix_fatal:
+                row.postfix_fatal.append(message)
+        row.dovecot_reloads = dovecot_log.count(DOVECOT_RELOAD)
+        row.dovecot_starts = dovecot_log.count(DOVECOT_START)
+        row.pids_unchanged = (self.postfix.master_pid() == pids[0],
+                              self.dovecot.master_pid() == pids[1])
+        return row
+
+    def run(self, counts: list[int]) -> tuple[list[Row], dict[str, dict[int, float]]]:
+        rows: list[Row] = []
+        rates: dict[str, dict[int, float]] = {}
+        for count in counts:
+            say(f"== {count} lineage(s)")
+            self.fresh_daemons(f"{count}-lineages")
+            certbot, default = self.deploy(count)
+            if not rates and self.args.rate_seconds:
+                say("  client rates, one thread per port")
+                rates = self.client_rates(self.args.rate_seconds)
+            rows.append(self.measure("A", certbot, default, count))
+            self.to_article(certbot, default)
+            rows.append(self.measure("B", certbot, default, count))
+        return rows, rates
+
+    def client_rates(self, seconds: float) -> dict[str, dict[int, float]]:
+        """Handshakes per second of each client, one thread on one port at a time."""
+        rates: dict[str, dict[int, float]] = {}
+        for client in ("light", "verify"):
+            for endpoint in lab_load.mail_endpoints(ports=LOAD_PORTS):
+                with lab_load.HandshakeLoad([endpoint], lab.LAB_HOSTNAME, threads=1,
+                                            client=client, max_seconds=seconds + 5) as load:
+                    time.sleep(seconds)
+                stats = load.stop().stats[endpoint.port]
+                rates.setdefault(client, {})[endpoint.port] = stats.rate
+        return rates
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def fmt_seconds(value: Optional[float]) -> str:
+    return "never" if value is None else f"{value:+.2f}"
+
+
+def markdown(rows: list[Row]) -> str:
+    head = (
+        ["strategy", "lineages"]
+        + [f"{port}: attempted / failed" for port in LOAD_PORTS]
+        + ["new cert on every port (s after certbot exit)", "Postfix reloads / restarts",
+           "Dovecot reloads / restarts", "IMAP sessions cut", "certbot renew (s)"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        assert row.load is not None and row.sessions is not None
+        cells = [STRATEGIES[row.strategy], str(row.lineages)]
+        for port in LOAD_PORTS:
+            stats = row.load.stats[port]
+            cells.append(f"{stats.attempts} / {stats.failures}")
+        cells += [
+            fmt_seconds(row.new_cert_after_exit),
+            f"{row.postfix_reloads} / {row.postfix_starts}",
+            f"{row.dovecot_reloads} / {row.dovecot_starts}",
+            f"{row.sessions.cut} of {row.sessions.opened}",
+            f"{row.renew_seconds:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def details(rows: list[Row]) -> str:
+    out = []
+    for row in rows:
+        assert row.load is not None and row.sessions is not None
+        notes = []
+        if row.renew_error:
+            notes.append(f"certbot renew: {row.renew_error}")
+        for port in LOAD_PORTS:
+            stats = row.load.stats[port]
+            if stats.errors:
+                first, last = row.failure_offsets[port]
+                errors = "; ".join(f"{msg} x{n}" for msg, n in stats.errors.items())
+                notes.append(f"port {port}: failures from {first:+.2f} s to {last:+.2f} s"
+                             f" ({errors})")
+        if row.stale_after_new:
+            notes.append(f"{row.stale_after_new} handshake(s) still got the old leaf after the"
+                         " new one was first served; only the new one from"
+                         f" {fmt_seconds(row.only_new_after_exit)} s")
+        if row.session_cut_offsets:
+            offsets = row.session_cut_offsets
+            notes.append(f"IMAP sessions cut between {offsets[0]:+.2f} s and {offsets[-1]:+.2f} s"
+                         f" ({'; '.join(row.sessions.messages[:3])})")
+        probed = row.sessions.cut - len(row.session_cut_offsets)
+        if probed:
+            notes.append(f"{probed} IMAP session(s) found dead by the final NOOP")
+        if row.postfix_throttled:
+            notes.append(f"Postfix logged 'throttling' {row.postfix_throttled} time(s)")
+        if row.postfix_fatal:
+            notes.append("Postfix fatal: " + "; ".join(f"'{m}'" for m in row.postfix_fatal[:3]))
+        postfix_same, dovecot_same = row.pids_unchanged
+        notes.append(f"master PIDs unchanged: Postfix {'yes' if postfix_same else 'no'},"
+                     f" Dovecot {'yes' if dovecot_same else 'no'}")
+        rates = ", ".join(f"{port}: {row.load.stats[port].rate:.0f}/s" for port in LOAD_PORTS)
+        notes.append(f"handshake rate {rates}")
+        out.append(f"- {STRATEGIES[row.strategy]}, {row.lineages} lineage(s): "
+                   + "; ".join(notes) + ".")
+    return "\n".join(out)
+
+
+def machine(certbot_version: str) -> str:
+    return (
+        f"Machine: {os.cpu_count()} CPU(s) (nproc {tool_version(['nproc'])}), "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"certbot {certbot_version}, "
+        f"Postfix {tool_version(['postconf', '-h', 'mail_version'])}, "
+        f"Dovecot {tool_version(['dovecot', '--version'])}, "
+        f"{tool_version(['openssl', 'version'])}."
+    )
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else "")
+    parser.add_argument("--lineages", default="1,10",
+                        help="comma list of lineage counts to renew in one run (default 1,10)")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="how long the load keeps running after certbot exits; Dovecot "
+                             "cuts sessions ~6 s after a reload (default 10)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="client threads per port (default 2)")
+    parser.add_argument("--sessions", type=int, default=10,
+                        help="established IMAP sessions held open on 143 (default 10)")
+    parser.add_argument("--client", choices=("light", "verify"), default="light",
+                        help="handshake client: light (default) or verify.handshake")
+    parser.add_argument("--rate-seconds", type=float, default=1.5,
+                        help="seconds per client and port for the client rate comparison"
+                             " (0 to skip; default 1.5)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = parser.parse_args(argv)
+    try:
+        args.counts = [int(n) for n in args.lineages.split(",") if n.strip()]
+    except ValueError:
+        parser.error("--lineages takes a comma list of numbers, e.g. 1,10")
+    if not args.counts or min(args.counts) < 1 or max(args.counts) > 20:
+        parser.error("--lineages: counts between 1 and 20")
+    if not 1 <= args.threads <= 8:
+        parser.error("--threads: between 1 and 8")
+    if not 0 <= args.seconds <= 60 or not 0 <= args.rate_seconds <= 10:
+        parser.error("--seconds: 0 to 60; --rate-seconds: 0 to 10")
+    if not 0 <= args.sessions <= 50:
+        parser.error("--sessions: 0 to 50")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="certbot-postfix-tls-bench-"))
+    bench = Bench(args, scratch)
+    began = time.monotonic()
+    try:
+        bench.start()
+        certbot_version = lab.Certbot(bench.pebble, scratch / "unused").version()
+        rows, rates = bench.run(args.counts)
+    except (lab.LabError, lab_load.LoadError, verify.VerifyError, OSError) as exc:
+        say(f"benchmark failed: {exc}")
+        return 2
+    finally:
+        bench.stop()
+        if args.keep:
+            say(f"scratch directory kept: {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(machine(certbot_version))
+    print(f"Load: {args.threads} thread(s) per port, {args.client} client, "
+          f"{args.sessions} logged-in IMAP sessions on {SESSION_PORT},"
+          f" {WARMUP_SECONDS:g} s warm-up, "
+          f"{args.seconds:g} s after certbot exits.\n")
+    print(markdown(rows))
+    print()
+    print(details(rows))
+    if rates:
+        print()
+        print("Client rates, handshakes/s with one thread on one port at a time: " + "; ".join(
+            f"{client}: " + ", ".join(f"{port} {rate:.0f}" for port, rate in per_port.items())
+            for client, per_port in rates.items()))
+    say(f"total {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
