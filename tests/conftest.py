@@ -58,6 +58,13 @@ def certbot_pythons() -> list[tuple[str, str]]:
     return flavors
 
 
+def once(request: pytest.FixtureRequest, why: str) -> None:
+    """Run a test with the newest certbot only: what it exercises does not depend on
+    certbot's version, and the suite has a time budget."""
+    if "[debian]" in request.node.name:
+        pytest.skip(f"runs with the newest certbot only: {why}")
+
+
 @pytest.fixture(scope="session")
 def pebble() -> Iterator[lab.Pebble]:
     need("pebble")

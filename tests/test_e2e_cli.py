@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import once
 
 from certbot_postfix_tls import hooks, lab
 from certbot_postfix_tls.lab_dovecot import DovecotLab
@@ -40,8 +41,7 @@ def test_verify_and_doctor_on_a_real_deployment(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
     dovecot_lab: DovecotLab,
 ) -> None:
-    if "debian" in request.node.name:
-        pytest.skip("the CLI does not depend on certbot's version; run once")
+    once(request, "the CLI does not depend on certbot's version")
     certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", NAME, *certbot.acme_args())
 
     proc = cli(certbot, "verify", "--json")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import once
 
 from certbot_postfix_tls import certs, hooks, lab, verify
 from certbot_postfix_tls.lab_dovecot import DovecotLab
@@ -164,8 +165,9 @@ def test_failed_reload_stays_pending_and_verify_is_critical(
 
 
 def test_sigterm_during_deploy_hook_leaves_consistent_state(
-    certbot: lab.Certbot, postfix_lab: lab.PostfixLab
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab
 ) -> None:
+    once(request, "the hook is the plugin's own process")
     name = NAMES[0]
     certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", name, *certbot.acme_args())
     renew(certbot, "--no-directory-hooks")  # archive now holds versions 1 and 2

@@ -175,3 +175,10 @@ def test_broken_main_cf_is_one_clear_error(tmp_path: Path) -> None:
         handle.write("this line has no equals sign\n")
     with pytest.raises(postfix.errors.MisconfigurationError, match=r"main.cf, line \d+"):
         pf.read()
+
+
+def test_postfix_not_installed_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The process boundary only: no postconf/postfix on this machine.
+    monkeypatch.setattr(postfix.process, "find_tool", lambda name: None)
+    with pytest.raises(postfix.errors.NoInstallationError, match="install the postfix package"):
+        postfix.Postfix()
