@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import need
+from conftest import need, once
 
 from certbot_postfix_tls import certs, lab, verify
 from certbot_postfix_tls.lab_dovecot import DovecotLab
@@ -163,3 +163,19 @@ def test_include_of_missing_file_is_refused(
         handle.write("!include /etc/dovecot/not-there.conf\n")
     message = refused_install(certbot)
     assert "dovecot.conf line" in message and "No matches" in message
+
+
+def test_services_option_leaves_dovecot_alone(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    once(request, "option handling is the plugin's own")
+    before = tree("/etc/dovecot")
+    certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", NAME,
+                "--postfix-tls-services", "postfix", *certbot.acme_args())
+    assert tree("/etc/dovecot") == before
+    assert served_leaf("smtp", 25, "starttls") == leaf_of(certbot)
+    assert served_leaf("imap", 993, "implicit") != leaf_of(certbot)
+    bad = certbot.run("install", "-i", "postfix-tls", "--cert-name", NAME,
+                      "--postfix-tls-services", "dovecot", check=False)
+    assert bad.returncode != 0 and "postfix or postfix,dovecot" in bad.stdout + bad.stderr
