@@ -299,7 +299,8 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             self.instance.check()
             if self._dovecot is not None:
                 self._dovecot.check()
-        except errors.Error:
+        except (errors.Error, OSError):
+            # Nothing half-applied: undo every file of this checkpoint now.
             self.recovery_routine()
             self._staged = None
             raise
