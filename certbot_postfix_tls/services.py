@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from certbot_postfix_tls import dovecot, postfix, verify
@@ -17,6 +18,9 @@ from certbot_postfix_tls.state import State
 logger = logging.getLogger(__name__)
 
 Warn = Callable[[str], None]
+# Handshakes in flight at once: enough to hide the network waits, few enough not to
+# trip Postfix's per-client limits (smtpd_client_connection_count_limit is 50).
+PARALLEL_CHECKS = 8
 
 
 def _dovecot(state: State) -> Optional[dovecot.Dovecot]:
@@ -53,19 +57,24 @@ def check_all(
     endpoints_to_check: Optional[Sequence[verify.Endpoint]] = None,
     retry_seconds: float = 5.0,
 ) -> list[verify.EndpointResult]:
-    """Handshake with every endpoint, with SNI for every name of every served lineage."""
+    """Handshake with every endpoint, with SNI for every name of every served lineage.
+
+    The checks are independent connections, so they run side by side: with many
+    lineages there are hundreds of them, each mostly waiting on the network.
+    """
     targets = endpoints(state) if endpoints_to_check is None else list(endpoints_to_check)
-    results = []
+    jobs: list[tuple[verify.Endpoint, verify.ExpectedCert, Optional[str]]] = []
     for name in sorted(lineage_names if lineage_names is not None else served_lineages(state)):
         lineage = state.lineages[name]
         expected = verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
         # A client without SNI must get the default certificate.
         names: list[Optional[str]] = [None] if name == state.default else []
         names += sni_names(lineage.fullchain_path)
-        for sni in names:
-            for endpoint in targets:
-                results.append(verify.check_endpoint(endpoint, expected, sni, retry_seconds))
-    return results
+        jobs += [(endpoint, expected, sni) for sni in names for endpoint in targets]
+    with ThreadPoolExecutor(max_workers=PARALLEL_CHECKS) as pool:
+        return list(pool.map(
+            lambda job: verify.check_endpoint(job[0], job[1], job[2], retry_seconds), jobs
+        ))
 
 
 def reload(state: State, services: Iterable[str], warn: Warn) -> None:
