@@ -18,7 +18,6 @@ import fcntl
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -409,8 +408,3 @@ class PostfixLab:
             return Path(self.log_file).read_text(errors="replace")
         except OSError:
             return ""
-
-
-def copy_tree_contents(src: Path, dst: Path) -> None:
-    """Copy a fixture tree over ``dst`` (used for Dovecot's conf.d layout)."""
-    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -27,14 +27,15 @@ def _dovecot(state: State) -> Optional[dovecot.Dovecot]:
     return dovecot.Dovecot(state.dovecot_config) if state.dovecot_config else None
 
 
-def endpoints(state: State, running_only: bool = True) -> list[verify.Endpoint]:
-    """Every TLS endpoint of the services in the state (of running ones by default)."""
+def endpoints(state: State) -> list[verify.Endpoint]:
+    """Every TLS endpoint of the running services in the state (a stopped one has a
+    WARNING of its own; its endpoints would only refuse)."""
     found: list[verify.Endpoint] = []
     mta = postfix.Postfix(state.postfix_dir)
-    if not running_only or mta.running():
+    if mta.running():
         found += postfix.endpoints(mta.read(), state.verify_address)
     imap = _dovecot(state)
-    if imap is not None and (not running_only or imap.running()):
+    if imap is not None and imap.running():
         found += imap.endpoints(state.verify_address)
     return found
 
