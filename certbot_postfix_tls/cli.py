@@ -1,4 +1,4 @@
-"""``certbot-postfix-tls``: verify, demo (and the commands later issues add).
+"""``certbot-postfix-tls``: verify, doctor, undeploy, hook and demo.
 
 Exit codes follow the monitoring-plugin convention (SPEC section 2):
 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (usage errors included).
@@ -15,7 +15,7 @@ from typing import NoReturn, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls import certs, doctor, hooks, postfix, services, undeploy, verify
+from certbot_postfix_tls import certs, doctor, hooks, services, undeploy, verify
 from certbot_postfix_tls.state import DeployedLineage, State
 
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
@@ -112,10 +112,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                        [], checks, args.json)
     results: list[verify.EndpointResult] = []
     try:
-        mta = postfix.Postfix(state.postfix_dir)
-        if not mta.running():
-            checks.append({"name": "postfix-running", "status": "CRITICAL",
-                           "message": f"Postfix ({mta.config_dir}) is not running: postfix start"})
+        checks += [{"name": name, "status": "CRITICAL", "message": message}
+                   for name, message in services.stopped(state)]
         for lineage in lineages:
             if lineage.name not in state.lineages:  # --lineage DIR not recorded: check it too
                 state.lineages[lineage.name] = DeployedLineage(

@@ -132,9 +132,7 @@ def run(config_dir: str) -> tuple[list[verify.EndpointResult], list[Check]]:
         mta = postfix.Postfix(state.postfix_dir)
         config = mta.read()
         checks += _submission_checks(config, state)
-        if not mta.running():
-            checks.append(Check("postfix-running", "CRITICAL",
-                                f"Postfix ({mta.config_dir}) is not running: postfix start"))
+        checks += [Check(name, "CRITICAL", message) for name, message in services.stopped(state)]
         endpoints = services.endpoints(state)
         results = services.check_all(state, endpoints_to_check=endpoints, retry_seconds=0)
         default = state.lineages.get(str(state.default))

@@ -40,6 +40,21 @@ def endpoints(state: State) -> list[verify.Endpoint]:
     return found
 
 
+def stopped(state: State) -> list[tuple[str, str]]:
+    """(check name, sentence) for every configured service whose master is not running:
+    all its endpoints refuse connections, which verify and doctor report CRITICAL."""
+    found = []
+    mta = postfix.Postfix(state.postfix_dir)
+    if not mta.running():
+        found.append(("postfix-running",
+                      f"Postfix ({mta.config_dir}) is not running: start it (postfix start)"))
+    imap = _dovecot(state)
+    if imap is not None and not imap.running():
+        found.append(("dovecot-running",
+                      f"Dovecot ({imap.config_file}) is not running: start it (dovecot)"))
+    return found
+
+
 def sni_names(fullchain: str) -> list[str]:
     """The names a client would ask for: the certificate's, wildcards skipped when others exist."""
     names = list(verify.ExpectedCert.from_fullchain(fullchain).names)

@@ -79,3 +79,16 @@ def test_verify_and_doctor_on_a_real_deployment(
     postfix_lab.stop()
     stopped = cli(certbot, "verify")
     assert stopped.returncode == 2 and "not running" in stopped.stdout
+
+
+def test_stopped_dovecot_is_critical(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    once(request, "the CLI does not depend on certbot's version")
+    certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", NAME, *certbot.acme_args())
+    dovecot_lab.stop()
+    proc = cli(certbot, "verify", "--json")
+    assert proc.returncode == 2
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["dovecot-running"]["status"] == "CRITICAL"
