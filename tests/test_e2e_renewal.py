@@ -140,7 +140,7 @@ def run_cli(certbot: lab.Certbot, *args: str) -> subprocess.CompletedProcess[str
 
 
 def test_failed_reload_stays_pending_and_verify_is_critical(
-    certbot: lab.Certbot, postfix_lab: lab.PostfixLab
+    certbot: lab.Certbot, postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab
 ) -> None:
     name = NAMES[0]
     certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", name, *certbot.acme_args())
