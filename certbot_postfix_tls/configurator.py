@@ -207,11 +207,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         plan = postfix.plan_tls(config, files, self._options(dovecot_sasl))
         dovecot_plan = None
         if self._dovecot is not None:
-            queue = config.main.get("queue_directory", "/var/spool/postfix")
             dovecot_plan = self._dovecot.plan(
                 dovecot.CertFiles(fullchain=default.fullchain_path, key=default.key_path),
-                sasl_listener=os.path.join(queue, postfix.DOVECOT_SASL_PATH)
-                if dovecot_sasl else None,
+                sasl_listener=postfix.dovecot_socket(config) if dovecot_sasl else None,
                 sni=sni.dovecot_sni(state),
             )
         self._staged = _Staged(lineage, material, plan, state, dovecot_plan)

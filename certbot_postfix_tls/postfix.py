@@ -387,6 +387,13 @@ def has_sasl_backend(config: PostfixConfig) -> bool:
     return _sasl_backend(config, None)
 
 
+def dovecot_socket(config: PostfixConfig) -> str:
+    """Absolute path of Dovecot's auth socket for this instance (smtpd_sasl_path is
+    relative to the queue directory)."""
+    queue = config.main.get("queue_directory", "/var/spool/postfix")
+    return os.path.join(queue, DOVECOT_SASL_PATH)
+
+
 def uses_dovecot_socket(config: PostfixConfig) -> bool:
     """Does a submission service authenticate through Dovecot's socket at our path?"""
     for service in config.services_on_port(SUBMISSION_PORT) + config.services_on_port(SMTPS_PORT):

@@ -46,10 +46,9 @@ def undeploy(config_dir: str, name: str, say: Say, warn: Say) -> list[str]:
         if state.sni_map_type:
             sni.write_map(state, config_dir, mta.config_dir, state.sni_map_type)
         if imap is not None:
-            queue = config.main.get("queue_directory", "/var/spool/postfix")
             imap.apply(imap.plan(
                 dovecot.CertFiles(default.fullchain_path, default.key_path),
-                sasl_listener=os.path.join(queue, postfix.DOVECOT_SASL_PATH)
+                sasl_listener=postfix.dovecot_socket(config)
                 if postfix.uses_dovecot_socket(config) else None,
                 sni=sni.dovecot_sni(state),
             ))
