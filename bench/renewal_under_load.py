@@ -2,7 +2,7 @@
 
 Run as root from the repository: ``.venv/bin/python bench/renewal_under_load.py``.
 
-Everything runs in the lab's private mount + network namespace (certbot_postfix_tls.lab):
+Everything runs in the lab's private mount + network namespace (tests/lab):
 a local Pebble, Postfix and Dovecot with Debian's stock configuration, the real certbot.
 For each lineage count N and for two strategies, a handshake load runs on 25, 587
 (SMTP STARTTLS) and 993 (IMAP implicit TLS) and ~10 established IMAP sessions are held
@@ -40,9 +40,15 @@ from typing import Optional
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certbot_postfix_tls import hooks, lab, lab_load, process, verify
-from certbot_postfix_tls.lab_dovecot import DovecotLab
-from certbot_postfix_tls.state import State
+# The lab (namespace, Pebble, throwaway daemons) is test equipment under tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import lab  # noqa: E402
+from lab import load as lab_load  # noqa: E402
+from lab.dovecot import DovecotLab  # noqa: E402
+
+from certbot_postfix_tls._internal import hooks, process, verify  # noqa: E402
+from certbot_postfix_tls._internal.state import State  # noqa: E402
 
 LOAD_PORTS = (25, 587, 993)
 SESSION_PORT = 143

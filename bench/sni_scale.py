@@ -19,9 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from certbot_postfix_tls import lab, services
-from certbot_postfix_tls.lab_dovecot import DovecotLab
-from certbot_postfix_tls.state import State
+# The lab (namespace, Pebble, throwaway daemons) is test equipment under tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import lab  # noqa: E402
+from lab.dovecot import DovecotLab  # noqa: E402
+
+from certbot_postfix_tls._internal import services  # noqa: E402
+from certbot_postfix_tls._internal.state import State  # noqa: E402
 
 
 def names_for(count: int) -> list[str]:

@@ -2,6 +2,6 @@
 
 import sys
 
-from certbot_postfix_tls.cli import main
+from certbot_postfix_tls._internal.cli import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """Test rig: the whole session runs inside the lab's private namespaces.
 
 Before any test runs, this process moves into its own mount and network
-namespace (certbot_postfix_tls.lab): /etc and /var are overlays, Postfix's and
+namespace (tests/lab): /etc and /var are overlays, Postfix's and
 Dovecot's state directories are private, loopback is private. Tests may then
 use default paths and standard ports, create users and groups, and start
 daemons, without touching the machine's own mail system (SPEC section 10).
@@ -19,10 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
+import lab
 import pytest
-
-from certbot_postfix_tls import lab
-from certbot_postfix_tls.lab_dovecot import DovecotLab
+from lab.dovecot import DovecotLab
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -43,7 +42,7 @@ def need(tool: str) -> None:
     """Skip (visibly) when the lab or a system tool is missing."""
     if LAB_PROBLEM:
         pytest.skip(LAB_PROBLEM)
-    from certbot_postfix_tls import process
+    from certbot_postfix_tls._internal import process
 
     if process.find_tool(tool) is None:
         pytest.skip(f"{tool} is not installed (see .ci/run for the packages)")

@@ -22,9 +22,9 @@ from conftest import FIXTURES, need
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certbot_postfix_tls import dovecot, process, verify
-from certbot_postfix_tls.dovecot import CertFiles, Dovecot
-from certbot_postfix_tls.verify import Endpoint
+from certbot_postfix_tls._internal import dovecot, process, verify
+from certbot_postfix_tls._internal.dovecot import CertFiles, Dovecot
+from certbot_postfix_tls._internal.verify import Endpoint
 
 FIX23 = FIXTURES / "dovecot23"
 FIX24 = FIXTURES / "dovecot24"
@@ -410,7 +410,7 @@ class Pair:
 def dovecot_lab(tmp_path: Path) -> Iterator[object]:
     """The lab's Dovecot; /etc/dovecot (an overlay here) is put back as it was after."""
     need("dovecot")
-    from certbot_postfix_tls.lab_dovecot import DovecotLab
+    from lab.dovecot import DovecotLab
 
     backup = tmp_path / "etc-dovecot-backup"
     had_config = os.path.isdir("/etc/dovecot")
@@ -467,7 +467,7 @@ def wait_served(endpoints: list[Endpoint], der: bytes, timeout: float = 10) -> N
 def test_real_dovecot_missing_snakeoil_deploy_reload(
     dovecot_lab, sasl_dir: str, tmp_path: Path
 ) -> None:
-    from certbot_postfix_tls import lab
+    import lab
 
     dovecot_lab = dovecot_lab()
     dovecot_lab.install_config(snakeoil=False)
@@ -587,7 +587,7 @@ def test_real_dovecot_24_in_debian13_chroot(tmp_path: Path, monkeypatch) -> None
     if not root or not os.path.exists(f"{root}/usr/sbin/dovecot"):
         pytest.skip("no Debian 13 chroot with Dovecot 2.4 (set DOVECOT24_ROOT to one)")
     need("chroot")
-    from certbot_postfix_tls import lab
+    import lab
 
     mounts: list[str] = []
     for top in ("etc", "var"):

@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lab
 import pytest
 from conftest import once
+from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls import hooks, lab
-from certbot_postfix_tls.lab_dovecot import DovecotLab
+from certbot_postfix_tls._internal import hooks
 
 NAME = lab.LAB_HOSTNAME
 JSON_KEYS = {"service", "address", "port", "tls", "sni", "status", "served_sha256",

@@ -6,11 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import lab
 import pytest
 from conftest import need, once
+from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls import certs, lab, verify
-from certbot_postfix_tls.lab_dovecot import DovecotLab
+from certbot_postfix_tls._internal import certs, verify
 
 NAME = lab.LAB_HOSTNAME
 PLUGIN_FILE = Path("/etc/dovecot/conf.d/99-certbot-postfix-tls.conf")

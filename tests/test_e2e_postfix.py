@@ -11,9 +11,10 @@ import shutil
 import smtplib
 from pathlib import Path
 
+import lab
 import pytest
 
-from certbot_postfix_tls import certs, lab, verify
+from certbot_postfix_tls._internal import certs, verify
 
 NAME = lab.LAB_HOSTNAME
 
@@ -223,7 +224,7 @@ def test_verification_failure_rolls_back(
 ) -> None:
     """An operator override makes one port serve another certificate: the deploy
     is rolled back and the message says which port served what."""
-    from certbot_postfix_tls.lab_dovecot import write_self_signed
+    from lab.dovecot import write_self_signed
 
     cert, key = tmp_path / "other.pem", tmp_path / "other.key"
     write_self_signed(str(cert), str(key), name="stale.example.net")

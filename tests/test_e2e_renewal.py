@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import lab
 import pytest
 from conftest import once
+from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls import certs, hooks, lab, verify
-from certbot_postfix_tls.lab_dovecot import DovecotLab
-from certbot_postfix_tls.state import State
+from certbot_postfix_tls._internal import certs, hooks, verify
+from certbot_postfix_tls._internal.state import State
 
 NAMES = ("mail.example.org", "mail.a.example", "mail.b.example")
 POSTFIX_RELOAD = "reload -- version"

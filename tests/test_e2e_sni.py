@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import lab
 import pytest
 from conftest import once
+from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls import certs, hooks, lab, sni, verify
-from certbot_postfix_tls.lab_dovecot import DovecotLab
-from certbot_postfix_tls.state import State
+from certbot_postfix_tls._internal import certs, hooks, sni, verify
+from certbot_postfix_tls._internal.state import State
 
 HOST = lab.LAB_HOSTNAME  # Postfix's myhostname in the lab
 OTHER = "mail.b.example"

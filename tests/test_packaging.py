@@ -11,7 +11,7 @@ build artifact ever lands in the checkout. Each cached chroot is copied to a
 temporary directory before the .deb is installed in it, so the cache stays as
 tools/debian13-chroot made it. In the copy, the package's own autopkgtest
 scripts (debian/tests/) run: certbot lists the plugin, and
-``python3 -m certbot_postfix_tls demo`` has Debian's certbot get a certificate
+``tools/demo`` (the lab from the source tree around the installed package) has Debian's certbot get a certificate
 from Pebble, deploy it with the packaged plugin and verify every port by
 handshake, inside the demo's own private namespaces.
 """
@@ -163,16 +163,18 @@ def test_package_metadata(built: Built) -> None:
 def test_package_contents(built: Built) -> None:
     files = deb_files(built.deb)
     site = "./usr/lib/python3/dist-packages"
-    assert f"{site}/certbot_postfix_tls/configurator.py" in files
+    assert f"{site}/certbot_postfix_tls/_internal/configurator.py" in files
+    # The lab and the demo are test equipment: not on a mail server.
+    assert not [p for p in files if "/lab" in p or p.endswith("/demo.py")]
     assert "./usr/bin/certbot-postfix-tls" in files
     entry_points = [text for path, text in files.items() if path.endswith("/entry_points.txt")]
     assert len(entry_points) == 1
-    assert (b"postfix-tls = certbot_postfix_tls.configurator:PostfixTLSConfigurator"
+    assert (b"postfix-tls = certbot_postfix_tls._internal.configurator:PostfixTLSConfigurator"
             in entry_points[0])
     page = gzip.decompress(files["./usr/share/man/man1/certbot-postfix-tls.1.gz"]).decode()
     for section in ("NAME", "SYNOPSIS", "OPTIONS", "COMMANDS", '"EXIT STATUS"'):
         assert f"\n.SH {section}\n" in page, section
-    assert "certbot\\-postfix\\-tls demo" in page
+    assert "certbot\\-postfix\\-tls doctor" in page
     # Only the module, its metadata, the script and docs: no tests, caches or build leftovers.
     strays = [path for path in files
               if not path.startswith((f"{site}/certbot_postfix_tls/",

@@ -17,11 +17,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import lab
 import pytest
 from certbot import errors
 from conftest import LAB_PROBLEM, need
 
-from certbot_postfix_tls import certs, lab, permissions
+from certbot_postfix_tls._internal import certs, permissions
 
 NAME = "fake.example.org"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
-from certbot_postfix_tls import postfix
+from certbot_postfix_tls._internal import postfix
 
 FILES = postfix.CertificateFiles(
     chain_file="/etc/letsencrypt/postfix-tls/lineages/mail/key-fullchain.pem",

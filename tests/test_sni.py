@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from certbot_postfix_tls import sni
-from certbot_postfix_tls.state import DeployedLineage, State
+from certbot_postfix_tls._internal import sni
+from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 
 def lineage(name: str, *names: str) -> DeployedLineage:

@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certbot_postfix_tls import verify
-from certbot_postfix_tls.verify import Endpoint, ExpectedCert, VerifyError
+from certbot_postfix_tls._internal import verify
+from certbot_postfix_tls._internal.verify import Endpoint, ExpectedCert, VerifyError
 
 NAME = "mail.example.com"
 NOW = datetime.now(timezone.utc)

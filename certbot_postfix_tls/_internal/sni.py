@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from certbot_postfix_tls import certs, dovecot, process
-from certbot_postfix_tls.state import State
+from certbot_postfix_tls._internal import certs, dovecot, process
+from certbot_postfix_tls._internal.state import State
 
 MAP_FILE = "sni-map"
 # What postmap appends to the table's name for its index, per map type.

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from certbot import errors
 
-from certbot_postfix_tls import dovecot, hooks, postfix, services, sni
-from certbot_postfix_tls.state import State
+from certbot_postfix_tls._internal import dovecot, hooks, postfix, services, sni
+from certbot_postfix_tls._internal.state import State
 
 Say = Callable[[str], None]
 

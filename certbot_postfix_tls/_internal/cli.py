@@ -1,4 +1,4 @@
-"""``certbot-postfix-tls``: verify, doctor, undeploy, hook and demo.
+"""``certbot-postfix-tls``: verify, doctor, undeploy and hook.
 
 Exit codes follow the monitoring-plugin convention (SPEC section 2):
 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (usage errors included).
@@ -15,8 +15,8 @@ from typing import NoReturn, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls import certs, doctor, hooks, services, undeploy, verify
-from certbot_postfix_tls.state import DeployedLineage, State
+from certbot_postfix_tls._internal import certs, doctor, hooks, services, undeploy, verify
+from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 
@@ -54,8 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     hook = sub.add_parser("hook", help="what the installed renewal hooks call")
     hook.add_argument("kind", choices=("deploy", "post"))
 
-    demo = sub.add_parser("demo", help="the whole job on loopback, no domain needed")
-    demo.add_argument("--keep", action="store_true", help="keep the scratch directory")
     return parser
 
 
@@ -175,10 +173,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_undeploy(args)
         if args.command == "doctor":
             return cmd_doctor(args)
-        if args.command == "demo":
-            from certbot_postfix_tls import demo
-
-            return demo.run(keep=args.keep)
     except errors.Error as exc:
         print(f"UNKNOWN: {exc}", file=sys.stderr)
         return verify.EXIT_CODES["UNKNOWN"]

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certbot_postfix_tls import process
+from certbot_postfix_tls._internal import process
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWNET = 0x40000000

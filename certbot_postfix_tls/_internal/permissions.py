@@ -29,7 +29,7 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls import certs, process
+from certbot_postfix_tls._internal import certs, process
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from certbot import errors, interfaces, util
 from certbot.display import util as display_util
 from certbot.plugins import common
 
-from certbot_postfix_tls import (
+from certbot_postfix_tls._internal import (
     certs,
     dovecot,
     hooks,
@@ -27,7 +27,7 @@ from certbot_postfix_tls import (
     services,
     sni,
 )
-from certbot_postfix_tls.state import DeployedLineage, State
+from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
-from certbot_postfix_tls import dovecot, postfix, verify
-from certbot_postfix_tls.state import State
+from certbot_postfix_tls._internal import dovecot, postfix, verify
+from certbot_postfix_tls._internal.state import State
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Callable, Optional
 
-from certbot_postfix_tls import verify
+from certbot_postfix_tls._internal import verify
 
 __all__ = [
     "EndpointStats",

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certbot_postfix_tls import lab, process
+import lab
+from certbot_postfix_tls._internal import process
 
 PRISTINE_DIR = Path("/usr/share/dovecot")
 DPKG_INFO = Path("/var/lib/dpkg/info")

@@ -27,8 +27,8 @@ from typing import Callable, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls import certs, permissions, sni
-from certbot_postfix_tls.state import State
+from certbot_postfix_tls._internal import certs, permissions, sni
+from certbot_postfix_tls._internal.state import State
 
 logger = logging.getLogger(__name__)
 

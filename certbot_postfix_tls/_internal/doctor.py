@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from certbot import errors
 
-from certbot_postfix_tls import hooks, permissions, postfix, services, verify
-from certbot_postfix_tls.state import State
+from certbot_postfix_tls._internal import hooks, permissions, postfix, services, verify
+from certbot_postfix_tls._internal.state import State
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls.certs import PLUGIN_DIR, write_atomic
+from certbot_postfix_tls._internal.certs import PLUGIN_DIR, write_atomic
 
 STATE_FILE = "state.json"
 FORMAT = 1

@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from certbot_postfix_tls import certs, lab, lab_load, postfix, services, verify
-from certbot_postfix_tls.lab_dovecot import DovecotLab
-from certbot_postfix_tls.state import State
+import lab
+from certbot_postfix_tls._internal import certs, postfix, services, verify
+from certbot_postfix_tls._internal.state import State
+from lab import load as lab_load
+from lab.dovecot import DovecotLab
 
 NAME = lab.LAB_HOSTNAME
 EXTRA_PORT = "2525"  # a non-standard listener, to show endpoints come from master.cf
@@ -35,7 +37,7 @@ def _step(title: str) -> None:
 def _endpoints(with_dovecot: bool) -> list[verify.Endpoint]:
     found = postfix.endpoints(postfix.Postfix().read(), "127.0.0.1")
     if with_dovecot:
-        from certbot_postfix_tls import dovecot
+        from certbot_postfix_tls._internal import dovecot
 
         found += dovecot.Dovecot().endpoints("127.0.0.1")
     return found

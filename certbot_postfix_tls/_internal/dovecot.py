@@ -32,8 +32,8 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls import process
-from certbot_postfix_tls.verify import Endpoint
+from certbot_postfix_tls._internal import process
+from certbot_postfix_tls._internal.verify import Endpoint
 
 logger = logging.getLogger(__name__)
 
