@@ -29,8 +29,24 @@ def _postconf() -> None:
 
 
 def instance(tmp_path: Path, fixture: str) -> postfix.Postfix:
+    """A copy of a fixture pair that reads nothing of the host's /etc.
+
+    Debian's stock main.cf says ``myorigin = /etc/mailname``, a file postconf
+    reads (and dies without: "fatal: /etc/mailname: cannot open file"). A fresh
+    Debian whose hostname is not fully qualified, and every build chroot, has
+    none; the copy points at a mailname file of its own instead.
+    """
     target = tmp_path / fixture
     shutil.copytree(FIXTURES / fixture, target)
+    main_cf = target / "main.cf"
+    text = main_cf.read_text()
+    if "\nmyorigin = /etc/mailname\n" in text:
+        mailname = tmp_path / "mailname"
+        mailname.write_text("mail.example.org\n")
+        main_cf.write_text(text.replace("\nmyorigin = /etc/mailname\n",
+                                        f"\nmyorigin = {mailname}\n"))
+    assert not [line for line in main_cf.read_text().splitlines()
+                if "/etc/mailname" in line and not line.startswith("#")]
     return postfix.Postfix(str(target))
 
 
