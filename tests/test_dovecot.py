@@ -379,6 +379,10 @@ def test_endpoints_and_check_with_real_doveconf(tmp_path: Path) -> None:
     needs_doveconf()
     conf = copy_tree(FIX23, tmp_path / "dovecot")
     (tmp_path / "dovecot/local.conf").write_text("listen = 127.0.0.1\n")
+    # The stock snakeoil path, moved where no host file can be: it must be missing.
+    ssl_conf = tmp_path / "dovecot/conf.d/10-ssl.conf"
+    missing = tmp_path / "missing/etc/dovecot/private"
+    ssl_conf.write_text(ssl_conf.read_text().replace("/etc/dovecot/private", str(missing)))
     dv = Dovecot(str(conf))
     assert dv.version[:2] == (2, 3)
     assert {(e.port, e.address) for e in dv.endpoints("192.0.2.1")} >= {(143, "127.0.0.1"),
