@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Optional
 
 from certbot import errors
+from certbot import util as certbot_util
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ _EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 def find_tool(name: str) -> Optional[str]:
     """Absolute path of an executable, also looking in the sbin directories."""
-    path = os.environ.get("PATH", os.defpath)
+    path = certbot_util.env_no_snap_for_external_calls().get("PATH", os.defpath)
     search = os.pathsep.join([path, *(p for p in _EXTRA_PATH if p not in path.split(os.pathsep))])
     return shutil.which(name, path=search)
 
@@ -56,7 +57,9 @@ def run(
         raise errors.NoInstallationError(f"{what}: the command {argv[0]} is not installed.")
     full = [tool, *argv[1:]]
     logger.debug("running %s", full)
-    run_env = None if env is None else {**os.environ, **env}
+    # certbot from a snap puts its own libraries first on PATH/LD_LIBRARY_PATH:
+    # the system's postfix, doveadm and groupadd must not load them.
+    run_env = {**certbot_util.env_no_snap_for_external_calls(), **(env or {})}
     if stderr_tty:
         proc = _run_with_tty(full, what, argv[0], run_env, input_text, timeout, error)
     else:
