@@ -7,6 +7,7 @@ is unit-tested on real configuration fixtures; applying goes through postconf
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -28,6 +29,10 @@ SUBMISSION_PORT = 587
 # Dovecot's auth socket for Postfix, relative to the queue directory (smtpd_sasl_path).
 DOVECOT_SASL_PATH = "private/auth"
 SMTPS_PORT = 465
+# Ports mail clients and other servers use: never taken for internal listeners.
+PUBLIC_PORTS = (25, SMTPS_PORT, SUBMISSION_PORT)
+# Read once more with postconf -x: Postfix binds to the expanded values.
+EXPANDED_PARAMS = ("inet_interfaces", "inet_protocols", "maillog_file")
 
 # Parameters Postfix ignores (with a warning) once smtpd_tls_chain_files is set.
 LEGACY_CERT_PARAMS = (
@@ -48,6 +53,11 @@ MAIN_PARAMS = (
     "myhostname",
     "mydomain",
     "inet_interfaces",
+    "inet_protocols",
+    "maillog_file",
+    "smtpd_upstream_proxy_protocol",
+    "postscreen_upstream_proxy_protocol",
+    "smtpd_tls_wrappermode",
     "smtpd_tls_security_level",
     "smtpd_enforce_tls",
     "smtpd_use_tls",
@@ -236,6 +246,8 @@ class PostfixConfig:
     explicit: dict[str, str]  # only what main.cf sets (postconf -n)
     services: list[MasterService]
     map_types: set[str]
+    # inet_interfaces, inet_protocols and maillog_file with $names expanded (postconf -x).
+    expanded: dict[str, str] = field(default_factory=dict)
 
     @property
     def version(self) -> tuple[int, ...]:
@@ -243,6 +255,10 @@ class PostfixConfig:
 
     def services_on_port(self, port: int) -> list[MasterService]:
         return [s for s in self.services if s.runs_smtpd and s.port == port]
+
+    def value(self, name: str) -> str:
+        """A main.cf value, expanded when postconf -x gave it."""
+        return self.expanded.get(name, self.main.get(name, ""))
 
 
 @dataclass(frozen=True)
@@ -326,8 +342,24 @@ def _cache_type(map_types: set[str]) -> str:
     )
 
 
-def _plan_main(config: PostfixConfig, files: CertificateFiles, plan: TLSPlan) -> None:
-    main, explicit = config.main, config.explicit
+def _changed(config: PostfixConfig, wanted: Mapping[str, str]) -> dict[str, str]:
+    """The settings of ``wanted`` that main.cf does not have yet ("" clears one)."""
+    changed = {}
+    for name, value in wanted.items():
+        current = config.explicit.get(name, config.main.get(name, "") if value else "")
+        if current.strip() != value:
+            changed[name] = value
+    return changed
+
+
+def cert_settings(config: PostfixConfig, files: CertificateFiles) -> dict[str, str]:
+    """The main.cf certificate settings alone (what renewal and undeploy may change):
+    the default certificate and the SNI table, only those that differ."""
+    return _changed(config, _cert_wanted(config, files, []))
+
+
+def _cert_wanted(config: PostfixConfig, files: CertificateFiles, notes: list[str]) -> dict[str, str]:
+    explicit = config.explicit
     wanted: dict[str, str] = {}
     if config.version >= (3, 4):
         wanted["smtpd_tls_chain_files"] = files.chain_file
@@ -337,13 +369,19 @@ def _plan_main(config: PostfixConfig, files: CertificateFiles, plan: TLSPlan) ->
         for param in stale:
             wanted[param] = ""
         if stale:
-            plan.notes.append(
+            notes.append(
                 f"cleared {', '.join(stale)} in main.cf: Postfix ignores them once "
                 "smtpd_tls_chain_files is set"
             )
     else:
         wanted["smtpd_tls_cert_file"] = files.fullchain
         wanted["smtpd_tls_key_file"] = files.key
+    return wanted
+
+
+def _plan_main(config: PostfixConfig, files: CertificateFiles, plan: TLSPlan) -> None:
+    main = config.main
+    wanted = _cert_wanted(config, files, plan.notes)
 
     if _level(SMTPD_LEVELS, effective_smtpd_level(main)) < SMTPD_LEVELS["may"] or (
         not main.get("smtpd_tls_security_level", "").strip()
@@ -366,10 +404,7 @@ def _plan_main(config: PostfixConfig, files: CertificateFiles, plan: TLSPlan) ->
     if loglevel < 1:
         wanted["smtpd_tls_loglevel"] = "1"
 
-    for name, value in wanted.items():
-        current = explicit.get(name, main.get(name, "") if value else "")
-        if current.strip() != value:
-            plan.main[name] = value
+    plan.main.update(_changed(config, wanted))
 
 
 def _sasl_backend(config: PostfixConfig, service: Optional[MasterService]) -> bool:
@@ -465,41 +500,267 @@ def plan_tls(config: PostfixConfig, files: CertificateFiles, options: Options) -
         _plan_submission_service(config, plan, SUBMISSION_PORT, "submission", False, options)
     if options.smtps:
         _plan_submission_service(config, plan, SMTPS_PORT, "submissions", True, options)
+    # An operator's choice the plugin does not silently undo, but must not hide.
+    plan.warnings += submission_wrappermode(config)
     return plan
 
 
-def endpoints(config: PostfixConfig, verify_address: str) -> list[Endpoint]:
-    """The TLS endpoints Postfix serves: inet smtpd/postscreen services with TLS on."""
-    result: list[Endpoint] = []
-    interfaces = [i.strip() for i in re.split(r"[\s,]+", config.main.get("inet_interfaces", ""))]
-    for service in config.services:
-        if service.type != "inet" or not service.runs_smtpd or service.port is None:
-            continue
-        overrides = service.overrides
-        level = overrides.get("smtpd_tls_security_level") or effective_smtpd_level(config.main)
-        wrapper = _yes(overrides.get("smtpd_tls_wrappermode", "no"))
-        if level == "none" and not wrapper:
-            continue
-        address = service.host or _listen_address(interfaces, verify_address)
-        result.append(
-            Endpoint(
-                service="postfix",
-                protocol="smtp",
-                address=address,
-                port=service.port,
-                tls="implicit" if wrapper else "starttls",
-                label=service.name,
-            )
-        )
+# --- where the daemons listen, and what the deploy verifies ---------------------------
+
+
+def _split(value: str) -> list[str]:
+    return [item for item in re.split(r"[\s,]+", value.strip()) if item]
+
+
+def _family(address: str) -> Optional[int]:
+    """4 or 6 for an IP address (brackets and %scope allowed), None for a name."""
+    try:
+        return ipaddress.ip_address(address.strip("[]").split("%", 1)[0]).version
+    except ValueError:
+        return None
+
+
+def _is_loopback(address: str) -> bool:
+    if address.lower() in ("localhost", "loopback-only"):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]").split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+WILDCARDS = {4: "0.0.0.0", 6: "::"}
+LOOPBACKS = {4: "127.0.0.1", 6: "::1"}
+
+
+def inet_families(config: PostfixConfig) -> list[int]:
+    """The IP versions Postfix listens with (inet_protocols: all, ipv4, ipv6, lists)."""
+    value = config.value("inet_protocols").lower() or "all"
+    families: list[int] = []
+    for item in _split(value):
+        if item == "all":
+            families += [4, 6] if socket.has_ipv6 else [4]
+        elif item in ("ipv4", "ipv6"):
+            families.append(int(item[-1]))
+    return sorted(set(families)) or [4]
+
+
+def _resolve(name: str, families: Sequence[int]) -> list[str]:
+    """A host name's addresses of the given families (Postfix binds to each of them)."""
+    found: list[str] = []
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return found
+    for family, _, _, _, sockaddr in infos:
+        version = 4 if family == socket.AF_INET else 6 if family == socket.AF_INET6 else 0
+        address = str(sockaddr[0])
+        if version in families and address not in found:
+            found.append(address)
+    return found
+
+
+def bound_addresses(config: PostfixConfig, service: MasterService) -> list[str]:
+    """What a master.cf inet service accepts connections on, as the master binds it:
+    its own ``host:`` (``127.0.0.1:10025``, ``[::1]:25``) or every inet_interfaces value
+    (``all``, ``loopback-only``, addresses, names, $names expanded), filtered by
+    inet_protocols. Wildcards are ``0.0.0.0`` and ``::`` (Postfix binds IPv6 sockets
+    IPv6-only, so ``::`` does not accept IPv4)."""
+    families = inet_families(config)
+    items = [service.host] if service.host else _split(config.value("inet_interfaces") or "all")
+    result: list[str] = []
+    for item in items:
+        item = item.strip("[]")
+        lowered = item.lower()
+        if lowered in ("all", "*", ""):
+            addresses = [WILDCARDS[f] for f in families]
+        elif lowered in ("loopback-only", "localhost"):
+            addresses = [LOOPBACKS[f] for f in families]
+        elif _family(item) is not None:
+            addresses = [item] if _family(item) in families else []
+        else:
+            addresses = _resolve(item, families)
+        result += [a for a in addresses if a not in result]
     return result
 
 
-def _listen_address(interfaces: Sequence[str], verify_address: str) -> str:
-    if not interfaces or "all" in interfaces or verify_address in interfaces:
-        return verify_address
-    if "loopback-only" in interfaces or "localhost" in interfaces:
-        return "127.0.0.1"
-    return interfaces[0]
+def choose_address(bound: Sequence[str], verify_address: str) -> str:
+    """Where to connect to reach a listener bound to ``bound`` (see bound_addresses).
+
+    ``verify_address`` when the listener accepts it (it is one of the bound addresses,
+    or a wildcard of its family is); else the loopback address of a wildcard's family,
+    IPv4 first; else a bound loopback address; else the first bound address.
+    """
+    wanted = verify_address.strip("[]")
+    family = _family(wanted)
+    for address in bound:
+        if address == wanted or (address in WILDCARDS.values() and _family(address) == family):
+            return wanted
+    for version in (4, 6):
+        if WILDCARDS[version] in bound:
+            return LOOPBACKS[version]
+    loopback = [a for a in bound if _is_loopback(a)]
+    if loopback:
+        return loopback[0]
+    return bound[0] if bound else wanted
+
+
+def _service_setting(config: PostfixConfig, service: MasterService, name: str) -> str:
+    overrides = service.overrides
+    return overrides[name] if name in overrides else config.main.get(name, "")
+
+
+def _setting_source(config: PostfixConfig, service: MasterService, name: str) -> str:
+    """Where a value in force for ``service`` comes from, for messages."""
+    if name in service.overrides:
+        return f"-o {name}={service.overrides[name]} (master.cf service {service.key})"
+    main_cf = os.path.join(config.main.get("config_directory", "/etc/postfix"), "main.cf")
+    return f"{name} = {config.main.get(name, '') or '(empty)'} in {main_cf}"
+
+
+def _cert_setting(config: PostfixConfig, service: MasterService) -> str:
+    """The setting that decides which certificate ``service`` serves."""
+    for name in ("smtpd_tls_chain_files", "smtpd_tls_cert_file"):
+        if service.overrides.get(name, "").strip():
+            return f"-o {name} of master.cf service {service.key}"
+    main_cf = os.path.join(config.main.get("config_directory", "/etc/postfix"), "main.cf")
+    if config.version >= (3, 4):
+        sni = " and tls_server_sni_maps" if config.main.get("tls_server_sni_maps") else ""
+        return f"smtpd_tls_chain_files{sni} in {main_cf}"
+    return f"smtpd_tls_cert_file/smtpd_tls_key_file in {main_cf}"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One inet smtpd/postscreen service: its endpoint and whether the deploy checks it.
+
+    ``skip`` says why it is never checked (TLS off, PROXY protocol: nothing a TLS
+    client can talk to); ``internal`` why it is not checked unless its port is named
+    in --postfix-tls-verify-ports (a loopback-only content-filter or proxy port).
+    """
+
+    service: MasterService
+    endpoint: Endpoint
+    skip: Optional[str] = None
+    internal: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.service.name}/inet (port {self.endpoint.port})"
+
+
+def _internal_reason(service: MasterService, port: int) -> Optional[str]:
+    host = service.host
+    if host is None or port in PUBLIC_PORTS or not _is_loopback(host):
+        return None
+    if "content_filter" in service.overrides:
+        use = "a content filter's re-injection port (-o content_filter=)"
+    else:
+        use = "an internal port (content-filter re-injection or proxy)"
+    return (f"bound to loopback {service.name}, {use}; name the port in "
+            "--postfix-tls-verify-ports to check it")
+
+
+def listeners(config: PostfixConfig, verify_address: str) -> list[Listener]:
+    """Every inet smtpd/postscreen service, with its endpoint and why it is not checked."""
+    result: list[Listener] = []
+    log_file = config.value("maillog_file")
+    for service in config.services:
+        port = service.port
+        if service.type != "inet" or not service.runs_smtpd or port is None:
+            continue
+        overrides = service.overrides
+        level = overrides.get("smtpd_tls_security_level") or effective_smtpd_level(config.main)
+        wrapper = _yes(_service_setting(config, service, "smtpd_tls_wrappermode") or "no")
+        address = choose_address(bound_addresses(config, service), verify_address)
+        endpoint = Endpoint(
+            service="postfix",
+            protocol="smtp",
+            address=address,
+            port=port,
+            tls="implicit" if wrapper else "starttls",
+            label=service.name,
+            setting=_cert_setting(config, service),
+            log_file=log_file,
+        )
+        skip: Optional[str] = None
+        proxy = ("postscreen_upstream_proxy_protocol"
+                 if service.command.split("/")[-1] == "postscreen"
+                 else "smtpd_upstream_proxy_protocol")
+        if _service_setting(config, service, proxy).strip():
+            skip = (f"expects a PROXY protocol header first "
+                    f"({_setting_source(config, service, proxy)}), which the check cannot send")
+        elif level.strip().lower() == "none" and not wrapper:
+            skip = f"TLS is off ({_setting_source(config, service, 'smtpd_tls_security_level')})"
+        internal = None if skip else _internal_reason(service, port)
+        result.append(Listener(service, endpoint, skip, internal))
+    return result
+
+
+def endpoints(
+    config: PostfixConfig, verify_address: str, ports: Optional[Sequence[int]] = None
+) -> list[Endpoint]:
+    """The TLS endpoints a deploy verifies: public-facing inet smtpd/postscreen services
+    with TLS on; with ``ports`` (--postfix-tls-verify-ports), every one on those ports
+    that a TLS client can talk to."""
+    return [
+        listener.endpoint
+        for listener in listeners(config, verify_address)
+        if listener.skip is None
+        and (listener.internal is None if not ports else listener.endpoint.port in ports)
+    ]
+
+
+def unchecked_endpoints(
+    config: PostfixConfig, ports: Optional[Sequence[int]] = None, verify_address: str = "127.0.0.1"
+) -> list[tuple[str, str]]:
+    """(label, why) of every inet smtpd/postscreen service a deploy does not verify."""
+    result: list[tuple[str, str]] = []
+    for listener in listeners(config, verify_address):
+        port = listener.endpoint.port
+        if listener.skip is not None:
+            result.append((listener.label, listener.skip))
+        elif ports and port not in ports:
+            result.append((listener.label, "its port is not in --postfix-tls-verify-ports"))
+        elif not ports and listener.internal is not None:
+            result.append((listener.label, listener.internal))
+    return result
+
+
+def parse_ports(value: str) -> list[int]:
+    """--postfix-tls-verify-ports: ``auto`` (or empty) -> [], else a comma list of ports."""
+    text = value.strip().lower()
+    if text in ("", "auto"):
+        return []
+    ports: list[int] = []
+    for item in _split(text):
+        port = resolve_port(item)
+        if port is None or not 0 < port < 65536:
+            raise errors.PluginError(
+                f"--postfix-tls-verify-ports {value}: {item!r} is not a port; give a comma "
+                "list such as 25,465,587 (or auto)."
+            )
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def submission_wrappermode(config: PostfixConfig) -> list[str]:
+    """One sentence per port-587 service that has implicit TLS (smtpd_tls_wrappermode=yes):
+    mail clients speak STARTTLS on 587 (RFC 6409) and cannot connect to it."""
+    problems = []
+    for service in config.services_on_port(SUBMISSION_PORT):
+        if _yes(_service_setting(config, service, "smtpd_tls_wrappermode") or "no"):
+            source = _setting_source(config, service, "smtpd_tls_wrappermode")
+            fix = (f"postconf -PX {service.key}/smtpd_tls_wrappermode"
+                   if "smtpd_tls_wrappermode" in service.overrides
+                   else f"-o smtpd_tls_wrappermode=no on {service.key}")
+            problems.append(
+                f"master.cf service {service.name} (port 587) has {source}: implicit TLS "
+                "belongs on port 465 (submissions); mail clients speak STARTTLS on 587 "
+                f"(RFC 6409) and fail against it; fix: {fix}, then postfix reload"
+            )
+    return problems
 
 
 class Postfix:
@@ -534,8 +795,10 @@ class Postfix:
         proc = process.run(
             argv, what="postconf failed", check=False, error=errors.MisconfigurationError
         )
-        # postconf reports syntax errors as "fatal:" or "warning:" lines; both mean
-        # main.cf/master.cf cannot be trusted to round-trip, so refuse to go on.
+        # Only what Postfix itself refuses is an error: postconf exiting non-zero or
+        # printing "fatal:" (e.g. a main.cf line without "="). Its "warning:" lines
+        # (an unused parameter, an undefined $name in master.cf) are notes: Postfix
+        # runs with them; warnings() returns them for the deploy's output.
         problems = [
             line for line in proc.stderr.splitlines() if "fatal:" in line or "warning:" in line
         ]
@@ -560,17 +823,29 @@ class Postfix:
             explicit=parse_postconf(self.postconf("-n")),
             services=parse_master(self.postconf("-M")),
             map_types=set(self.postconf("-m").split()),
+            expanded=parse_postconf(self.postconf("-x", *EXPANDED_PARAMS)),
         )
 
-    def syntax_warnings(self) -> list[str]:
-        """Lines postconf warns about in main.cf (e.g. a line without '=')."""
+    def warnings(self) -> list[str]:
+        """What postconf warns about in main.cf/master.cf, one line each, without the
+        ``postconf: warning:`` prefix (e.g. ``/etc/postfix/main.cf: unused parameter:
+        policyd-spf_time_limit=3600``). Postfix runs with these: they are notes, not
+        errors (what it refuses makes postconf or ``postfix check`` fail instead)."""
         proc = process.run(
             ["postconf", "-c", self.config_dir, "-n"], what="postconf failed", check=False
         )
-        return [line for line in proc.stderr.splitlines() if "warning:" in line or "fatal:" in line]
+        found: list[str] = []
+        for line in proc.stderr.splitlines():
+            if "warning:" in line:
+                text = line.split("warning:", 1)[1].strip()
+                if text not in found:
+                    found.append(text)
+        return found
 
     def check(self) -> None:
-        """``postfix check``; raises MisconfigurationError with Postfix's own message."""
+        """``postfix check``, and postconf's own verdict; raises MisconfigurationError
+        with Postfix's message when either refuses the configuration. postconf
+        warnings are not refusals (see warnings())."""
         proc = process.run(
             ["postfix", "-c", self.config_dir, "check"], what="postfix check", check=False,
             stderr_tty=True,
@@ -582,12 +857,7 @@ class Postfix:
                 f"postfix check failed for {self.config_dir}: "
                 f"{reason or 'exit ' + str(proc.returncode) + ', see the mail log'}"
             )
-        bad = self.syntax_warnings()
-        if bad:
-            raise errors.MisconfigurationError(
-                f"postconf reports a problem in {self.main_cf}: {bad[0].split('warning: ')[-1]}; "
-                "fix that line and run certbot again."
-            )
+        self.postconf("-n")  # raises on a fatal main.cf/master.cf problem
 
     def running(self) -> bool:
         """Is this instance's master alive? Read from its pid file, not ``postfix
