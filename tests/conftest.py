@@ -1,12 +1,15 @@
-"""Test rig: the whole session runs inside the lab's private namespaces.
+"""Test rig: tests that need the lab run inside its private namespaces.
 
-Before any test runs, this process moves into its own mount and network
-namespace (tests/lab): /etc and /var are overlays, Postfix's and
-Dovecot's state directories are private, loopback is private. Tests may then
-use default paths and standard ports, create users and groups, and start
-daemons, without touching the machine's own mail system (SPEC section 10).
-Without root (or without namespace support) the end-to-end tests are skipped
-with that reason; unit tests still run.
+The first test that needs the lab (through ``need()``, ``need_lab()``, the
+lab fixtures below, or by living in a test_e2e_* module) moves this process
+into its own mount and network namespace (tests/lab): /etc and /var are
+overlays, Postfix's and Dovecot's state directories are private, loopback is
+private. Those tests may then use default paths and standard ports, create
+users and groups, and start daemons, without touching the machine's own mail
+system (SPEC section 10). Nothing is entered at import time: a run of unit
+tests only (the package build runs them as root) never unshares anything.
+Without root (or without namespace support) the tests that need the lab are
+skipped with that reason; unit tests still run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -27,11 +31,42 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="certbot-postfix-tls-tests-"))
-try:
-    lab.enter_private_namespace(_SCRATCH / "namespace")
-    LAB_PROBLEM = ""
-except (lab.LabError, OSError) as exc:
-    LAB_PROBLEM = f"no private namespace for the lab: {exc}"
+# Why the lab is unavailable ("" once inside it); None until a test needed it.
+_lab_problem: Optional[str] = None
+
+
+def lab_problem() -> str:
+    """Enter the lab's namespaces on the first call; "" when inside, else why not.
+
+    unshare() moves only the calling thread: a thread still running at that
+    moment would stay outside, so the lab is refused then (and tried again
+    by the next test that needs it).
+    """
+    global _lab_problem
+    if _lab_problem is None:
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if others:
+            return f"no private namespace for the lab: threads still running ({', '.join(others)})"
+        try:
+            lab.enter_private_namespace(_SCRATCH / "namespace")
+            _lab_problem = ""
+        except (lab.LabError, OSError) as exc:
+            _lab_problem = f"no private namespace for the lab: {exc}"
+    return _lab_problem
+
+
+def need_lab() -> None:
+    """Enter the lab (see lab_problem), or skip (visibly) saying why not."""
+    problem = lab_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """End-to-end modules run inside the lab, even their tests without lab fixtures."""
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__.rpartition(".")[2].startswith("test_e2e_"):
+        lab_problem()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -39,9 +74,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def need(tool: str) -> None:
-    """Skip (visibly) when the lab or a system tool is missing."""
-    if LAB_PROBLEM:
-        pytest.skip(LAB_PROBLEM)
+    """Enter the lab; skip (visibly) when the lab or a system tool is missing."""
+    need_lab()
     from certbot_postfix_tls._internal import process
 
     if process.find_tool(tool) is None:
@@ -80,7 +114,7 @@ def dovecot_config() -> Iterator[Optional[DovecotLab]]:
     Installed for every end-to-end test so that what the plugin finds in
     /etc/dovecot never depends on the host's own files.
     """
-    if LAB_PROBLEM or shutil.which("doveconf", path="/usr/bin:/usr/sbin") is None:
+    if lab_problem() or shutil.which("doveconf", path="/usr/bin:/usr/sbin") is None:
         yield None
         return
     instance = DovecotLab()

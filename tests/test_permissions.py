@@ -20,7 +20,7 @@ from pathlib import Path
 import lab
 import pytest
 from certbot import errors
-from conftest import LAB_PROBLEM, need
+from conftest import need, need_lab
 
 from certbot_postfix_tls._internal import certs, permissions
 
@@ -49,8 +49,7 @@ def key_group() -> tuple[str, int]:
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
     """A directory every user can traverse (pytest's tmp_path is under a 0700 dir)."""
-    if LAB_PROBLEM:
-        pytest.skip(LAB_PROBLEM)
+    need_lab()
     # /var is an overlay inside the namespace: this lands in the lab's scratch dir.
     path = Path(tempfile.mkdtemp(prefix="cpt-perm-", dir="/var/tmp"))
     path.chmod(0o755)
@@ -237,8 +236,7 @@ def test_user_provided_key_only_touches_the_key(
 
 
 def test_secure_file_primitive(tmp_path: Path) -> None:
-    if LAB_PROBLEM:
-        pytest.skip(LAB_PROBLEM)
+    need_lab()
     path = tmp_path / "combined.pem"
     path.write_text("key+chain\n")
     path.chmod(0o644)
