@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 from certbot import errors
-from conftest import FIXTURES, need
+from conftest import FIXTURES, need, need_lab
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -443,6 +443,7 @@ def dovecot_lab(tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def sasl_dir() -> Iterator[str]:
     """Postfix's private/ directory for Dovecot's auth socket (removed if we made it)."""
+    need_lab()  # /var/spool/postfix: the lab's private one
     directory = os.path.dirname(SASL)
     created = not os.path.isdir(directory)
     os.makedirs(directory, exist_ok=True)
