@@ -358,7 +358,9 @@ def cert_settings(config: PostfixConfig, files: CertificateFiles) -> dict[str, s
     return _changed(config, _cert_wanted(config, files, []))
 
 
-def _cert_wanted(config: PostfixConfig, files: CertificateFiles, notes: list[str]) -> dict[str, str]:
+def _cert_wanted(
+    config: PostfixConfig, files: CertificateFiles, notes: list[str]
+) -> dict[str, str]:
     explicit = config.explicit
     wanted: dict[str, str] = {}
     if config.version >= (3, 4):

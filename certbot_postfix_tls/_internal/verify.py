@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import os
 import re
 import selectors
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, TypeVar
 
@@ -36,6 +37,7 @@ __all__ = [
     "check_endpoint",
     "dns_name_matches",
     "handshake",
+    "summarize",
     "worst",
 ]
 
@@ -68,12 +70,15 @@ class VerifyError(Exception):
     """A verification failure; the message is one sentence naming the endpoint or file.
 
     ``retryable`` marks failures a just-reloaded service may still recover from (nothing
-    listening yet, an old process closing the connection).
+    listening yet, an old process closing the connection). ``kind`` classifies the
+    failure for ``summarize`` (refused, timeout, closed, greeting, no-starttls,
+    starttls-refused, early-data, tls, protocol).
     """
 
-    def __init__(self, message: str, retryable: bool = False) -> None:
+    def __init__(self, message: str, retryable: bool = False, kind: str = "protocol") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,11 @@ class Endpoint:
     port: int
     tls: str  # "starttls" or "implicit"
     label: str = ""  # e.g. "smtp", "submission", "imaps" (for messages)
+    # For failure messages: the setting that decides the served certificate
+    # (e.g. "smtpd_tls_chain_files in /etc/postfix/main.cf"), and the service's log
+    # file when it writes one (Postfix's maillog_file), where a cause may be found.
+    setting: str = field(default="", compare=False)
+    log_file: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,9 @@ class EndpointResult:
     name_matches: bool | None
     days_left: int | None
     message: str
+    # Not part of the JSON: what summarize() needs to group and explain failures.
+    kind: str = field(default="", compare=False)
+    endpoint: Endpoint | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, object]:
         """The endpoint as a JSON-ready dict, keys in SPEC order."""
@@ -352,10 +365,13 @@ class _Conversation:
                 if self.endpoint.tls == "implicit" and "wrong version number" in str(err):
                     hint = " - the port does not seem to speak implicit TLS"
                 raise VerifyError(
-                    f"TLS with {self.where} failed {what}: {_ssl_reason(err)}{hint}."
+                    f"TLS with {self.where} failed {what}: {_ssl_reason(err)}{hint}.", kind="tls"
                 ) from err
             if not _wait(self.sock, write, deadline - time.monotonic()):
-                raise VerifyError(f"{self.where} did not answer within {self.timeout:g} s {what}.")
+                raise VerifyError(
+                    f"{self.where} did not answer within {self.timeout:g} s {what}.",
+                    kind="timeout",
+                )
 
     def _recv(self, what: str) -> bytes:
         try:
@@ -368,12 +384,13 @@ class _Conversation:
             return self.sock.recv(4096)
         except socket.timeout as err:
             raise VerifyError(
-                f"{self.where} did not answer within {self.timeout:g} s {what}."
+                f"{self.where} did not answer within {self.timeout:g} s {what}.", kind="timeout"
             ) from err
         except OSError as err:
             raise VerifyError(
                 f"{self.where} dropped the connection {what}: {err.strerror or err}.",
                 retryable=True,
+                kind="closed",
             ) from err
 
     def send(self, line: str) -> None:
@@ -411,7 +428,9 @@ class _Conversation:
                 break
             data = self._recv(what)
             if not data:
-                raise VerifyError(f"{self.where} closed the connection {what}.", retryable=True)
+                raise VerifyError(
+                    f"{self.where} closed the connection {what}.", retryable=True, kind="closed"
+                )
             self.total += len(data)
             if self.total > _MAX_TOTAL:
                 raise VerifyError(
@@ -439,11 +458,13 @@ class _Conversation:
                 raise VerifyError(
                     f"{self.where} closed the connection right after accepting {command}.",
                     retryable=True,
+                    kind="closed",
                 )
         if early:
             raise VerifyError(
                 f"{self.where} sent data before the TLS handshake (after its {command} reply),"
-                " so plaintext could be passed off as encrypted - refusing to trust it."
+                " so plaintext could be passed off as encrypted - refusing to trust it.",
+                kind="early-data",
             )
 
     def start_tls(self, sni: str | None) -> None:
@@ -462,7 +483,7 @@ class _Conversation:
             self._tls_call(conn.do_handshake, "during the TLS handshake")
         except _Eof as err:
             raise VerifyError(
-                f"{self.where} closed the connection during the TLS handshake.", True
+                f"{self.where} closed the connection during the TLS handshake.", True, "closed"
             ) from err
         leaf = conn.get_peer_certificate()
         if leaf is None:
@@ -591,7 +612,8 @@ def _smtp(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[st
     code, texts = conv.smtp_reply("while waiting for the greeting")
     if code != 220:
         raise VerifyError(
-            f"{conv.where} greeted with {_printable(f'{code} {texts[0]}')!r} instead of 220."
+            f"{conv.where} greeted with {_printable(f'{code} {texts[0]}')!r} instead of 220.",
+            kind="greeting",
         )
     name = conv.local_name()
     caps = conv.ehlo(name)
@@ -599,14 +621,16 @@ def _smtp(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[st
     if starttls:
         before = caps
         if not _has_keyword(caps, "STARTTLS"):
-            raise VerifyError(f"{conv.where} does not advertise STARTTLS in its EHLO reply.")
+            raise VerifyError(
+                f"{conv.where} does not advertise STARTTLS in its EHLO reply.", kind="no-starttls"
+            )
         conv.send("STARTTLS")
         code, texts = conv.smtp_reply("after STARTTLS")
         if code != 220:
-            hint = " - see the mail log (usually it cannot read its key)" if code == 454 else ""
             raise VerifyError(
                 f"{conv.where} answered STARTTLS with {_printable(f'{code} {texts[0]}')!r}"
-                f" instead of 220{hint}."
+                " instead of 220.",
+                kind="starttls-refused",
             )
         conv.refuse_early_data("STARTTLS")
         conv.start_tls(sni)
@@ -625,18 +649,24 @@ def _imap(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[st
         conv.start_tls(sni)
     greeting = conv.read_line("while waiting for the greeting")
     if not greeting.upper().startswith("* OK"):
-        raise VerifyError(f"{conv.where} greeted with {_printable(greeting)!r} instead of * OK.")
+        raise VerifyError(
+            f"{conv.where} greeted with {_printable(greeting)!r} instead of * OK.", kind="greeting"
+        )
     caps = conv.imap_capability() or _imap_code_capabilities(greeting)
     before: list[str] = []
     if starttls:
         before = caps
         if "STARTTLS" not in (c.upper() for c in caps):
-            raise VerifyError(f"{conv.where} does not advertise STARTTLS in its capabilities.")
+            raise VerifyError(
+                f"{conv.where} does not advertise STARTTLS in its capabilities.",
+                kind="no-starttls",
+            )
         status, text, _ = conv.imap_command("STARTTLS", "after STARTTLS")
         if status != "OK":
             raise VerifyError(
                 f"{conv.where} answered STARTTLS with {_printable(status + ' ' + text)!r}"
-                " instead of OK."
+                " instead of OK.",
+                kind="starttls-refused",
             )
         conv.refuse_early_data("STARTTLS")
         conv.start_tls(sni)
@@ -650,18 +680,23 @@ def _pop3(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[st
         conv.start_tls(sni)
     greeting = conv.read_line("while waiting for the greeting")
     if not greeting.startswith("+OK"):
-        raise VerifyError(f"{conv.where} greeted with {_printable(greeting)!r} instead of +OK.")
+        raise VerifyError(
+            f"{conv.where} greeted with {_printable(greeting)!r} instead of +OK.", kind="greeting"
+        )
     caps = conv.pop3_capa()
     before: list[str] = []
     if starttls:
         before = caps
         if not _has_keyword(caps, "STLS"):
-            raise VerifyError(f"{conv.where} does not advertise STLS in its CAPA reply.")
+            raise VerifyError(
+                f"{conv.where} does not advertise STLS in its CAPA reply.", kind="no-starttls"
+            )
         conv.send("STLS")
         reply = conv.read_line("after STLS")
         if not reply.startswith("+OK"):
             raise VerifyError(
-                f"{conv.where} answered STLS with {_printable(reply)!r} instead of +OK."
+                f"{conv.where} answered STLS with {_printable(reply)!r} instead of +OK.",
+                kind="starttls-refused",
             )
         conv.refuse_early_data("STLS")
         conv.start_tls(sni)
@@ -698,14 +733,18 @@ def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0) -> Han
             f"Nothing listens on {_where(endpoint)}: connection refused"
             " - is the service running and listening there?",
             retryable=True,
+            kind="refused",
         ) from err
     except socket.timeout as err:
         raise VerifyError(
             f"Connecting to {_where(endpoint)} timed out after {timeout:g} s"
-            " - is a firewall dropping it?"
+            " - is a firewall dropping it?",
+            kind="timeout",
         ) from err
     except OSError as err:
-        raise VerifyError(f"Cannot connect to {_where(endpoint)}: {err.strerror or err}.") from err
+        raise VerifyError(
+            f"Cannot connect to {_where(endpoint)}: {err.strerror or err}.", kind="refused"
+        ) from err
     try:
         conv = _Conversation(endpoint, sock, timeout)
         before, after = run(conv, endpoint.tls == "starttls", sni)
@@ -743,7 +782,7 @@ def _judge(
     elif target is not None:
         name_ok = False
 
-    def result(status: str, chain: bool | None, message: str) -> EndpointResult:
+    def result(status: str, chain: bool | None, message: str, kind: str) -> EndpointResult:
         return EndpointResult(
             service=endpoint.service,
             address=endpoint.address,
@@ -757,6 +796,8 @@ def _judge(
             name_matches=name_ok,
             days_left=days_left,
             message=message,
+            kind=kind,
+            endpoint=endpoint,
         )
 
     if served != expected.leaf_sha256:
@@ -767,37 +808,44 @@ def _judge(
             f"{where} serves {_describe(shake.leaf_der, info)} instead of the deployed one"
             f" (sha256 {expected.leaf_sha256[:16]}) - reload the service or check which"
             " certificate file it reads.",
+            "other-cert",
         )
 
     served_chain = {_sha256(der) for der in shake.chain_der[1:]}
     chain_ok = all(h in served_chain for h in expected.intermediates_sha256)
     problems: list[str] = []
+    kinds: list[str] = []
     if not chain_ok:
+        kinds.append("chain")
         problems.append("serves the leaf without its chain - point the service at fullchain.pem")
     if name_ok is False:
+        kinds.append("name")
         covered = ", ".join(_printable(n) for n in (info.dns_names if info else ())[:5])
         problems.append(
             f"serves a certificate that does not cover {_printable(str(target))}"
             f" (it covers {covered or 'no DNS name'})"
         )
     if days_left < 0:
+        kinds.append("expired")
         problems.append(
             f"serves a certificate that expired {-days_left} day(s) ago - run certbot renew"
         )
     if problems:
-        return result("CRITICAL", chain_ok, f"{where} {'; '.join(problems)}.")
+        return result("CRITICAL", chain_ok, f"{where} {'; '.join(problems)}.", kinds[0])
     if days_left < WARN_DAYS:
         return result(
             "WARNING",
             chain_ok,
             f"{where} serves the deployed certificate, but it expires in {days_left} day(s)"
             " - check that renewal works.",
+            "expiring",
         )
     return result(
         "OK",
         chain_ok,
         f"{where} serves the deployed certificate (sha256 {served[:16]}) with its chain,"
         f" valid for {_printable(str(target))} for {days_left} more days.",
+        "ok",
     )
 
 
@@ -839,6 +887,8 @@ def check_endpoint(
                 name_matches=None,
                 days_left=None,
                 message=str(err),
+                kind=err.kind,
+                endpoint=endpoint,
             )
         else:
             moment = now or datetime.now(timezone.utc)
@@ -850,3 +900,141 @@ def check_endpoint(
         if not retry or remaining <= 0:
             return result
         time.sleep(min(_RETRY_INTERVAL, remaining))
+
+
+# --- failure summaries ------------------------------------------------------------------
+
+# How much of the end of a log file to read for a cause.
+_LOG_TAIL = 256 * 1024
+_TLS_WORDS = re.compile(r"TLS|SSL|certificate|private key|\bkey\b|chain", re.IGNORECASE)
+_GENERIC = re.compile(r"disabling TLS support|TLS library problem|won't be enabled", re.IGNORECASE)
+
+
+def _log_cause(result: EndpointResult) -> str:
+    """The service's own reason for refusing TLS, from its log file, when it wrote one."""
+    endpoint = result.endpoint
+    if endpoint is None or not endpoint.log_file:
+        return ""
+    try:
+        with open(endpoint.log_file, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - _LOG_TAIL))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    daemons = ("smtpd[", "tlsproxy[", "postscreen[") if endpoint.service == "postfix" else (
+        "imap-login", "pop3-login", "config", "dovecot")
+    found: list[str] = []
+    for line in text.splitlines():
+        if not any(d in line for d in daemons):
+            continue
+        for marker in ("warning: ", "error: ", "fatal: ", "Error: ", "Fatal: "):
+            if marker in line:
+                message = line.split(marker, 1)[1].strip()
+                if _TLS_WORDS.search(message):
+                    found.append(message)
+                break
+    if not found:
+        return ""
+    recent = list(dict.fromkeys(reversed(found[-8:])))  # newest first, no repeats
+    specific = [m for m in recent if not _GENERIC.search(m)]
+    return _printable((specific or recent)[0], 240)
+
+
+def _fix(result: EndpointResult) -> tuple[str, str]:
+    """(setting that decides it, what to do) for a failure kind."""
+    endpoint = result.endpoint
+    postfix = result.service == "postfix"
+    cert_setting = (endpoint.setting if endpoint and endpoint.setting else
+                    "smtpd_tls_chain_files in main.cf" if postfix else
+                    "ssl_cert/ssl_key (ssl_server_cert_file/key_file in 2.4)")
+    reload = "postfix reload" if postfix else "doveadm reload"
+    kind = result.kind
+    if kind == "other-cert":
+        return cert_setting, f"point it at the deployed lineage, then {reload}"
+    if kind == "chain":
+        return cert_setting, "point it at fullchain.pem (key+fullchain file), not cert.pem"
+    if kind == "name":
+        return "the certificate's names", "issue the certificate for that name (certbot -d)"
+    if kind in ("expired", "expiring"):
+        return cert_setting, "run certbot renew and check the renewal hooks"
+    if kind == "no-starttls":
+        setting = ("smtpd_tls_security_level (main.cf, or -o in master.cf)" if postfix
+                   else "ssl in Dovecot's configuration")
+        return setting, "turn TLS on for this port (may, or encrypt on 587)" if postfix \
+            else "set ssl = yes"
+    if kind == "starttls-refused":
+        return cert_setting, f"fix what the log names, then {reload}"
+    if kind in ("refused", "timeout"):
+        setting = ("inet_interfaces/inet_protocols and the master.cf entry" if postfix
+                   else "listen and the inet_listener")
+        return setting, "start the service, or check that it listens on this address and port"
+    if kind == "tls":
+        setting = ("smtpd_tls_protocols/smtpd_tls_ciphers and " + cert_setting if postfix
+                   else "ssl_min_protocol/ssl_cipher_list and " + cert_setting)
+        return setting, "check the TLS settings of this port"
+    if kind == "early-data":
+        return "the software in front of this port", "upgrade or remove what injects data"
+    return "", ""
+
+
+def _where_result(result: EndpointResult) -> str:
+    if result.endpoint is not None:
+        return _where(result.endpoint)
+    host = f"[{result.address}]" if ":" in result.address else result.address
+    return f"{host}:{result.port} ({result.service})"
+
+
+def _detail(result: EndpointResult, where: str) -> str:
+    message = result.message.rstrip(".")
+    if message.startswith(where + " "):
+        return message[len(where) + 1 :]
+    return message.replace(where, "it")
+
+
+def _sni_phrase(snis: list[str | None]) -> str:
+    names = [s for s in snis if s]
+    parts = []
+    if None in snis:
+        parts.append("without SNI")
+    if names:
+        parts.append("with SNI " + ", ".join(names))
+    return " and ".join(parts)
+
+
+def summarize(
+    results: Iterable[EndpointResult], statuses: Iterable[str] = ("CRITICAL",)
+) -> list[str]:
+    """One line per failed endpoint, for deploy, hook and CLI messages.
+
+    Results that fail the same way on the same port (with and without SNI, or with
+    several names) become one line listing the SNI names. Each line says where, what
+    the port served or answered, the setting that decides it and the fix; a cause is
+    named only when the reply or the service's own log shows it.
+    """
+    wanted = set(statuses)
+    groups: dict[tuple[str, str, str, str], list[EndpointResult]] = {}
+    for result in results:
+        if result.status not in wanted:
+            continue
+        where = _where_result(result)
+        key = (where, result.tls, result.kind, _detail(result, where))
+        groups.setdefault(key, []).append(result)
+    lines = []
+    for (where, _tls, kind, detail), members in groups.items():
+        first = members[0]
+        snis = list(dict.fromkeys(m.sni for m in members))
+        line = f"port {first.port}, {where}, {_sni_phrase(snis)}: {detail}"
+        if kind == "starttls-refused":
+            cause = _log_cause(first)
+            if cause:
+                line += f"; {first.service.capitalize()}'s log says: {cause}"
+            elif first.endpoint is not None and first.service == "postfix":
+                line += ("; the reason is in Postfix's log (set maillog_file to have it "
+                         "shown here)")
+        setting, fix = _fix(first)
+        if setting:
+            line += f"; decided by {setting}"
+        if fix:
+            line += f"; fix: {fix}"
+        lines.append(line + ".")
+    return lines
