@@ -33,7 +33,7 @@ from typing import Optional
 from certbot import errors
 
 from certbot_postfix_tls._internal import process
-from certbot_postfix_tls._internal.verify import Endpoint
+from certbot_postfix_tls._internal.verify import Endpoint, choose_address
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,15 @@ class Setting:
 
 
 @dataclass(frozen=True)
+class Block:
+    """One block opening (``header {``) of a configuration file."""
+
+    path: str
+    lineno: int  # 1-based
+    headers: tuple[str, ...]  # this block's header last, enclosing ones before it
+
+
+@dataclass(frozen=True)
 class Include:
     """One ``!include``/``!include_try`` line and what it matched."""
 
@@ -127,6 +136,7 @@ class ConfigTree:
     files: dict[str, str] = field(default_factory=dict)
     settings: list[Setting] = field(default_factory=list)
     includes: list[Include] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
     # Files the plan may write that Dovecot does not read (yet): path -> text or None.
     extra: dict[str, Optional[str]] = field(default_factory=dict)
 
@@ -236,6 +246,7 @@ def _parse_file(
                 blocks.pop()
         elif code.endswith("{") and "=" not in code.split("{", 1)[0]:
             blocks.append(" ".join(code[:-1].split()))
+            tree.blocks.append(Block(path, first + 1, tuple(blocks)))
         else:
             setting = _SETTING.match(code)
             if setting:
@@ -399,6 +410,42 @@ def render_plugin_file(
     return "\n".join(lines) + "\n"
 
 
+def declared_auth_listener(
+    tree: ConfigTree, socket_path: str, plugin_file: str
+) -> Optional[tuple[str, int]]:
+    """(file, line) of an operator's ``service auth { unix_listener <socket_path> }``.
+
+    Such a listener (Debian's commented example uncommented, Modoboa's with mode 0666,
+    ...) is reused as is: its path, mode, user and group stay, and the plugin's file
+    declares none (two listeners on one path would fight over the socket). A relative
+    listener name is relative to base_dir; 2.4 may also name the path with ``path =``.
+    """
+    base_dir = DEFAULT_BASE_DIR
+    for setting in tree.settings:
+        if not setting.blocks and setting.name == "base_dir" and setting.value:
+            base_dir = setting.value
+    wanted = os.path.normpath(socket_path)
+
+    def listener(headers: tuple[str, ...]) -> Optional[str]:
+        if len(headers) < 2 or headers[-2] != "service auth":
+            return None
+        kind, _, name = headers[-1].partition(" ")
+        return _unquote(name) if kind == "unix_listener" else None
+
+    def same(name: str) -> bool:
+        return os.path.normpath(os.path.join(base_dir, name)) == wanted
+
+    for block in tree.blocks:
+        name = listener(block.headers)
+        if block.path != plugin_file and name is not None and same(name):
+            return block.path, block.lineno
+    for setting in tree.settings:
+        if (setting.path != plugin_file and setting.name == "path"
+                and listener(setting.blocks) is not None and same(setting.value)):
+            return setting.path, setting.lineno
+    return None
+
+
 def competing_settings(tree: ConfigTree, version: Sequence[int], plugin_file: str) -> list[Setting]:
     """Top-level server cert/key settings outside the plugin's file (SPEC section 4).
 
@@ -464,6 +511,13 @@ def plan_config(
     plan = DovecotPlan()
     new_text: dict[str, str] = {}
 
+    declared = declared_auth_listener(tree, sasl_listener, plugin_file) if sasl_listener else None
+    if declared is not None:
+        plan.notes.append(
+            f"kept the auth listener {sasl_listener} declared in {declared[0]} line "
+            f"{declared[1]} as it is (its mode, user and group)"
+        )
+        sasl_listener = None
     wanted = render_plugin_file(version, cert, sasl_listener, sni)
     current = tree.text(plugin_file)
     if current != wanted:
@@ -545,14 +599,26 @@ def _protocols(root: Section) -> set[str]:
 
 
 def _addresses(listen: str, verify_address: str) -> list[str]:
+    """Where to connect for a ``listen`` value: ``*`` (all IPv4), ``::`` (all IPv6,
+    IPv6-only as Dovecot binds it), addresses, names. The wildcards are one listener
+    each, reached at verify_address when it is of their family, else at the loopback
+    address of their family (``::1`` for ``listen = ::``); every listed address is
+    one endpoint."""
     result: list[str] = []
+    wildcards: list[str] = []
     for item in re.split(r"[,\s]+", listen.strip()):
         item = item.strip("[]")
         if not item:
             continue
-        address = verify_address if item in ("*", "::") else item
+        if item in ("*", "0.0.0.0", "::"):
+            wildcards.append("::" if item == "::" else "0.0.0.0")
+            continue
+        if item not in result:
+            result.append(item)
+    if wildcards:
+        address = choose_address(wildcards, verify_address)
         if address not in result:
-            result.append(address)
+            result.insert(0, address)
     return result
 
 

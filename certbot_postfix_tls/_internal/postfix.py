@@ -7,7 +7,6 @@ is unit-tested on real configuration fixtures; applying goes through postconf
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -19,7 +18,14 @@ from typing import Optional
 from certbot import errors
 
 from certbot_postfix_tls._internal import process
-from certbot_postfix_tls._internal.verify import Endpoint
+from certbot_postfix_tls._internal.verify import (
+    LOOPBACKS,
+    WILDCARDS,
+    Endpoint,
+    choose_address,
+    ip_version,
+    is_loopback,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -514,27 +520,6 @@ def _split(value: str) -> list[str]:
     return [item for item in re.split(r"[\s,]+", value.strip()) if item]
 
 
-def _family(address: str) -> Optional[int]:
-    """4 or 6 for an IP address (brackets and %scope allowed), None for a name."""
-    try:
-        return ipaddress.ip_address(address.strip("[]").split("%", 1)[0]).version
-    except ValueError:
-        return None
-
-
-def _is_loopback(address: str) -> bool:
-    if address.lower() in ("localhost", "loopback-only"):
-        return True
-    try:
-        return ipaddress.ip_address(address.strip("[]").split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
-
-
-WILDCARDS = {4: "0.0.0.0", 6: "::"}
-LOOPBACKS = {4: "127.0.0.1", 6: "::1"}
-
-
 def inet_families(config: PostfixConfig) -> list[int]:
     """The IP versions Postfix listens with (inet_protocols: all, ipv4, ipv6, lists)."""
     value = config.value("inet_protocols").lower() or "all"
@@ -578,33 +563,12 @@ def bound_addresses(config: PostfixConfig, service: MasterService) -> list[str]:
             addresses = [WILDCARDS[f] for f in families]
         elif lowered in ("loopback-only", "localhost"):
             addresses = [LOOPBACKS[f] for f in families]
-        elif _family(item) is not None:
-            addresses = [item] if _family(item) in families else []
+        elif ip_version(item) is not None:
+            addresses = [item] if ip_version(item) in families else []
         else:
             addresses = _resolve(item, families)
         result += [a for a in addresses if a not in result]
     return result
-
-
-def choose_address(bound: Sequence[str], verify_address: str) -> str:
-    """Where to connect to reach a listener bound to ``bound`` (see bound_addresses).
-
-    ``verify_address`` when the listener accepts it (it is one of the bound addresses,
-    or a wildcard of its family is); else the loopback address of a wildcard's family,
-    IPv4 first; else a bound loopback address; else the first bound address.
-    """
-    wanted = verify_address.strip("[]")
-    family = _family(wanted)
-    for address in bound:
-        if address == wanted or (address in WILDCARDS.values() and _family(address) == family):
-            return wanted
-    for version in (4, 6):
-        if WILDCARDS[version] in bound:
-            return LOOPBACKS[version]
-    loopback = [a for a in bound if _is_loopback(a)]
-    if loopback:
-        return loopback[0]
-    return bound[0] if bound else wanted
 
 
 def _service_setting(config: PostfixConfig, service: MasterService, name: str) -> str:
@@ -653,7 +617,7 @@ class Listener:
 
 def _internal_reason(service: MasterService, port: int) -> Optional[str]:
     host = service.host
-    if host is None or port in PUBLIC_PORTS or not _is_loopback(host):
+    if host is None or port in PUBLIC_PORTS or not is_loopback(host):
         return None
     if "content_filter" in service.overrides:
         use = "a content filter's re-injection port (-o content_filter=)"

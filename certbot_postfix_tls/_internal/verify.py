@@ -35,6 +35,7 @@ __all__ = [
     "VerifyError",
     "certificate_covers",
     "check_endpoint",
+    "choose_address",
     "dns_name_matches",
     "handshake",
     "summarize",
@@ -193,6 +194,54 @@ class EndpointResult:
 def worst(statuses: Iterable[str]) -> str:
     """The most severe status (OK < WARNING < UNKNOWN < CRITICAL); OK when empty."""
     return max(statuses, key=_SEVERITY.index, default="OK")
+
+
+# --- addresses ----------------------------------------------------------------------------
+
+WILDCARDS = {4: "0.0.0.0", 6: "::"}
+LOOPBACKS = {4: "127.0.0.1", 6: "::1"}
+
+
+def ip_version(address: str) -> int | None:
+    """4 or 6 for an IP address (brackets and %scope allowed), None for a name."""
+    try:
+        return ipaddress.ip_address(address.strip("[]").split("%", 1)[0]).version
+    except ValueError:
+        return None
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or the names Postfix and Dovecot use for them."""
+    if address.lower() in ("localhost", "loopback-only"):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]").split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def choose_address(bound: Iterable[str], verify_address: str) -> str:
+    """Where to connect to reach a listener bound to ``bound`` (IP addresses; the
+    wildcards ``0.0.0.0`` and ``::`` for all addresses of a family, IPv6-only as Postfix
+    and Dovecot bind them).
+
+    ``verify_address`` when the listener accepts it (it is bound, or a wildcard of its
+    family is); else the loopback address of a wildcard's family, IPv4 first; else a
+    bound loopback address; else the first bound address.
+    """
+    bound = list(bound)
+    wanted = verify_address.strip("[]")
+    family = ip_version(wanted)
+    for address in bound:
+        if address == wanted or (address in WILDCARDS.values() and ip_version(address) == family):
+            return wanted
+    for version in (4, 6):
+        if WILDCARDS[version] in bound:
+            return LOOPBACKS[version]
+    loopback = [a for a in bound if is_loopback(a)]
+    if loopback:
+        return loopback[0]
+    return bound[0] if bound else wanted
 
 
 # --- names ------------------------------------------------------------------------------
