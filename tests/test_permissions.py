@@ -116,13 +116,17 @@ def test_secure_lineage_fixes_keys_and_dirs(open_dir: Path, key_group: tuple[str
     changes = permissions.secure_lineage(lineage, group)
     assert f"archive/{NAME}/privkey2.pem: mode 0644 -> 0640, group root -> {group}" in changes
     assert f"archive/{NAME}/privkey1.pem: mode 0600 -> 0640, group root -> {group}" in changes
-    assert f"live: mode 0700 -> 0750, group root -> {group}" in changes
+    # live/ and archive/: the key group may pass, not list (other lineages' names).
+    assert f"live: mode 0700 -> 0710, group root -> {group}" in changes
+    assert f"archive: mode 0700 -> 0710, group root -> {group}" in changes
     for key in ("privkey1.pem", "privkey2.pem"):
         assert mode_of(archive / key) == 0o640
         assert owner_of(archive / key) == (0, gid)
-    for directory in lineage_dirs(lineage):
-        assert mode_of(directory) == 0o750
-        assert owner_of(directory) == (0, gid)
+    tops, subs = lineage_dirs(lineage)[:2], lineage_dirs(lineage)[2:]
+    for directory in tops:
+        assert (mode_of(directory), owner_of(directory)) == (0o710, (0, gid))
+    for directory in subs:
+        assert (mode_of(directory), owner_of(directory)) == (0o750, (0, gid))
     # Public files are not the plugin's business.
     assert owner_of(archive / "cert2.pem") == (0, 0)
     assert permissions.key_problems(lineage.key_path, group) == []
@@ -345,3 +349,143 @@ def test_real_certbot_renewal_keeps_group_and_mode(
     key_pem = (archive / "privkey3.pem").read_text()
     assert read_as(member, lineage.key_path).stdout == key_pem
     assert read_as(outsider, lineage.key_path).returncode != 0
+
+
+# --- other lineages stay closed ----------------------------------------------------------
+
+OTHER = "other.example.org"
+
+
+def add_other_lineage(config: Path, name: str = OTHER, key_mode: int = 0o644) -> Path:
+    """A lineage the plugin never deployed, as certbot leaves it: archive/NAME 0755
+    (os.makedirs under the default umask), an old key still world-readable."""
+    archive, live = config / "archive" / name, config / "live" / name
+    archive.mkdir(mode=0o755)
+    live.mkdir(mode=0o755)
+    for kind in ("cert", "chain", "fullchain", "privkey"):
+        (archive / f"{kind}1.pem").write_text(f"{name} {kind}\n")
+        os.symlink(f"../../archive/{name}/{kind}1.pem", live / f"{kind}.pem")
+    (archive / "privkey1.pem").chmod(key_mode)
+    return archive / "privkey1.pem"
+
+
+def test_other_lineages_stay_closed_to_the_key_group(
+    open_dir: Path, key_group: tuple[str, int], users: tuple[str, str]
+) -> None:
+    group, gid = key_group
+    member, outsider = users
+    lineage = fake_lineage(open_dir, key_mode=0o600)
+    config = Path(lineage.config_dir)
+    other_key = add_other_lineage(config)
+    # A lineage deployed once and undeployed since: root:GROUP 0750 dirs, a 0640 key.
+    gone_key = add_other_lineage(config, "gone.example.org", key_mode=0o640)
+    for path in (gone_key, gone_key.parent, config / "live" / "gone.example.org"):
+        os.chown(path, 0, gid)
+    (config / "live" / "gone.example.org").chmod(0o750)
+    gone_key.parent.chmod(0o750)
+
+    changes = permissions.secure_lineage(lineage, group, deployed=[NAME])
+
+    assert read_as(member, lineage.key_path).stdout == "privkey 1\n"
+    for path in (other_key, config / "live" / OTHER / "privkey.pem",
+                 gone_key, config / "live" / "gone.example.org" / "privkey.pem"):
+        for user in (member, outsider):
+            denied = read_as(user, str(path))
+            assert denied.returncode != 0 and "Permission denied" in denied.stderr, (user, path)
+    assert mode_of(other_key.parent) == 0o750 and owner_of(other_key.parent) == (0, 0)
+    assert mode_of(gone_key.parent) == 0o700
+    assert (f"archive/{OTHER}: mode 0755 -> 0750 (not deployed by postfix-tls: closed to "
+            "the key group)") in changes
+    # Root still reads everything; the key files themselves were not touched.
+    assert mode_of(other_key) == 0o644
+    assert other_key.read_text() == f"{OTHER} privkey\n"
+    assert permissions.secure_lineage(lineage, group, deployed=[NAME]) == []
+
+    # Control: it is the closed directory that keeps the member out.
+    other_key.parent.chmod(0o755)
+    assert read_as(member, str(other_key)).stdout == f"{OTHER} privkey\n"
+    # ... and the next deploy or renewal closes it again (lineages made later too).
+    permissions.secure_lineage(lineage, group)  # deployed names from the state: none
+    assert read_as(member, str(other_key)).returncode != 0
+
+
+def test_lineages_open_to_everyone_before_stay_as_they_were(
+    open_dir: Path, key_group: tuple[str, int], users: tuple[str, str]
+) -> None:
+    """An admin who opened live/ and archive/ (0755) chose that: others keep their access,
+    the plugin adds group traverse and takes nothing from other lineages."""
+    group, gid = key_group
+    member, _ = users
+    lineage = fake_lineage(open_dir, key_mode=0o600)
+    config = Path(lineage.config_dir)
+    for top in ("live", "archive"):
+        (config / top).chmod(0o755)
+    other_key = add_other_lineage(config)
+    permissions.secure_lineage(lineage, group, deployed=[NAME])
+    for top in ("live", "archive"):
+        assert (mode_of(config / top), owner_of(config / top)) == (0o715, (0, gid))
+    assert mode_of(other_key.parent) == 0o755
+    assert read_as(member, str(config / "live" / OTHER / "fullchain.pem")).returncode == 0
+    # Readable by everyone before and after: not the plugin's doing, but doctor says so.
+    exposures = permissions.exposed_keys(str(config), {NAME: group})
+    assert [(e.path, e.readers, e.fix) for e in exposures] == [
+        (str(other_key), ["every user"], f"chmod 0600 {other_key}")
+    ]
+    assert exposures[0].sentence() == (
+        f"{other_key} can be read by every user: run chmod 0600 {other_key} "
+        "(certbot copies this mode to every renewed key)."
+    )
+
+
+def test_confine_lineages_after_the_last_undeploy(
+    open_dir: Path, key_group: tuple[str, int], users: tuple[str, str]
+) -> None:
+    group, gid = key_group
+    member, _ = users
+    lineage = fake_lineage(open_dir, key_mode=0o600)
+    config = Path(lineage.config_dir)
+    permissions.secure_lineage(lineage, group, deployed=[NAME])
+    assert read_as(member, lineage.key_path).returncode == 0
+    # Another lineage still deployed: only NAME closes.
+    add_other_lineage(config, key_mode=0o600)
+    changes = permissions.confine_lineages(str(config), group, [OTHER])
+    assert f"live/{NAME}: mode 0750 -> 0700 (not deployed by postfix-tls: closed to the key " \
+           "group)" in changes
+    assert read_as(member, lineage.key_path).returncode != 0
+    assert mode_of(config / "archive") == 0o710
+    # None left: live/ and archive/ go back to what certbot makes.
+    permissions.confine_lineages(str(config), group, [])
+    for top in ("live", "archive"):
+        assert (mode_of(config / top), owner_of(config / top)) == (0o700, (0, 0))
+    assert permissions.confine_lineages(str(config), group, []) == []
+
+
+def test_exposed_keys_counts_the_path_not_just_the_mode(
+    open_dir: Path, key_group: tuple[str, int]
+) -> None:
+    group, gid = key_group
+    lineage = fake_lineage(open_dir, key_mode=0o600)
+    config = Path(lineage.config_dir)
+    other_key = add_other_lineage(config)
+    # certbot's 0700 archive/: the 0644 key is read by nobody but root.
+    assert permissions.exposed_keys(str(config), {}) == []
+    permissions.secure_lineage(lineage, group, deployed=[NAME])
+    assert permissions.exposed_keys(str(config), {NAME: group}) == []
+    # A non-deployed lineage made group-reachable behind the plugin's back.
+    os.chown(other_key.parent, 0, gid)
+    other_key.parent.chmod(0o750)
+    os.chown(other_key, 0, gid)
+    other_key.chmod(0o640)
+    found = permissions.exposed_keys(str(config), {NAME: group})
+    assert [(e.path, e.readers, e.world) for e in found] == [
+        (str(other_key), [f"the key group {group}"], False)
+    ]
+    # A deployed key with an "other" bit, behind directories others may pass.
+    key = Path(os.path.realpath(lineage.key_path))
+    key.chmod(0o644)
+    for directory in (config / "archive", key.parent):
+        directory.chmod(0o755)
+    found = permissions.exposed_keys(str(config), {NAME: group})
+    assert (str(key), ["every user"], f"chmod o= {key}") in [
+        (e.path, e.readers, e.fix) for e in found
+    ]

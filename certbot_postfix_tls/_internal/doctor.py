@@ -1,9 +1,11 @@
 """``certbot-postfix-tls doctor``: the usual mail-TLS failures, each as a check.
 
 The checks follow the troubleshooting list mail administrators work through by
-hand: key permissions, 587 without mandatory TLS, an incomplete chain, AUTH
+hand: key permissions (the deployed keys, and any key under archive/ that others or
+the key group can read), 587 without mandatory TLS, an incomplete chain, AUTH
 offered before TLS (or not at all), port 25 refusing plaintext, expiry,
-missing hooks, a renewal left unreloaded.
+missing, altered or stale hooks (an interpreter or package gone), a renewal
+left unreloaded.
 """
 
 from __future__ import annotations
@@ -37,6 +39,32 @@ def _key_checks(state: State) -> list[Check]:
         )
         result.append(Check(f"key-permissions {name}", status, message))
     return result
+
+
+def _exposure_checks(config_dir: str, state: State) -> list[Check]:
+    """Every private key under archive/ that others, or a key group it was not
+    deployed for, can read: one check each, with the chmod that fixes it."""
+    deployed = {name: lineage.key_group for name, lineage in state.lineages.items()}
+    exposures = permissions.exposed_keys(config_dir, deployed)
+    checks = [
+        Check("key-exposure", "CRITICAL" if exposure.world else "WARNING", exposure.sentence())
+        for exposure in exposures
+    ]
+    if not checks:
+        checks.append(Check(
+            "key-exposure", "OK",
+            f"no private key under {config_dir}/archive is readable beyond root and the key "
+            "group of the lineages deployed with it"))
+    return checks
+
+
+def _hook_checks(config_dir: str) -> list[Check]:
+    problems = hooks.problems(config_dir)
+    if not problems:
+        return [Check("renewal-hooks", "OK",
+                      "deploy and post hooks installed, root-owned, isolated, and their "
+                      "interpreter runs this plugin")]
+    return [Check("renewal-hooks", "WARNING", problem) for problem in problems]
 
 
 def _submission_checks(config: postfix.PostfixConfig, state: State) -> list[Check]:
@@ -115,19 +143,16 @@ def run(config_dir: str) -> tuple[list[verify.EndpointResult], list[Check]]:
     if not state.lineages:
         checks.append(Check("deployed", "UNKNOWN",
                             f"nothing deployed by postfix-tls in {config_dir}"))
+        checks += [c for c in _exposure_checks(config_dir, state) if c.status != "OK"]
         return results, checks
     if state.pending:
         checks.append(Check(
             "pending-reload", "CRITICAL",
             f"a renewal was deployed but {', '.join(state.pending)} was not reloaded "
             "successfully: run certbot-postfix-tls hook post and read its error"))
-    intact = hooks.all_intact(config_dir)
-    checks.append(Check(
-        "renewal-hooks", "OK" if intact else "WARNING",
-        "deploy and post hooks installed, root-owned" if intact else
-        f"renewal hooks under {config_dir}/renewal-hooks are missing or altered: "
-        "renewals are not deployed; rerun certbot install -i postfix-tls"))
+    checks += _hook_checks(config_dir)
     checks += _key_checks(state)
+    checks += _exposure_checks(config_dir, state)
     try:
         mta = postfix.Postfix(state.postfix_dir)
         config = mta.read()

@@ -3,8 +3,20 @@
 certbot makes live/ and archive/ 0700 and each new key 0600, then copies the
 previous key's group bits *and its world-read bit* to the renewed key, so a
 key that was ever world-readable stays so forever. Here the lineage's keys
-become root:<key group> 0640 at most with no "other" bit, and the four
-directories on the way to them become root:<key group> 0750.
+become root:<key group> 0640 at most with no "other" bit, the lineage's own
+directories (live/NAME, archive/NAME) root:<key group> 0750, and live/ and
+archive/ root:<key group> with group *traverse* only (0710; their "other" bits
+are left as they were).
+
+Group traverse on live/ and archive/ must not open anything else: certbot
+makes every archive/OTHER 0755 and carries an old key's world-read bit
+forward, so a key group member who can pass archive/ could read another
+lineage's 0644 key. Every lineage directory below them that the plugin did
+not deploy therefore loses the bits that would let the key group in (its
+"other" bits when live/ or archive/ give others nothing, its group bits when
+it belongs to the key group): other lineages stay exactly as unreachable as
+certbot left them. This is re-done on every deploy and renewal, so lineages
+created later are covered too.
 
 Nothing here follows a symbolic link when changing an owner or a mode: every
 path component below certbot's config dir is opened relative to its parent
@@ -24,6 +36,7 @@ import os
 import pwd
 import re
 import stat
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Optional
 
@@ -36,7 +49,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_KEY_GROUP = "ssl-cert"  # Debian's convention (package ssl-cert)
 KEY_MAX_MODE = 0o640
 KEY_MIN_MODE = 0o440  # the key group must be able to read the key, or the group is pointless
-DIR_MODE = 0o750  # owner rwx, key group traverse + list, nothing for other
+DIR_MODE = 0o750  # a deployed lineage's dirs: owner rwx, key group traverse + list, no other
+TOP_MIN_MODE = 0o710  # live/, archive/: owner rwx, key group traverse only (no listing)
+TOP_MAX_MODE = 0o715  # ... and whatever read/traverse "other" already had
 KEY_PATTERN = "privkey*.pem"
 
 # A plain group name as shadow-utils accepts it; no leading '-' (option
@@ -239,31 +254,34 @@ def _live_key_target(lineage: certs.Lineage, archive_dir: str) -> str:
     return os.path.basename(target)
 
 
-def secure_lineage(lineage: certs.Lineage, group: str) -> list[str]:
+def secure_lineage(lineage: certs.Lineage, group: str,
+                   deployed: Optional[Collection[str]] = None) -> list[str]:
     """Give the key group read access to the lineage's private keys and nobody else.
 
-    For a lineage in certbot's tree: live/, archive/, live/NAME and archive/NAME
-    become root:GROUP 0750; every archive/NAME/privkey*.pem becomes
-    root:GROUP with mode 0640 at most (group-readable, no other bit). For a
-    key given by path (not in live/), only that file is changed. All entries
-    are opened and checked before the first change. Returns one line per
-    changed entry, empty when everything was already right. ``group`` must
-    exist (see ensure_group).
+    For a lineage in certbot's tree: every archive/NAME/privkey*.pem becomes
+    root:GROUP with mode 0640 at most (group-readable, no other bit);
+    live/NAME and archive/NAME become root:GROUP 0750; every other lineage
+    directory under live/ and archive/ is closed to the key group (see the
+    module docstring; ``deployed`` names the lineages that keep access, by
+    default those in the plugin's state); then live/ and archive/ become
+    root:GROUP 0710 (other bits kept). For a key given by path (not in live/),
+    only that file is changed. All of the lineage's entries are opened and
+    checked before the first change, and access is taken away before it is
+    given. Returns one line per changed entry, empty when everything was
+    already right. ``group`` must exist (see ensure_group).
     """
     gid = _require_gid(group)
     if not lineage.in_live:
         line = secure_file(lineage.key_path, 0, gid, KEY_MAX_MODE, min_mode=KEY_MIN_MODE)
         return [line] if line else []
 
-    name = lineage.name
-    if name in ("", ".", "..") or "/" in name:
-        raise errors.PluginError(
-            f"The lineage name {name!r} is not a directory name: give the certificate name "
-            "shown by certbot certificates."
-        )
+    name = _check_lineage_name(lineage.name)
     config_dir = os.path.realpath(lineage.config_dir)
     archive_dir = os.path.join(config_dir, "archive", name)
-    opened: list[_Opened] = []
+    keep = set(_deployed_names(lineage.config_dir) if deployed is None else deployed) | {name}
+    tops: list[_Opened] = []
+    subs: list[_Opened] = []
+    keys: list[_Opened] = []
     try:
         # The config dir itself may be a symlink (an admin's choice, e.g. a
         # moved /etc/letsencrypt); below it, certbot's own layout is enforced.
@@ -272,37 +290,139 @@ def secure_lineage(lineage: certs.Lineage, group: str) -> list[str]:
             for top in ("live", "archive"):
                 top_path = os.path.join(config_dir, top)
                 top_fd = _open_nofollow(config_fd, top, top_path, want_dir=True)
-                opened.append(_Opened(top, top_path, top_fd, True))
+                tops.append(_Opened(top, top_path, top_fd, True))
                 sub_path = os.path.join(top_path, name)
                 sub_fd = _open_nofollow(top_fd, name, sub_path, want_dir=True)
-                opened.append(_Opened(f"{top}/{name}", sub_path, sub_fd, True))
+                subs.append(_Opened(f"{top}/{name}", sub_path, sub_fd, True))
         finally:
             os.close(config_fd)
-        archive_fd = opened[-1].fd
-        keys = sorted(n for n in os.listdir(archive_fd) if fnmatch.fnmatchcase(n, KEY_PATTERN))
+        archive_fd = subs[-1].fd
+        names = sorted(n for n in os.listdir(archive_fd) if fnmatch.fnmatchcase(n, KEY_PATTERN))
         current = _live_key_target(lineage, archive_dir)
-        if current not in keys:  # an oddly named key the live link uses: secure it too
-            keys.append(current)
-        for key in keys:
+        if current not in names:  # an oddly named key the live link uses: secure it too
+            names.append(current)
+        for key in names:
             key_path = os.path.join(archive_dir, key)
             fd = _open_nofollow(archive_fd, key, key_path, want_dir=False)
-            opened.append(_Opened(f"archive/{name}/{key}", key_path, fd, False))
+            keys.append(_Opened(f"archive/{name}/{key}", key_path, fd, False))
 
         changes = []
-        for entry in opened:
-            if entry.is_dir:
-                line = _apply(entry.fd, entry.path, entry.label, 0, gid, DIR_MODE, DIR_MODE)
-            else:
-                line = _apply(entry.fd, entry.path, entry.label, 0, gid,
-                              KEY_MIN_MODE, KEY_MAX_MODE)
-            if line:
-                changes.append(line)
-        for line in changes:
+        for entry in keys:
+            changes.append(_apply(entry.fd, entry.path, entry.label, 0, gid,
+                                  KEY_MIN_MODE, KEY_MAX_MODE))
+        for entry in subs:
+            changes.append(_apply(entry.fd, entry.path, entry.label, 0, gid, DIR_MODE, DIR_MODE))
+        for entry in tops:
+            others_pass = bool(os.fstat(entry.fd).st_mode & TOP_MAX_MODE & 0o001)
+            changes += _confine_children(entry, keep, gid, others_pass)
+        for entry in tops:
+            changes.append(_apply(entry.fd, entry.path, entry.label, 0, gid,
+                                  TOP_MIN_MODE, TOP_MAX_MODE))
+        result = [line for line in changes if line]
+        for line in result:
             logger.info("Permissions for %s: %s", name, line)
-        return changes
+        return result
     finally:
-        for entry in opened:
+        for entry in (*tops, *subs, *keys):
             os.close(entry.fd)
+
+
+def confine_lineages(config_dir: str, group: str, deployed: Collection[str]) -> list[str]:
+    """Close every lineage not in ``deployed`` to the key group (e.g. after an undeploy).
+
+    With no deployed lineage left, live/ and archive/ also go back to what
+    certbot makes (root:root, no group bits; "other" bits kept). Returns one
+    line per changed entry.
+    """
+    gid = _gid_of(group)
+    if gid is None:
+        return []
+    for name in deployed:
+        _check_lineage_name(name)
+    config_dir = os.path.realpath(config_dir)
+    changes: list[Optional[str]] = []
+    try:
+        config_fd = os.open(config_dir, _DIR_FLAGS & ~os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return []
+    try:
+        for top in ("live", "archive"):
+            top_path = os.path.join(config_dir, top)
+            try:
+                top_fd = _open_nofollow(config_fd, top, top_path, want_dir=True)
+            except errors.PluginError:
+                continue
+            entry = _Opened(top, top_path, top_fd, True)
+            try:
+                st = os.fstat(top_fd)
+                others_pass = bool(st.st_mode & 0o001)
+                changes += _confine_children(entry, set(deployed), gid, others_pass)
+                if not deployed and st.st_gid == gid:
+                    changes.append(_apply(top_fd, top_path, top, 0, 0, 0o700, 0o705))
+            finally:
+                os.close(top_fd)
+    finally:
+        os.close(config_fd)
+    return [line for line in changes if line]
+
+
+def _confine_children(top: _Opened, keep: Collection[str], gid: int,
+                      others_pass: bool) -> list[Optional[str]]:
+    """Take the key group's way into every lineage directory under ``top`` not in ``keep``.
+
+    A key group member reaches such a directory through its group bits when it
+    belongs to the key group, else through its "other" bits; those go (the
+    "other" bits only when ``top`` gives others nothing, so nobody loses access
+    they had before). Symbolic links and files are left alone.
+    """
+    changes: list[Optional[str]] = []
+    for child in sorted(os.listdir(top.fd)):
+        if child in keep:
+            continue
+        path = os.path.join(top.path, child)
+        try:
+            info = os.stat(child, dir_fd=top.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            continue
+        max_mode = 0o7777
+        if info.st_gid == gid:
+            max_mode &= ~0o070
+        if not others_pass:
+            max_mode &= ~0o007
+        if stat.S_IMODE(info.st_mode) & max_mode == stat.S_IMODE(info.st_mode):
+            continue
+        try:
+            fd = _open_nofollow(top.fd, child, path, want_dir=True)
+        except errors.PluginError as exc:
+            logger.warning("Not confining %s: %s", path, exc)
+            continue
+        try:
+            line = _apply(fd, path, f"{top.label}/{child}", os.fstat(fd).st_uid,
+                          os.fstat(fd).st_gid, 0, max_mode)
+        finally:
+            os.close(fd)
+        if line:
+            changes.append(f"{line} (not deployed by postfix-tls: closed to the key group)")
+    return changes
+
+
+def _check_lineage_name(name: str) -> str:
+    if name in ("", ".", "..") or "/" in name:
+        raise errors.PluginError(
+            f"The lineage name {name!r} is not a directory name: give the certificate name "
+            "shown by certbot certificates."
+        )
+    return name
+
+
+def _deployed_names(config_dir: str) -> list[str]:
+    """The lineages the plugin's state says it deployed (their names in live/)."""
+    from certbot_postfix_tls._internal.state import State
+
+    return [name for name in State.load(config_dir).lineages
+            if name not in ("", ".", "..") and "/" not in name]
 
 
 # --- doctor ------------------------------------------------------------------------
@@ -386,3 +506,88 @@ def key_problems(key_path: str, group: str) -> list[str]:
             f"run chgrp {group} {directory} && chmod g+x {directory}."
         )
     return problems
+
+
+# --- every key under the config dir -------------------------------------------------
+
+
+@dataclass
+class KeyExposure:
+    """A private key under certbot's archive/ that more than root can read."""
+
+    path: str
+    readers: list[str]  # "every user", "the key group ssl-cert"
+    world: bool
+    fix: str
+
+    def sentence(self) -> str:
+        return (f"{self.path} can be read by {' and '.join(self.readers)}: run {self.fix}"
+                + (" (certbot copies this mode to every renewed key)." if self.world else "."))
+
+
+def _can_pass(info: os.stat_result, gid: Optional[int], bit: int) -> bool:
+    """Whether a non-owner, non-root user (in group ``gid``, or in no relevant group
+    when None) gets ``bit`` (as an "other" bit: 1 = x, 4 = r) on this inode."""
+    mode = stat.S_IMODE(info.st_mode)
+    if gid is not None and info.st_gid == gid:
+        return bool(mode & (bit << 3))
+    return bool(mode & bit)
+
+
+def exposed_keys(config_dir: str, deployed: Mapping[str, str]) -> list[KeyExposure]:
+    """Private keys (archive/*/privkey*.pem) readable by others or by a key group.
+
+    ``deployed`` maps each lineage the plugin deployed to its key group: those
+    keys may be read by that group (and nothing else). Access is what the
+    kernel would grant, path included: a 0644 key behind a 0700 directory is
+    read by nobody. The key groups checked are those of ``deployed`` (the
+    default one when nothing is deployed).
+    """
+    real = os.path.realpath(config_dir)
+    archive = os.path.join(real, "archive")
+    try:
+        lineages = sorted(os.listdir(archive))
+    except OSError:
+        return []
+    groups = {g: _gid_of(g) for g in (set(deployed.values()) or {DEFAULT_KEY_GROUP})}
+    ancestors: list[os.stat_result] = []
+    try:
+        ancestors = [os.stat(d) for d in _ancestors(archive)]
+    except OSError:
+        return []
+    found = []
+    for lineage in lineages:
+        lineage_dir = os.path.join(archive, lineage)
+        try:
+            dir_info = os.lstat(lineage_dir)
+            if not stat.S_ISDIR(dir_info.st_mode):
+                continue
+            names = sorted(n for n in os.listdir(lineage_dir)
+                           if fnmatch.fnmatchcase(n, KEY_PATTERN))
+        except OSError:
+            continue
+        path_infos = [*ancestors, dir_info]
+        for key in names:
+            key_path = os.path.join(lineage_dir, key)
+            try:
+                info = os.lstat(key_path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            readers = []
+            world = all(_can_pass(d, None, 1) for d in path_infos) and _can_pass(info, None, 4)
+            if world:
+                readers.append("every user")
+            for group, gid in sorted(groups.items()):
+                if world or gid is None or deployed.get(lineage) == group:
+                    continue
+                if all(_can_pass(d, gid, 1) for d in path_infos) and _can_pass(info, gid, 4):
+                    readers.append(f"the key group {group}")
+            if not readers:
+                continue
+            fix = f"chmod 0600 {key_path}"
+            if lineage in deployed:
+                fix = f"chmod o= {key_path}"
+            found.append(KeyExposure(key_path, readers, world, fix))
+    return found
