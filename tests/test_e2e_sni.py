@@ -80,19 +80,30 @@ def test_two_lineages_in_both_orders(
     assert normalized_config(certbot) == first  # order does not matter
 
 
+def postconf_settings() -> tuple[str, str]:
+    """main.cf's explicit settings and master.cf's entries, as postconf reads them."""
+    def postconf(*args: str) -> str:
+        return subprocess.run(["postconf", *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    return postconf("-n"), postconf("-M")
+
+
 def test_default_flag_and_undeploy(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
     dovecot_lab: DovecotLab,
 ) -> None:
     once(request, "undeploy is the plugin's own command")
     issue(certbot, HOST, OTHER)
+    before = postconf_settings()
     install(certbot, HOST)
     install(certbot, OTHER, "--postfix-tls-default")
     assert State.load(str(certbot.config_dir)).default == OTHER
     assert_serving(certbot, [OTHER, HOST], default=OTHER)
 
     cli = [sys.executable, "-m", "certbot_postfix_tls", "--config-dir", str(certbot.config_dir)]
-    out = subprocess.run([*cli, "undeploy", "--cert-name", OTHER], capture_output=True,
+    cli += ["undeploy", "--work-dir", str(certbot.base / "work")]
+    out = subprocess.run([*cli, "--cert-name", OTHER], capture_output=True,
                          text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     state = State.load(str(certbot.config_dir))
@@ -100,12 +111,16 @@ def test_default_flag_and_undeploy(
     for protocol, port, tls in PORTS:  # the removed name now gets the default
         assert served(protocol, port, tls, OTHER) == leaf(certbot, HOST)
     assert all(hooks.intact(str(certbot.config_dir), kind) for kind in hooks.KINDS)
-    assert subprocess.run([*cli, "verify"], capture_output=True, timeout=120,
-                          check=False).returncode == 0
+    verify = [sys.executable, "-m", "certbot_postfix_tls", "--config-dir",
+              str(certbot.config_dir), "verify"]
+    assert subprocess.run(verify, capture_output=True, timeout=120, check=False).returncode == 0
 
-    out = subprocess.run([*cli, "undeploy", "--cert-name", HOST], capture_output=True,
+    out = subprocess.run([*cli, "--cert-name", HOST], capture_output=True,
                          text=True, timeout=120, check=False)
-    assert "last lineage" in out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "the last lineage" in out.stdout
+    # Postfix has the TLS settings it had before the first deploy (submission included).
+    assert postconf_settings() == before
     assert not any(os.path.exists(hooks.hook_path(str(certbot.config_dir), k))
                    for k in hooks.KINDS)
     assert not Path("/etc/dovecot/conf.d/99-certbot-postfix-tls.conf").exists()

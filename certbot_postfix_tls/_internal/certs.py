@@ -4,7 +4,7 @@ certbot swaps live/ symlinks one at a time, so for a moment live/privkey.pem
 and live/fullchain.pem can belong to different renewals. Postfix is therefore
 pointed at one file holding key + full chain, built here from the resolved
 archive files after checking that the key matches the certificate, and put
-in place with an atomic rename (SPEC section 5).
+in place with an atomic rename.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from certbot import errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-PLUGIN_DIR = "postfix-tls"
-CHAIN_FILE = "key-fullchain.pem"
+from certbot_postfix_tls._internal import constants
 
 
 @dataclass(frozen=True)
@@ -65,11 +64,12 @@ class Lineage:
     @property
     def plugin_dir(self) -> str:
         """Where the plugin keeps this lineage's derived files."""
-        return os.path.join(self.config_dir, PLUGIN_DIR, "lineages", self.name)
+        return os.path.join(self.config_dir, constants.PLUGIN_DIR, constants.LINEAGES_DIR,
+                            self.name)
 
     @property
     def chain_file(self) -> str:
-        return os.path.join(self.plugin_dir, CHAIN_FILE)
+        return os.path.join(self.plugin_dir, constants.CHAIN_FILE)
 
 
 @dataclass(frozen=True)

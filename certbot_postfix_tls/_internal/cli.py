@@ -15,10 +15,16 @@ from typing import NoReturn, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import certs, doctor, hooks, services, undeploy, verify
+from certbot_postfix_tls._internal import (
+    certs,
+    constants,
+    doctor,
+    renewal,
+    services,
+    undeploy,
+    verify,
+)
 from certbot_postfix_tls._internal.state import DeployedLineage, State
-
-DEFAULT_CONFIG_DIR = "/etc/letsencrypt"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="certbot-postfix-tls",
         description="Check and manage what the postfix-tls certbot installer deployed.",
     )
-    parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR,
+    parser.add_argument("--config-dir", default=constants.CLI_DEFAULTS["config_dir"],
                         help="certbot's configuration directory (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -50,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     remove = sub.add_parser("undeploy", help="take one lineage out of service")
     remove.add_argument("--cert-name", required=True, help="the lineage to remove")
+    remove.add_argument("--work-dir", default=constants.CLI_DEFAULTS["work_dir"],
+                        help="certbot's work directory, where the undo checkpoint goes "
+                             "(default: %(default)s)")
 
     hook = sub.add_parser("hook", help="what the installed renewal hooks call")
     hook.add_argument("kind", choices=("deploy", "post"))
@@ -143,7 +152,7 @@ def _warn(message: str) -> None:
 
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
-    problems = undeploy.undeploy(args.config_dir, args.cert_name, print, _warn)
+    problems = undeploy.undeploy(args.config_dir, args.work_dir, args.cert_name, print, _warn)
     for problem in problems:
         print(f"CRITICAL: {problem}", file=sys.stderr)
     return verify.EXIT_CODES["CRITICAL" if problems else "OK"]
@@ -152,12 +161,9 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
 def cmd_hook(args: argparse.Namespace) -> int:
     """The renewal hooks: certbot only logs their output, so say it in one line."""
     if args.kind == "deploy":
-        result = hooks.run_deploy_hook(args.config_dir, os.environ.get("RENEWED_LINEAGE"))
+        result = renewal.run_deploy_hook(args.config_dir, os.environ.get("RENEWED_LINEAGE"))
     else:
-        def reload_and_verify(state: State) -> list[str]:
-            return services.reload_and_verify(state, list(state.pending), _warn)
-
-        result = hooks.run_post_hook(args.config_dir, reload_and_verify)
+        result = renewal.run_post_hook(args.config_dir, _warn)
     print(result.message, file=sys.stderr if result.code else sys.stdout)
     return result.code
 

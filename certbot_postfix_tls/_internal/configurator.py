@@ -1,8 +1,9 @@
-"""The ``postfix-tls`` certbot installer: orchestration of the ABC methods only.
+"""The ``postfix-tls`` certbot installer: certbot's Installer ABC, orchestration only.
 
-Reading and writing Postfix configuration lives in ``postfix``; certificate
-material in ``certs``; what was deployed in ``state``; handshake checks in
-``verify``. Every change goes through certbot's reverter (SPEC section 8).
+deploy_cert() records the lineage in a prospective state and has the pipeline
+render it; save() has the pipeline write it under a reverter checkpoint;
+restart() reloads and verifies. Every file the plugin changes is written by
+``pipeline``, which renewal hooks, ``undeploy`` and rollback share.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from certbot.plugins import common
 
 from certbot_postfix_tls._internal import (
     certs,
+    constants,
     dovecot,
     hooks,
-    permissions,
+    pipeline,
     postfix,
     process,
-    services,
+    renewal,
     sni,
 )
+from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -48,12 +51,9 @@ yes_no.__name__ = "yes/no"  # argparse names the type in its error message
 @dataclass
 class _Staged:
     lineage: certs.Lineage
-    material: certs.Material
-    plan: postfix.TLSPlan
-    state: State
-    dovecot_plan: Optional[dovecot.DovecotPlan] = None
+    site: pipeline.Site
+    desired: pipeline.Desired
     applied: bool = False
-    permission_changes: tuple[str, ...] = ()
 
 
 class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
@@ -66,7 +66,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         add("postfix-dir", default=None, metavar="DIR",
             help="Postfix configuration directory of the instance to configure "
                  "(default: Postfix's own config_directory).")
-        add("dovecot-config", default="/etc/dovecot/dovecot.conf", metavar="FILE",
+        add("dovecot-config", default=constants.CLI_DEFAULTS["dovecot_config"], metavar="FILE",
             help="Dovecot's main configuration file.")
         add("services", default="auto", metavar="LIST",
             help="Comma list of services to configure: postfix,dovecot (default: every "
@@ -78,15 +78,18 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         add("sasl", default="auto", choices=("auto", "dovecot", "none"),
             help="SASL backend for submission: keep an existing one, else Dovecot's when "
                  "present (default: auto).")
-        add("key-group", default="ssl-cert", metavar="NAME",
-            help="Group given read access to the private key (default: ssl-cert).")
+        add("key-group", default=constants.CLI_DEFAULTS["key_group"], metavar="NAME",
+            help="Group given read access to the private key (default: %(default)s).")
         add("default", action="store_true", default=False,
             help="Make this lineage the default certificate (clients without SNI).")
         add("verify", default=True, type=yes_no, metavar="yes/no",
             help="Check by handshake after every deploy/reload that the new certificate "
                  "is served (default: yes).")
-        add("verify-address", default="127.0.0.1", metavar="ADDR",
+        add("verify-address", default=constants.CLI_DEFAULTS["verify_address"], metavar="ADDR",
             help="Where the check connects when a service listens on all addresses.")
+        add("verify-ports", default="auto", metavar="LIST",
+            help="Comma list of the ports the check verifies (default: auto, every "
+                 "public TLS port; loopback-only content-filter/proxy ports are skipped).")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -127,7 +130,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         return True, "dovecot" in names
 
     def _dovecot_sasl(self, config: postfix.PostfixConfig) -> bool:
-        """Should submission authenticate through Dovecot's auth socket (SPEC section 3)?"""
+        """Should submission authenticate through Dovecot's auth socket?"""
         sasl = str(self.conf("sasl"))
         if sasl == "dovecot" and self._dovecot is None:
             raise errors.PluginError(
@@ -161,6 +164,20 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             self._dovecot = dovecot.Dovecot(str(self.conf("dovecot-config")))
             self._dovecot.check_syntax()
         util.lock_dir_until_exit(self._postfix.config_dir)
+        self._purge_key_backups()
+
+    def _purge_key_backups(self) -> None:
+        """Earlier versions checkpointed the derived key+chain files: remove those copies
+        of private keys from certbot's backups (the checkpoints stay usable)."""
+        dirs = pipeline.checkpoint_dirs(self.config.backup_dir, self.config.in_progress_dir,
+                                        self.config.temp_checkpoint_dir)
+        cleaned = pipeline.purge_key_backups(self.config.config_dir, dirs)
+        if cleaned:
+            display_util.notify(
+                f"postfix-tls: removed copies of private keys from {len(cleaned)} checkpoint(s) "
+                f"in {self.config.backup_dir} (earlier versions saved them; rollback rebuilds "
+                "those files from the lineages instead)"
+            )
 
     def more_info(self) -> str:
         where = self._postfix.config_dir if self._postfix else "Postfix's configuration directory"
@@ -194,31 +211,32 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             return
         material = certs.load_material(lineage)  # mismatch/missing: refuse before any change
         config = self.instance.read()
-        state = self._prospective_state(lineage, material, config)
-        default = state.lineages[str(state.default)]
-        files = postfix.CertificateFiles(
-            chain_file=default.chain_file,
-            fullchain=default.fullchain_path,
-            key=default.key_path,
-            sni_map=f"{state.sni_map_type}:{sni.map_path(self.config.config_dir)}"
-            if state.sni_map_type else None,
-        )
-        dovecot_sasl = self._dovecot_sasl(config)
-        plan = postfix.plan_tls(config, files, self._options(dovecot_sasl))
-        dovecot_plan = None
-        if self._dovecot is not None:
-            dovecot_plan = self._dovecot.plan(
-                dovecot.CertFiles(fullchain=default.fullchain_path, key=default.key_path),
-                sasl_listener=postfix.dovecot_socket(config) if dovecot_sasl else None,
-                sni=sni.dovecot_sni(state),
+        site = pipeline.Site(self.config.config_dir, self.instance, self._dovecot)
+        state = State.load(self.config.config_dir)
+        if state.dovecot_config and site.imap is None:
+            # Deployed to Dovecot before: it stays configured and renewed, never
+            # silently left serving an old certificate.
+            site.imap = dovecot.Dovecot(state.dovecot_config)
+            self._dovecot = site.imap
+            display_util.notify(
+                f"postfix-tls: Dovecot ({state.dovecot_config}) keeps the certificates an "
+                "earlier deploy gave it and is still reloaded on renewal."
             )
-        self._staged = _Staged(lineage, material, plan, state, dovecot_plan)
+        dovecot_sasl = self._dovecot_sasl(config)
+        self._prospective_state(state, lineage, material, config, dovecot_sasl)
+        desired = pipeline.render(site, state, config, rebuild=[lineage.name],
+                                  policy=self._options(dovecot_sasl))
+        self._staged = _Staged(lineage, site, desired)
 
     def _prospective_state(
-        self, lineage: certs.Lineage, material: certs.Material, config: postfix.PostfixConfig
-    ) -> State:
-        """The plugin's state as it will be once this lineage is deployed."""
-        state = State.load(self.config.config_dir)
+        self,
+        state: State,
+        lineage: certs.Lineage,
+        material: certs.Material,
+        config: postfix.PostfixConfig,
+        dovecot_sasl: bool,
+    ) -> None:
+        """Turn ``state`` into what it will be once this lineage is deployed."""
         others = [name for name in state.lineages if name != lineage.name]
         if config.version < (3, 4) and others:
             raise errors.PluginError(
@@ -238,16 +256,17 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             ),
             pin=bool(self.conf("default")),
         )
-        state.default = sni.choose_default(state, config.main.get("myhostname", ""))
         state.postfix_dir = self.instance.config_dir
         state.dovecot_config = self._dovecot.config_file if self._dovecot else None
         state.verify = bool(self.conf("verify"))
         state.verify_address = str(self.conf("verify-address"))
+        state.verify_ports = postfix.parse_ports(str(self.conf("verify-ports")))
+        if dovecot_sasl and not state.sasl_listener:
+            state.sasl_listener = postfix.dovecot_socket(config)
         if config.version >= (3, 4):
             state.sni_map_type = sni.map_type(
                 config.map_types, config.main.get("default_database_type", "hash")
             )
-        return state
 
     def enhance(
         self, domain: str, enhancement: str, options: Optional[list[str] | str] = None
@@ -264,77 +283,65 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         """Write staged changes under a reverter checkpoint; finalize it when titled."""
         staged = self._staged
         if staged is not None and not staged.applied:
-            self._apply(staged, temporary)
+            note = f"postfix-tls: deploy {staged.lineage.name}"
+
+            def checkpoint(existing: set[str], created: list[str]) -> None:
+                self.add_to_checkpoint(existing, note, temporary)
+                if created:
+                    self.reverter.register_file_creation(temporary, *created)
+
+            with plugin_lock(self.config.config_dir):
+                try:
+                    pipeline.write(staged.site, staged.desired, checkpoint)
+                except (errors.Error, OSError):
+                    # Nothing half-applied: the snapshot is restored; drop the checkpoint.
+                    self.reverter.recovery_routine()
+                    self._staged = None
+                    raise
+            staged.applied = True
+            self._report(staged)
         if title and not temporary:
             self.finalize_checkpoint(title)
 
-    def _apply(self, staged: _Staged, temporary: bool) -> None:
-        state_path = State.path(self.config.config_dir)
-        config_dir = self.config.config_dir
-        touched = [self.instance.main_cf, self.instance.master_cf, staged.lineage.chain_file,
-                   state_path, *(hooks.hook_path(config_dir, kind) for kind in hooks.KINDS)]
-        if staged.dovecot_plan is not None:
-            touched += list(staged.dovecot_plan.writes)
-        if staged.state.sni_map_type:
-            touched += [sni.map_path(config_dir),
-                        sni.index_path(config_dir, staged.state.sni_map_type)]
-        existing = {path for path in touched if os.path.exists(path)}
-        self.add_to_checkpoint(existing, f"postfix-tls: deploy {staged.lineage.name}", temporary)
-        created = [path for path in touched if path not in existing]
-        if created:
-            self.reverter.register_file_creation(temporary, *created)
-        try:
-            staged.permission_changes = tuple(self._secure_key(staged.lineage))
-            certs.write_atomic(staged.lineage.chain_file, staged.material.combined(), 0o600)
-            if staged.state.sni_map_type:
-                sni.write_map(staged.state, config_dir, self.instance.config_dir,
-                              staged.state.sni_map_type)
-            self.instance.apply(staged.plan)
-            if self._dovecot is not None and staged.dovecot_plan is not None:
-                self._dovecot.apply(staged.dovecot_plan)
-            staged.state.save(config_dir)
-            hooks.write_hooks(config_dir)
-            self.instance.check()
-            if self._dovecot is not None:
-                self._dovecot.check()
-        except (errors.Error, OSError):
-            # Nothing half-applied: undo every file of this checkpoint now.
-            self.recovery_routine()
-            self._staged = None
-            raise
-        staged.applied = True
-        self._report(staged)
-
-    def _secure_key(self, lineage: certs.Lineage) -> list[str]:
-        """Key group exists; key 0640 root:group at most, directories traversable by it."""
-        group = str(self.conf("key-group"))
-        _, created = permissions.ensure_group(group)
-        changes = [f"created the system group {group}"] if created else []
-        return changes + permissions.secure_lineage(lineage, group)
-
     def _report(self, staged: _Staged) -> None:
-        plan = staged.plan
+        desired, state = staged.desired, staged.desired.state
         lines = [f"postfix-tls: deployed {staged.lineage.name} to Postfix in "
-                 f"{self.instance.config_dir} (default certificate: {staged.state.default}; "
-                 f"served by SNI: {', '.join(sorted(staged.state.lineages))})"]
-        lines += [f"  main.cf: {k} = {v}" for k, v in plan.main.items()]
-        lines += [f"  master.cf: {p.service} -o {p.param}={p.value}" for p in plan.service_params]
-        lines += [f"  key permissions: {change}" for change in staged.permission_changes]
-        if staged.dovecot_plan is not None:
-            lines += [f"  dovecot: {note}" for note in staged.dovecot_plan.notes]
-        lines += [f"  note: {note}" for note in plan.notes]
+                 f"{self.instance.config_dir} (default certificate: {state.default}; "
+                 f"served by SNI: {', '.join(sorted(state.lineages))})"]
+        lines += [f"  main.cf: {k} = {v}" for k, v in desired.main.items()]
+        lines += [f"  master.cf: {p.service} -o {p.param}={p.value}"
+                  for p in desired.service_params]
+        lines += [f"  note: {note}" if not note.startswith(("dovecot:", "key permissions:"))
+                  else f"  {note}" for note in desired.notes]
+        lines += [f"  note: postconf: {warning}" for warning in self.instance.warnings()]
+        lines += [f"  not checked: {label}: {why}" for label, why in postfix.unchecked_endpoints(
+            self.instance.read(), state.verify_ports, state.verify_address)]
         display_util.notify("\n".join(lines))
-        for warning in plan.warnings:
-            logger.info("postfix-tls: %s", warning)
-            display_util.notify(f"WARNING: {warning}")
+        for warning in desired.warnings:
+            self._warn(warning)
 
     def rollback_checkpoints(self, rollback: int = 1) -> None:
-        try:
-            self.reverter.rollback_checkpoints(rollback)
-        except errors.ReverterError as exc:
-            raise errors.PluginError(
-                f"Rolling back the Postfix configuration failed: {exc}"
-            ) from exc
+        """Undo the last checkpoints, then rebuild the derived key+chain files and SNI
+        table from the restored state and each lineage's current certificate (they are
+        never checkpointed: a rollback must not bring back old keys)."""
+        with plugin_lock(self.config.config_dir):
+            try:
+                self.reverter.rollback_checkpoints(rollback)
+            except errors.ReverterError as exc:
+                raise errors.PluginError(
+                    f"Rolling back the Postfix configuration failed: {exc}"
+                ) from exc
+            self._regenerate()
+        self._staged = None
+
+    def recovery_routine(self) -> None:
+        with plugin_lock(self.config.config_dir):
+            super().recovery_routine()
+            self._regenerate()
+
+    def _regenerate(self) -> None:
+        site = pipeline.Site(self.config.config_dir, self.instance, self._dovecot)
+        pipeline.regenerate(site, self._warn)
 
     def config_test(self) -> None:
         self.instance.check()
@@ -359,15 +366,20 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         state.postfix_dir = state.postfix_dir or self.instance.config_dir
         if self._dovecot is not None:
             state.dovecot_config = state.dovecot_config or self._dovecot.config_file
-        problems = services.reload_and_verify(state, state.services(), self._warn)
-        if problems:
-            raise errors.MisconfigurationError(
-                "Verification after reload failed, so the change is rolled back: "
-                + "; ".join(problems)
-            )
-        if state.pending:
-            state.pending = []
-            state.save(config_dir)
+        staged = self._staged
+        judged = [staged.lineage.name] if staged is not None and staged.applied else None
+        with plugin_lock(config_dir):
+            site = pipeline.Site.from_state(config_dir, state)
+            problems = pipeline.activate(site, state, state.services(), judged, self._warn)
+            if problems:
+                raise errors.MisconfigurationError(
+                    "Verification after reload failed, so the change is rolled back: "
+                    + "; ".join(problems)
+                )
+            state = State.load(config_dir)
+            if state.pending and state.lineages:
+                state.pending, state.renewed = [], []
+                state.save(config_dir)
 
     @staticmethod
     def _warn(message: str) -> None:
@@ -378,4 +390,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
 
     def renew_deploy(self, lineage: interfaces.RenewableCert, *args: Any, **kwargs: Any) -> None:
         """Re-stage a renewed lineage exactly as the deploy hook does (idempotent)."""
-        hooks.run_deploy_hook(self.config.config_dir, os.path.dirname(lineage.fullchain_path))
+        result = renewal.run_deploy_hook(self.config.config_dir,
+                                         os.path.dirname(lineage.fullchain_path))
+        if result.code:
+            raise errors.PluginError(result.message)

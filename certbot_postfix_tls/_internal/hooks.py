@@ -1,18 +1,10 @@
-"""certbot renewal hooks: re-deploy renewed lineages, then reload once per run.
+"""The renewal hook files: what they contain, whether they are intact, installing them.
 
 certbot runs every executable in <config-dir>/renewal-hooks/{deploy,post}/
 through a shell, with no owner check. The plugin installs one file in each,
 root-owned and not writable by others, calling this package by absolute path
 with --config-dir baked in; no certificate or domain name is ever part of a
-command line (SPEC section 6).
-
-- deploy hook, once per renewed lineage (RENEWED_LINEAGE): if the plugin
-  deployed that lineage, rebuild its files atomically and mark the services
-  pending. Certbot's directory hooks also run on certonly/run (5.3+) and post
-  hooks under --dry-run, so both hooks do nothing unless the state says so.
-- post hook, once per run: when something is pending, check the
-  configuration, reload each pending service once, verify, and clear the
-  marks only on success.
+command line. What the hooks do is ``renewal``.
 """
 
 from __future__ import annotations
@@ -28,12 +20,11 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from certbot import errors
 from certbot import util as certbot_util
 
-from certbot_postfix_tls._internal import certs, permissions, sni
 from certbot_postfix_tls._internal.state import State
 
 logger = logging.getLogger(__name__)
@@ -394,62 +385,3 @@ def remove_hooks(config_dir: str) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
-
-
-@dataclass
-class HookResult:
-    """What a hook did: its exit code and one line for certbot's log."""
-
-    code: int
-    message: str
-
-
-def run_deploy_hook(config_dir: str, renewed_lineage: Optional[str]) -> HookResult:
-    """Rebuild a renewed lineage's files and mark its services pending."""
-    state = State.load(config_dir)
-    if not renewed_lineage:
-        return HookResult(0, "no RENEWED_LINEAGE: nothing to do")
-    name = os.path.basename(os.path.normpath(renewed_lineage))
-    deployed = state.lineages.get(name)
-    if deployed is None:
-        return HookResult(0, f"{name} was not deployed by postfix-tls: nothing to do")
-    lineage = certs.Lineage.from_live_dir(renewed_lineage, config_dir)
-    permissions.secure_lineage(lineage, deployed.key_group)
-    material = certs.load_material(lineage)
-    certs.write_atomic(deployed.chain_file, material.combined(), 0o600)
-    deployed.names = material.names
-    if state.sni_map_type and state.postfix_dir:
-        # postmap -F copied the old key and chain into the index: rebuild it.
-        sni.write_map(state, config_dir, state.postfix_dir, state.sni_map_type)
-    for service in state.services():
-        if service not in state.pending:
-            state.pending.append(service)
-    state.save(config_dir)
-    return HookResult(0, f"rebuilt {name}; pending reload: {', '.join(state.pending)}")
-
-
-def run_post_hook(
-    config_dir: str, reload_and_verify: Callable[[State], list[str]]
-) -> HookResult:
-    """Reload each pending service once and verify; clear marks only on success.
-
-    ``reload_and_verify`` does the service work and returns the problems found
-    (empty on success); it lives in the configurator so that the installer's
-    restart() and this hook share one implementation.
-    """
-    state = State.load(config_dir)
-    if not state.pending:
-        return HookResult(0, "nothing pending: no reload")
-    try:
-        problems = reload_and_verify(state)
-    except errors.Error as exc:
-        problems = [str(exc)]
-    if problems:
-        return HookResult(
-            2, "postfix-tls: renewal deployed but not confirmed: " + "; ".join(problems)
-        )
-    reloaded = ", ".join(state.pending)
-    state = State.load(config_dir)
-    state.pending = []
-    state.save(config_dir)
-    return HookResult(0, f"reloaded {reloaded} and verified every endpoint")

@@ -1,8 +1,7 @@
 """Reload the services the plugin configured, and verify what every endpoint serves.
 
-Shared by the installer's restart(), the post hook and ``verify``: one
-implementation of "reload each pending service once, then prove by handshake
-that every lineage is served".
+The pipeline's activation step (reload each service once, then prove by
+handshake that every lineage is served) and ``verify``/``doctor`` use these.
 """
 
 from __future__ import annotations
@@ -33,10 +32,11 @@ def endpoints(state: State) -> list[verify.Endpoint]:
     found: list[verify.Endpoint] = []
     mta = postfix.Postfix(state.postfix_dir)
     if mta.running():
-        found += postfix.endpoints(mta.read(), state.verify_address)
+        found += postfix.endpoints(mta.read(), state.verify_address, state.verify_ports)
     imap = _dovecot(state)
     if imap is not None and imap.running():
-        found += imap.endpoints(state.verify_address)
+        found += [e for e in imap.endpoints(state.verify_address)
+                  if not state.verify_ports or e.port in state.verify_ports]
     return found
 
 
@@ -110,17 +110,3 @@ def reload(state: State, services: Iterable[str], warn: Warn) -> None:
             continue
         daemon.check()
         daemon.reload()
-
-
-def reload_and_verify(state: State, services: Iterable[str], warn: Warn) -> list[str]:
-    """Reload, then verify; returns one sentence per endpoint that is not right."""
-    reload(state, services, warn)
-    if not state.verify or not state.lineages:
-        return []
-    problems = []
-    for result in check_all(state):
-        if result.status == "CRITICAL":
-            problems.append(result.message)
-        elif result.status == "WARNING":
-            warn(result.message)
-    return problems

@@ -14,16 +14,15 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from certbot_postfix_tls._internal import certs, dovecot, process
+from certbot_postfix_tls._internal import certs, constants, dovecot, process
 from certbot_postfix_tls._internal.state import State
 
-MAP_FILE = "sni-map"
 # What postmap appends to the table's name for its index, per map type.
 INDEX_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
 
 
 def map_path(config_dir: str) -> str:
-    return os.path.join(config_dir, certs.PLUGIN_DIR, MAP_FILE)
+    return os.path.join(config_dir, constants.PLUGIN_DIR, constants.SNI_MAP_FILE)
 
 
 def index_path(config_dir: str, map_type: str) -> str:
@@ -72,10 +71,10 @@ def render_map(state: State) -> str:
     return "# Written by certbot-postfix-tls: one line per certificate name.\n" + body
 
 
-def write_map(state: State, config_dir: str, postfix_dir: str, kind: str) -> None:
+def write_map(text: str, config_dir: str, postfix_dir: str, kind: str) -> None:
     """Write the SNI table and rebuild its index with ``postmap -F`` (0600 both)."""
     path = map_path(config_dir)
-    certs.write_atomic(path, render_map(state).encode(), mode=0o600)
+    certs.write_atomic(path, text.encode(), mode=0o600)
     process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{path}"],
                 what=f"postmap -F could not build the SNI table {path}")
     index = index_path(config_dir, kind)

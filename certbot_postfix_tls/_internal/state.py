@@ -1,7 +1,9 @@
-"""What the plugin deployed, where, and which reloads are pending (SPEC section 6).
+"""What the plugin deployed, where, and which reloads are pending.
 
-One JSON file under <config-dir>/postfix-tls/, written atomically; the hooks,
-``verify``, ``undeploy`` and the installer's restart() all read it.
+One JSON file under <config-dir>/postfix-tls/, written atomically. It is the
+input of the deployment pipeline (``pipeline.render``): every configuration
+the plugin writes is a function of it. It holds paths and names, never key
+material, so it is world-readable and ``verify`` works as a monitoring user.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Any, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal.certs import PLUGIN_DIR, write_atomic
+from certbot_postfix_tls._internal import constants
+from certbot_postfix_tls._internal.certs import write_atomic
 
-STATE_FILE = "state.json"
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -29,21 +31,34 @@ class DeployedLineage:
     chain_file: str  # the combined key+fullchain file Postfix reads
     names: list[str] = field(default_factory=list)
     renewable: bool = True  # lives in certbot's live/ directory
-    key_group: str = "ssl-cert"  # re-applied on every renewal
+    key_group: str = constants.CLI_DEFAULTS["key_group"]  # re-applied on every renewal
 
 
 @dataclass
 class State:
     postfix_dir: Optional[str] = None
     dovecot_config: Optional[str] = None
-    verify_address: str = "127.0.0.1"
+    verify_address: str = constants.CLI_DEFAULTS["verify_address"]
     verify: bool = True
+    verify_ports: list[int] = field(default_factory=list)  # --postfix-tls-verify-ports; []: auto
     lineages: dict[str, DeployedLineage] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # deploy order (the default rule uses it)
     default: Optional[str] = None
     default_pinned: Optional[str] = None  # set by --postfix-tls-default
     sni_map_type: Optional[str] = None  # Postfix >= 3.4: the SNI table's map type
     pending: list[str] = field(default_factory=list)  # services awaiting a reload
+    renewed: list[str] = field(default_factory=list)  # lineages the pending reload is for
+    # Dovecot auth socket the plugin's Dovecot file declares (None: not wired by us).
+    sasl_listener: Optional[str] = None
+    # What Postfix had before the plugin first changed it, for undeploying the last
+    # lineage: main.cf parameter -> explicit value (None: not set in main.cf), and
+    # "service/type/param" -> master.cf -o value (None: no such -o).
+    baseline_main: dict[str, Optional[str]] = field(default_factory=dict)
+    baseline_params: dict[str, Optional[str]] = field(default_factory=dict)
+    added_services: list[str] = field(default_factory=list)  # "name/type" the plugin added
+    # What the plugin last set, to tell an operator's later edit from its own.
+    applied_main: dict[str, str] = field(default_factory=dict)
+    applied_params: dict[str, str] = field(default_factory=dict)
 
     def add(self, lineage: DeployedLineage, pin: bool = False) -> None:
         """Record a deployed lineage (again: its entry is replaced, its place kept)."""
@@ -68,7 +83,7 @@ class State:
 
     @staticmethod
     def path(config_dir: str) -> str:
-        return os.path.join(config_dir, PLUGIN_DIR, STATE_FILE)
+        return os.path.join(config_dir, constants.PLUGIN_DIR, constants.STATE_FILE)
 
     @classmethod
     def load(cls, config_dir: str) -> State:
@@ -95,4 +110,4 @@ class State:
         data = asdict(self)
         data["format"] = FORMAT
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        write_atomic(self.path(config_dir), text.encode(), mode=0o600)
+        write_atomic(self.path(config_dir), text.encode(), mode=0o644)

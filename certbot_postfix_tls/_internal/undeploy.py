@@ -1,90 +1,118 @@
 """``certbot-postfix-tls undeploy --cert-name NAME``: take one lineage out of service.
 
-The other lineages stay served; when the removed one was the default, the rule
-of SPEC section 9 picks the next. With the last lineage the plugin removes
-everything it owns (SNI table, Dovecot file, hooks, state) and clears the
-certificate settings it set in main.cf: Postfix then has no certificate until
-another is configured, which the output says.
+Through the deployment pipeline, under the plugin's lock and a reverter
+checkpoint (``certbot rollback`` undoes an undeploy like a deploy). The other
+lineages stay served; when the removed one was the default, the default rule
+picks the next. Removing the last lineage gives Postfix and Dovecot back the
+TLS settings they had before the plugin's first deploy (recorded then),
+including the SASL wiring it added, or refuses naming the setting the
+operator changed since. A verification failure of what stays puts every file
+back and reloads again.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import cast
 
-from certbot import errors
+from certbot import configuration, errors, reverter
 
-from certbot_postfix_tls._internal import dovecot, hooks, postfix, services, sni
+from certbot_postfix_tls._internal import pipeline, postfix
+from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.state import State
 
 Say = Callable[[str], None]
 
 
-def undeploy(config_dir: str, name: str, say: Say, warn: Say) -> list[str]:
-    """Remove ``name``; reload and verify what stays. Returns the verification problems."""
-    state = State.load(config_dir)
-    if name not in state.lineages:
-        known = ", ".join(sorted(state.lineages)) or "none"
-        raise errors.Error(
-            f"{name} was not deployed by postfix-tls (deployed: {known}); nothing changed."
-        )
-    removed = state.lineages[name]
-    state.remove(name)
-    mta = postfix.Postfix(state.postfix_dir)
-    config = mta.read()
-    imap = dovecot.Dovecot(state.dovecot_config) if state.dovecot_config else None
+def _reverter(work_dir: str) -> reverter.Reverter:
+    """certbot's reverter on its work directory, as certbot itself lays it out."""
+    config = SimpleNamespace(
+        backup_dir=os.path.join(work_dir, "backups"),
+        in_progress_dir=os.path.join(work_dir, "IN_PROGRESS"),
+        temp_checkpoint_dir=os.path.join(work_dir, "temp_checkpoint"),
+        strict_permissions=False,
+    )
+    return reverter.Reverter(cast(configuration.NamespaceConfig, config))
 
+
+def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say) -> list[str]:
+    """Remove ``name``; reload and verify what stays. Returns the verification problems."""
+    with plugin_lock(config_dir):
+        state = State.load(config_dir)
+        if name not in state.lineages:
+            known = ", ".join(sorted(state.lineages)) or "none"
+            raise errors.Error(
+                f"{name} was not deployed by postfix-tls (deployed: {known}); nothing changed."
+            )
+        old_default = state.default
+        state.remove(name)
+        state.renewed = [n for n in state.renewed if n != name]
+        site = pipeline.Site.from_state(config_dir, state)
+        config = site.mta.read()
+        desired = pipeline.render(site, state, config)
+        if not state.lineages:
+            _refuse_dangling_sasl(config, desired, state)
+        revert = _reverter(work_dir)
+
+        def checkpoint(existing: set[str], created: list[str]) -> None:
+            revert.add_to_checkpoint(existing, f"postfix-tls: undeploy {name}")
+            if created:
+                revert.register_file_creation(False, *created)
+
+        try:
+            snapshot = pipeline.write(site, desired, checkpoint)
+        except BaseException:
+            revert.recovery_routine()
+            raise
+        judged = [state.default] if state.default and state.default != old_default else []
+        problems = pipeline.activate(site, state, state.services(), judged, warn)
+        if problems:
+            snapshot.restore()
+            revert.recovery_routine()
+            site = pipeline.Site.from_state(config_dir, State.load(config_dir))
+            pipeline.activate(site, State.load(config_dir), state.services(), [], warn)
+            raise errors.Error(
+                f"Undeploying {name} was undone, because what stays failed verification: "
+                + "; ".join(problems)
+            )
+        revert.finalize_checkpoint(f"postfix-tls: undeploy {name}")
+    for note in desired.notes:
+        say(f"  {note}")
+    for warning in desired.warnings:
+        warn(warning)
     if state.lineages:
-        state.default = sni.choose_default(state, config.main.get("myhostname", ""))
-        default = state.lineages[str(state.default)]
-        if config.version >= (3, 4):
-            mta.postconf("-e", f"smtpd_tls_chain_files={default.chain_file}")
-        else:
-            mta.postconf("-e", f"smtpd_tls_cert_file={default.fullchain_path}",
-                         f"smtpd_tls_key_file={default.key_path}")
-        if state.sni_map_type:
-            sni.write_map(state, config_dir, mta.config_dir, state.sni_map_type)
-        if imap is not None:
-            imap.apply(imap.plan(
-                dovecot.CertFiles(default.fullchain_path, default.key_path),
-                sasl_listener=postfix.dovecot_socket(config)
-                if postfix.uses_dovecot_socket(config) else None,
-                sni=sni.dovecot_sni(state),
-            ))
-        state.save(config_dir)
         say(f"undeployed {name}; default certificate: {state.default}; still served: "
             f"{', '.join(sorted(state.lineages))}")
     else:
-        cleared = ["smtpd_tls_chain_files=", "tls_server_sni_maps="]
-        if config.version < (3, 4):
-            cleared = ["smtpd_tls_cert_file=", "smtpd_tls_key_file="]
-        mta.postconf("-e", *cleared)
-        if state.sni_map_type:
-            for path in (sni.map_path(config_dir), sni.index_path(config_dir, state.sni_map_type)):
-                _unlink(path)
-        if imap is not None:
-            if postfix.uses_dovecot_socket(config):
-                warn("submission authenticates through the Dovecot socket the plugin's file "
-                     "declared: add that unix_listener to Dovecot's own configuration, or "
-                     "logins on 587 fail")
-            imap.apply(imap.removal_plan())
-            _unlink(imap.plugin_file)
-        hooks.remove_hooks(config_dir)
-        _unlink(State.path(config_dir))
-        warn(f"{name} was the last lineage: Postfix ({mta.config_dir}) now has no server "
-             "certificate, so STARTTLS and port 587 fail until you configure one "
-             "(certbot install -i postfix-tls --cert-name NAME)")
-    shutil.rmtree(os.path.dirname(removed.chain_file), ignore_errors=True)
-
-    if imap is not None and state.lineages:
-        imap.check()
-    mta.check()
-    return services.reload_and_verify(state, state.services(), warn)
+        say(f"undeployed {name}, the last lineage: Postfix ({site.mta.config_dir}) and "
+            "Dovecot have the TLS settings they had before certbot-postfix-tls; its hooks "
+            "and state are removed")
+    return problems
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+def _refuse_dangling_sasl(
+    config: postfix.PostfixConfig, desired: pipeline.Desired, state: State
+) -> None:
+    """Never leave smtpd pointing at the Dovecot socket the plugin's file declared
+    once that file is gone: smtpd would die ("no SASL authentication mechanisms")."""
+    if not state.sasl_listener or not postfix.uses_dovecot_socket(config):
+        return
+    removing = set(desired.params_remove) | {
+        f"{p.service}/{p.param}" for p in desired.service_params
+    }
+    for service in config.services_on_port(postfix.SUBMISSION_PORT) + config.services_on_port(
+        postfix.SMTPS_PORT
+    ):
+        if service.key in desired.services_remove:
+            continue
+        if service.overrides.get("smtpd_sasl_type") == "dovecot" and (
+            f"{service.key}/smtpd_sasl_type" not in removing
+        ):
+            raise errors.PluginError(
+                f"master.cf service {service.name} authenticates through Dovecot's socket "
+                f"{state.sasl_listener}, which only the plugin's Dovecot file declares: "
+                "declare that unix_listener in Dovecot's own configuration (or remove "
+                "smtpd_sasl_type=dovecot from the service), then undeploy again."
+            )

@@ -1,0 +1,28 @@
+"""Defaults and fixed names, in one place (the CLI_DEFAULTS pattern of certbot's
+own installer plugins): option defaults, where the plugin keeps its files, and
+the names of what it installs."""
+
+from __future__ import annotations
+
+# Defaults of the --postfix-tls-* options and of the certbot-postfix-tls command.
+CLI_DEFAULTS = {
+    "config_dir": "/etc/letsencrypt",
+    "work_dir": "/var/lib/letsencrypt",
+    "dovecot_config": "/etc/dovecot/dovecot.conf",
+    "key_group": "ssl-cert",  # Debian's convention (package ssl-cert)
+    "verify_address": "127.0.0.1",
+}
+
+# <config-dir>/postfix-tls/: everything the plugin owns under certbot's directory.
+PLUGIN_DIR = "postfix-tls"
+STATE_FILE = "state.json"  # what was deployed; no key material (readable by monitoring)
+LOCK_FILE = "lock"  # one writer at a time: install, hooks, undeploy, rollback
+LINEAGES_DIR = "lineages"  # derived key+chain files, 0700
+CHAIN_FILE = "key-fullchain.pem"
+SNI_MAP_FILE = "sni-map"
+
+# Seconds a second writer waits for the lock before giving up with one sentence.
+LOCK_TIMEOUT = 120.0
+
+# Name of the renewal hook files under <config-dir>/renewal-hooks/{deploy,post}/.
+HOOK_NAME = "certbot-postfix-tls"
