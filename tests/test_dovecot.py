@@ -367,6 +367,8 @@ def test_version_detection_and_24_check_message(tmp_path: Path, monkeypatch) -> 
 
 
 def test_no_doveconf_or_no_config(tmp_path: Path, monkeypatch) -> None:
+    # Installed or not on this machine: first doveconf is there, then it is not.
+    monkeypatch.setattr(process, "find_tool", lambda name: f"/usr/bin/{name}")
     with pytest.raises(errors.NoInstallationError, match="--postfix-tls-dovecot-config"):
         Dovecot(str(tmp_path / "nope.conf"), version=V23)
     monkeypatch.setattr(process, "find_tool", lambda name: None)
