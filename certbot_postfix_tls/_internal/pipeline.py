@@ -322,8 +322,8 @@ def write(
 
 def _write(site: Site, desired: Desired, snapshot: Snapshot) -> None:
     """Every write in an order where each intermediate state is valid: new key+chain
-    files first, then what points at them (SNI table, Dovecot, main.cf), then the state;
-    files nothing points at any more go last."""
+    files first, then what points at them (SNI table, Dovecot, main.cf/master.cf),
+    then files nothing points at any more, then the state."""
     config_dir, state = site.config_dir, desired.state
     for name in desired.secure:
         lineage = state.lineages[name]
@@ -335,25 +335,15 @@ def _write(site: Site, desired: Desired, snapshot: Snapshot) -> None:
                           permissions.secure_lineage(_lineage(config_dir, lineage), group)]
     _write_derived(site, desired, snapshot)
 
-    mta = site.mta
-    if desired.main or desired.new_services or desired.service_params or (
-        desired.main_remove or desired.params_remove or desired.services_remove
-    ):
-        snapshot.keep(mta.main_cf, mta.master_cf)
-        _apply_postfix(mta, desired)
-    if site.imap is not None:
-        snapshot.keep(*desired.dovecot_writes, *desired.dovecot_remove)
-        site.imap.apply(dovecot.DovecotPlan(writes=desired.dovecot_writes))
-        for path in desired.dovecot_remove:
-            if os.path.lexists(path):
-                os.unlink(path)
+    # Dovecot's file declares the SASL socket submission uses: it comes before Postfix
+    # when deploying, and goes after Postfix stopped using it when removing.
+    if desired.dovecot_remove:
+        _write_postfix(site, desired, snapshot)
+        _write_dovecot(site, desired, snapshot)
+    else:
+        _write_dovecot(site, desired, snapshot)
+        _write_postfix(site, desired, snapshot)
 
-    state_path = State.path(config_dir)
-    snapshot.keep(state_path)
-    if state.lineages:
-        state.save(config_dir)
-    elif os.path.lexists(state_path):
-        os.unlink(state_path)
     hook_paths = [hooks.hook_path(config_dir, kind) for kind in hooks.KINDS]
     snapshot.keep(*hook_paths)
     if desired.hooks:
@@ -361,6 +351,32 @@ def _write(site: Site, desired: Desired, snapshot: Snapshot) -> None:
     else:
         hooks.remove_hooks(config_dir)
     _remove_stale(site, desired, snapshot)
+    # The state last: a run killed before this point is run again from the old
+    # state, and every step above is idempotent.
+    state_path = State.path(config_dir)
+    snapshot.keep(state_path)
+    if state.lineages:
+        state.save(config_dir)
+    elif os.path.lexists(state_path):
+        os.unlink(state_path)
+
+
+def _write_postfix(site: Site, desired: Desired, snapshot: Snapshot) -> None:
+    if desired.main or desired.new_services or desired.service_params or (
+        desired.main_remove or desired.params_remove or desired.services_remove
+    ):
+        snapshot.keep(site.mta.main_cf, site.mta.master_cf)
+        _apply_postfix(site.mta, desired)
+
+
+def _write_dovecot(site: Site, desired: Desired, snapshot: Snapshot) -> None:
+    if site.imap is None:
+        return
+    snapshot.keep(*desired.dovecot_writes, *desired.dovecot_remove)
+    site.imap.apply(dovecot.DovecotPlan(writes=desired.dovecot_writes))
+    for path in desired.dovecot_remove:
+        if os.path.lexists(path):
+            os.unlink(path)
 
 
 def _write_derived(site: Site, desired: Desired, snapshot: Snapshot) -> None:

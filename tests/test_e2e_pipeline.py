@@ -1,0 +1,259 @@
+"""One deployment pipeline: rollback after renewal, undeploy killed at every write,
+a renewal that adds a name, a broken unrelated lineage, services narrowed later.
+
+All with the real certbot against Pebble, real Postfix and Dovecot in the lab.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lab
+import pytest
+from conftest import REPO, need, once
+from lab.dovecot import DovecotLab
+from test_e2e_sni import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
+
+from certbot_postfix_tls._internal.state import State
+
+CLI = [sys.executable, "-m", "certbot_postfix_tls"]
+
+
+def cli(certbot: lab.Certbot, *args: str, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, "--config-dir", str(certbot.config_dir), *args],
+                          capture_output=True, text=True, timeout=180, check=False,
+                          env={**os.environ, **(env or {})})
+
+
+def key_bodies(certbot: lab.Certbot) -> list[bytes]:
+    """The base64 body of every private key certbot issued (archive/*/privkey*.pem)."""
+    bodies = []
+    for path in (certbot.config_dir / "archive").glob("*/privkey*.pem"):
+        lines = path.read_bytes().splitlines()
+        bodies.append(b"".join(line for line in lines if not line.startswith(b"-----")))
+    return bodies
+
+
+def test_rollback_after_renewal_serves_current_certificates(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    """Rolling back the last deploy after a renewal keeps every remaining lineage on its
+    *current* certificate, and no private key is ever copied into certbot's backups."""
+    once(request, "the pipeline does not depend on certbot's version")
+    issue(certbot, HOST, OTHER)
+    install(certbot, HOST)
+    install(certbot, OTHER)
+    certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew", *certbot.acme_args())
+    renewed = leaf(certbot, HOST)
+    certbot.run("rollback", "--installer", "postfix-tls", "--checkpoints", "1")
+
+    state = State.load(str(certbot.config_dir))
+    assert list(state.lineages) == [HOST]
+    for protocol, port, tls in PORTS:
+        assert served(protocol, port, tls, HOST) == renewed, port
+        assert served(protocol, port, tls, None) == renewed, port
+    backups = certbot.base / "work"
+    for body in key_bodies(certbot):
+        for path in backups.rglob("*"):
+            if path.is_file():
+                assert body[:64] not in path.read_bytes(), path
+    assert not (certbot.config_dir / "postfix-tls" / "lineages" / OTHER).exists()
+
+
+def test_old_key_copies_are_purged_from_backups(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+) -> None:
+    """A checkpoint holding a derived key file (what earlier versions wrote) loses that
+    copy at the next install, and still rolls back."""
+    once(request, "the pipeline does not depend on certbot's version")
+    issue(certbot, HOST)
+    install(certbot, HOST)
+    checkpoint = next((certbot.base / "work" / "backups").iterdir())
+    chain_file = certbot.config_dir / "postfix-tls" / "lineages" / HOST / "key-fullchain.pem"
+    paths = (checkpoint / "FILEPATHS").read_text().splitlines()
+    (checkpoint / f"key-fullchain.pem_{len(paths)}").write_bytes(chain_file.read_bytes())
+    (checkpoint / "FILEPATHS").write_text("\n".join([*paths, str(chain_file)]) + "\n")
+
+    proc = certbot.run("install", "-i", "postfix-tls", "--cert-name", HOST)
+    assert "removed copies of private keys from 1 checkpoint" in proc.stdout + proc.stderr
+    for body in key_bodies(certbot):
+        for path in (certbot.base / "work").rglob("*"):
+            if path.is_file():
+                assert body[:64] not in path.read_bytes(), path
+    certbot.run("rollback", "--installer", "postfix-tls", "--checkpoints", "2")
+    assert not os.path.exists(State.path(str(certbot.config_dir)))
+
+
+def test_expand_adds_a_name_everywhere_with_one_reload(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    """certbot certonly --expand runs the directory hooks (certbot >= 5.3): the new name is
+    served by SNI on 25, 587, 143 and 993, with one reload per service."""
+    once(request, "certbot 2.1 runs no directory hooks on certonly")
+    issue(certbot, OTHER, HOST)
+    install(certbot, HOST)
+    install(certbot, OTHER)
+    reloads = postfix_lab.log().count("reload -- version")
+    dovecot_reloads = dovecot_lab.log().count("SIGHUP received")
+    added = "imap.b.example"
+    certbot.run("certonly", "-a", "standalone", "--cert-name", OTHER, "--expand",
+                "-d", OTHER, "-d", added, *certbot.acme_args())
+    time.sleep(1)  # postlogd writes asynchronously
+    assert postfix_lab.log().count("reload -- version") == reloads + 1
+    assert dovecot_lab.log().count("SIGHUP received") == dovecot_reloads + 1
+    for protocol, port, tls in PORTS:
+        assert served(protocol, port, tls, added) == leaf(certbot, OTHER), port
+    assert added in State.load(str(certbot.config_dir)).lineages[OTHER].names
+    assert cli(certbot, "verify").returncode == 0
+
+
+def test_broken_unrelated_lineage_does_not_roll_back_a_good_deploy(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    once(request, "the pipeline does not depend on certbot's version")
+    issue(certbot, HOST, OTHER)
+    install(certbot, HOST)
+    install(certbot, OTHER)
+    for where in ("live", "archive"):
+        subprocess.run(["rm", "-rf", str(certbot.config_dir / where / OTHER)], check=True)
+    subprocess.run(["rm", "-rf", str(certbot.config_dir / "postfix-tls" / "lineages" / OTHER)],
+                   check=True)
+    proc = certbot.run("install", "-i", "postfix-tls", "--cert-name", HOST)
+    output = proc.stdout + proc.stderr
+    assert f"lineage {OTHER} cannot be served" in output
+    for protocol, port, tls in PORTS:
+        assert served(protocol, port, tls, HOST) == leaf(certbot, HOST), port
+
+
+def test_services_narrowed_later_keep_dovecot_renewed(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    """--postfix-tls-services postfix after a Dovecot deploy: Dovecot stays configured
+    and is still reloaded on renewal (never silently left with the old certificate)."""
+    once(request, "the pipeline does not depend on certbot's version")
+    issue(certbot, HOST)
+    install(certbot, HOST)
+    proc = certbot.run("install", "-i", "postfix-tls", "--cert-name", HOST,
+                       "--postfix-tls-services", "postfix")
+    assert "still reloaded on renewal" in proc.stdout + proc.stderr
+    assert State.load(str(certbot.config_dir)).dovecot_config
+    dovecot_reloads = dovecot_lab.log().count("SIGHUP received")
+    certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew", *certbot.acme_args())
+    assert dovecot_lab.log().count("SIGHUP received") == dovecot_reloads + 1
+    assert served("imap", 993, "implicit", HOST) == leaf(certbot, HOST)
+
+
+# --- undeploy killed at every write ---------------------------------------------------
+
+# Runs undeploy in a child that SIGKILLs itself just before its Nth write: a file
+# replaced or removed, or a postconf/postmap that writes. The child is a real
+# `certbot-postfix-tls undeploy`; only the kill point is added around it.
+KILLER = r"""
+import os, shutil, signal, sys
+from certbot_postfix_tls._internal import process
+
+target = int(os.environ["KILL_AT"])
+count = 0
+
+def tick():
+    global count
+    count += 1
+    if count == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def wrap(module, name, test=lambda *a, **k: True):
+    real = getattr(module, name)
+    def patched(*args, **kwargs):
+        if test(*args, **kwargs):
+            tick()
+        return real(*args, **kwargs)
+    setattr(module, name, patched)
+
+wrap(os, "replace")
+wrap(os, "unlink")
+wrap(shutil, "rmtree")
+WRITERS = ("-e", "-X", "-MX", "-PX", "-P", "-M", "-F")
+wrap(process, "run", lambda argv, **k: any(a in WRITERS for a in argv))
+from certbot_postfix_tls._internal.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _mail_checks(certbot: lab.Certbot, submit: bool) -> None:
+    """Postfix and Dovecot accept their configuration and reload; 587 takes AUTH PLAIN."""
+    for argv in (["postfix", "check"], ["doveconf", "-x", "base_dir"],
+                 ["postfix", "reload"], ["doveadm", "reload"]):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0, (argv, proc.stdout + proc.stderr)
+    if submit:
+        time.sleep(1)
+        swaks = subprocess.run(
+            ["swaks", "--server", "127.0.0.1", "--port", "587", "--tls",
+             "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "correct horse",
+             "--from", f"alice@{HOST}", "--to", "root@localhost", "--timeout", "20"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert swaks.returncode == 0, swaks.stdout + swaks.stderr
+
+
+def _undeploy_killed_at_every_write(certbot: lab.Certbot, name: str, remaining: bool) -> int:
+    """Kill undeploy at write 1, 2, ... until it completes; after each kill the mail
+    system is sound and a plain undeploy finishes the job. Returns the writes seen."""
+    killer = certbot.base / "killer.py"
+    killer.write_text(KILLER)
+    at = 1
+    while True:
+        proc = subprocess.run(
+            [sys.executable, str(killer), "--config-dir", str(certbot.config_dir),
+             "undeploy", "--work-dir", str(certbot.base / "work"), "--cert-name", name],
+            capture_output=True, text=True, timeout=180, check=False,
+            env={**os.environ, "KILL_AT": str(at)}, cwd=REPO,
+        )
+        if proc.returncode != -signal.SIGKILL:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            return at - 1
+        _mail_checks(certbot, submit=remaining)
+        again = cli(certbot, "undeploy", "--work-dir", str(certbot.base / "work"),
+                    "--cert-name", name)
+        assert again.returncode == 0, (at, again.stdout + again.stderr)
+        _mail_checks(certbot, submit=remaining)
+        install(certbot, name)  # put it back for the next kill point
+        at += 1
+
+
+def test_undeploy_killed_at_every_write(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    once(request, "undeploy is the plugin's own command")
+    need("swaks")
+    subprocess.run(["useradd", "--create-home", "alice"], check=True)
+    subprocess.run(["chpasswd"], input="alice:correct horse\n", text=True, check=True)
+    issue(certbot, HOST, OTHER)
+    before = (subprocess.run(["postconf", "-n"], capture_output=True, text=True).stdout,
+              subprocess.run(["postconf", "-M"], capture_output=True, text=True).stdout)
+    install(certbot, HOST)
+    install(certbot, OTHER)
+    _mail_checks(certbot, submit=True)
+
+    writes = _undeploy_killed_at_every_write(certbot, OTHER, remaining=True)
+    assert writes >= 3
+    assert_serving(certbot, [HOST], default=HOST)
+
+    writes = _undeploy_killed_at_every_write(certbot, HOST, remaining=False)
+    assert writes >= 3
+    after = (subprocess.run(["postconf", "-n"], capture_output=True, text=True).stdout,
+             subprocess.run(["postconf", "-M"], capture_output=True, text=True).stdout)
+    assert after == before
+    assert not Path("/etc/dovecot/conf.d/99-certbot-postfix-tls.conf").exists()
+    assert "#certbot-postfix-tls#" not in Path("/etc/dovecot/conf.d/10-ssl.conf").read_text()
