@@ -19,7 +19,7 @@ from typing import cast
 
 from certbot import configuration, errors, reverter
 
-from certbot_postfix_tls._internal import pipeline, postfix
+from certbot_postfix_tls._internal import permissions, pipeline, postfix
 from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.state import State
 
@@ -47,6 +47,7 @@ def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say) -> 
                 f"{name} was not deployed by postfix-tls (deployed: {known}); nothing changed."
             )
         old_default = state.default
+        key_group = state.lineages[name].key_group
         state.remove(name)
         state.renewed = [n for n in state.renewed if n != name]
         site = pipeline.Site.from_state(config_dir, state)
@@ -78,6 +79,9 @@ def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say) -> 
                 + "; ".join(problems)
             )
         revert.finalize_checkpoint(f"postfix-tls: undeploy {name}")
+        # The key group no longer needs to reach this lineage's keys.
+        desired.notes += [f"key permissions: {change}" for change in
+                          permissions.confine_lineages(config_dir, key_group, state.lineages)]
     for note in desired.notes:
         say(f"  {note}")
     for warning in desired.warnings:
