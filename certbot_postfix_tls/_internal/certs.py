@@ -97,6 +97,15 @@ class Material:
     def not_after(self) -> datetime.datetime:
         return not_after(self.leaf)
 
+    def fingerprints(self) -> dict[str, Any]:
+        """What verification compares, as plain data for the state file."""
+        return {
+            "leaf_sha256": self.leaf_sha256,
+            "intermediates_sha256": [sha256_der(cert) for cert in self.chain],
+            "names": self.names,
+            "not_after": self.not_after.isoformat(),
+        }
+
     def combined(self) -> bytes:
         """Key first, then leaf and intermediates: the order smtpd_tls_chain_files wants."""
         key = self.key_pem if self.key_pem.endswith(b"\n") else self.key_pem + b"\n"

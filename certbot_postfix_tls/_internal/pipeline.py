@@ -128,6 +128,7 @@ def render(
             continue
         desired.chain_files[lineage.chain_file] = material.combined()
         lineage.names = material.names
+        lineage.expected = material.fingerprints()
         if name in required:
             desired.secure.append(name)
     served = State(**{**state.__dict__})
@@ -470,10 +471,9 @@ def activate(
             results = []
             failures = [f"lineage {name}: {exc}"]
         else:
-            failures = [r.message for r in results if r.status == "CRITICAL"]
-            for result in results:
-                if result.status == "WARNING":
-                    warn(result.message)
+            failures = verify.summarize(results)
+            for line in verify.summarize(results, ("WARNING",)):
+                warn(line)
         if name in judged_set:
             problems += failures
         else:
@@ -499,12 +499,16 @@ def regenerate(site: Site, warn: Warn) -> Desired:
             warn(f"lineage {name}: {exc}")
             continue
         desired.chain_files[lineage.chain_file] = material.combined()
+        lineage.expected = material.fingerprints()
     if state.lineages and state.sni_map_type:
         desired.sni_map = sni.render_map(state)
     snapshot = Snapshot()
     try:
         _write_derived(site, desired, snapshot)
         _remove_stale(site, desired, snapshot)
+        if state.lineages:  # the fingerprints of the certificates now served
+            snapshot.keep(State.path(site.config_dir))
+            state.save(site.config_dir)
     except BaseException:
         snapshot.restore()
         raise

@@ -26,7 +26,7 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import pipeline
+from certbot_postfix_tls._internal import hooks, pipeline
 from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.state import State
 
@@ -79,6 +79,8 @@ def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
         state = State.load(config_dir)
         if not state.pending:
             return HookResult(0, "nothing pending: no reload")
+        for problem in hooks.problems(config_dir):
+            warn(problem)
         try:
             site = pipeline.Site.from_state(config_dir, state)
             problems = pipeline.activate(site, state, list(state.pending),

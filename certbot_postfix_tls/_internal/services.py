@@ -7,12 +7,14 @@ handshake that every lineage is served) and ``verify``/``doctor`` use these.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Optional
 
 from certbot_postfix_tls._internal import dovecot, postfix, verify
-from certbot_postfix_tls._internal.state import State
+from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +57,26 @@ def stopped(state: State) -> list[tuple[str, str]]:
     return found
 
 
-def sni_names(fullchain: str) -> list[str]:
+def sni_names(expected: verify.ExpectedCert) -> list[str]:
     """The names a client would ask for: the certificate's, wildcards skipped when others exist."""
-    names = list(verify.ExpectedCert.from_fullchain(fullchain).names)
+    names = list(expected.names)
     concrete = [n for n in names if not n.startswith("*.")]
     return concrete or names
+
+
+def expected_cert(lineage: DeployedLineage) -> verify.ExpectedCert:
+    """What the lineage should serve: from its fullchain.pem when this user can read it
+    (root), else from the fingerprints the state recorded at the last deploy (a
+    monitoring user cannot traverse certbot's live/ directory)."""
+    if os.access(lineage.fullchain_path, os.R_OK) or not lineage.expected:
+        return verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
+    recorded = lineage.expected
+    return verify.ExpectedCert(
+        leaf_sha256=str(recorded["leaf_sha256"]),
+        intermediates_sha256=tuple(recorded["intermediates_sha256"]),
+        names=tuple(recorded["names"]),
+        not_after=datetime.fromisoformat(str(recorded["not_after"])),
+    )
 
 
 def served_lineages(state: State) -> list[str]:
@@ -82,10 +99,10 @@ def check_all(
     jobs: list[tuple[verify.Endpoint, verify.ExpectedCert, Optional[str]]] = []
     for name in sorted(lineage_names if lineage_names is not None else served_lineages(state)):
         lineage = state.lineages[name]
-        expected = verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
+        expected = expected_cert(lineage)
         # A client without SNI must get the default certificate.
         names: list[Optional[str]] = [None] if name == state.default else []
-        names += sni_names(lineage.fullchain_path)
+        names += sni_names(expected)
         jobs += [(endpoint, expected, sni) for sni in names for endpoint in targets]
     with ThreadPoolExecutor(max_workers=PARALLEL_CHECKS) as pool:
         return list(pool.map(

@@ -32,6 +32,9 @@ class DeployedLineage:
     names: list[str] = field(default_factory=list)
     renewable: bool = True  # lives in certbot's live/ directory
     key_group: str = constants.CLI_DEFAULTS["key_group"]  # re-applied on every renewal
+    # The certificate as last deployed (SHA-256 of leaf and intermediates, names, expiry):
+    # public data, so that verify needs no access to certbot's live/ directory.
+    expected: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
