@@ -956,7 +956,10 @@ def check_endpoint(
 # How much of the end of a log file to read for a cause.
 _LOG_TAIL = 256 * 1024
 _TLS_WORDS = re.compile(r"TLS|SSL|certificate|private key|\bkey\b|chain", re.IGNORECASE)
-_GENERIC = re.compile(r"disabling TLS support|TLS library problem|won't be enabled", re.IGNORECASE)
+# Follow-up lines that repeat that TLS is off; the line before them says why.
+_GENERIC = re.compile(
+    r"^(TLS library problem|TLS server initialization failed|No server certs available"
+    r"|disabling TLS support)", re.IGNORECASE)
 
 
 def _log_cause(result: EndpointResult) -> str:
