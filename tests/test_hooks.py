@@ -314,9 +314,12 @@ def test_real_renew_from_a_planted_cwd(
     cwd = tmp_path / "home-of-someone"
     marker = plant(cwd)
     old_leaf = current_leaf(certbot, name)
+    # certbot itself starts as /usr/bin/certbot does (a script: its own directory, not
+    # the cwd, on sys.path; -I here because the lab starts it with -c).
+    argv = certbot.argv("renew", "--force-renewal", "--no-random-sleep-on-renew",
+                        *certbot.acme_args())
     proc = subprocess.run(  # noqa: S603
-        certbot.argv("renew", "--force-renewal", "--no-random-sleep-on-renew",
-                     *certbot.acme_args()),
+        [argv[0], "-I", *argv[1:]],
         cwd=cwd, env={**certbot.env(), "PYTHONPATH": str(cwd)}, capture_output=True, text=True,
         timeout=300, check=False,
     )

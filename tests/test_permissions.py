@@ -8,11 +8,13 @@ accounts are never touched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import lab
 import pytest
 from certbot import errors
-from conftest import need, need_lab
+from conftest import need, need_lab, once
 
 from certbot_postfix_tls._internal import certs, permissions
 
@@ -488,4 +490,63 @@ def test_exposed_keys_counts_the_path_not_just_the_mode(
     found = permissions.exposed_keys(str(config), {NAME: group})
     assert (str(key), ["every user"], f"chmod o= {key}") in [
         (e.path, e.readers, e.fix) for e in found
+    ]
+
+
+def test_real_deploy_keeps_other_lineages_closed(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    key_group: tuple[str, int], users: tuple[str, str]
+) -> None:
+    """A lineage the plugin never deployed, whose old key certbot left (and keeps) 0644,
+    stays out of the key group's reach after another lineage is deployed."""
+    once(request, "permission handling does not depend on certbot's version")
+    group, _ = key_group
+    member, outsider = users
+    deployed, other, later = lab.LAB_HOSTNAME, "other.example.org", "later.example.org"
+    config = certbot.config_dir
+
+    def renew(name: str) -> None:
+        certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew", "--cert-name",
+                    name, *certbot.acme_args())
+
+    certbot.run("certonly", "-a", "standalone", "-d", other, *certbot.acme_args())
+    (config / "archive" / other / "privkey1.pem").chmod(0o644)  # an old certbot's key
+    renew(other)  # certbot carries the world-read bit forward
+    other_keys = [config / "archive" / other / f"privkey{n}.pem" for n in (1, 2)]
+    assert all(mode_of(key) == 0o644 for key in other_keys)
+    assert mode_of(config / "archive" / other) == 0o755  # certbot's own mode
+    certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", deployed,
+                "--postfix-tls-key-group", group, *certbot.acme_args())
+    certbot.run("certonly", "-a", "standalone", "-d", later, *certbot.acme_args())
+
+    def check() -> None:
+        deployed_key = config / "live" / deployed / "privkey.pem"
+        assert read_as(member, str(deployed_key)).stdout == deployed_key.read_text()
+        assert read_as(outsider, str(deployed_key)).returncode != 0
+        for path in [*other_keys, config / "live" / other / "privkey.pem",
+                     config / "live" / later / "privkey.pem"]:
+            for user in (member, outsider):
+                denied = read_as(user, str(path))
+                assert denied.returncode != 0 and "Permission denied" in denied.stderr, (
+                    user, path)
+
+    check()
+    renew(deployed)  # the deploy hook re-secures, and closes the lineage made since
+    check()
+    assert mode_of(config / "archive" / later) == 0o750
+
+    def doctor() -> list[dict[str, str]]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "certbot_postfix_tls", "--config-dir", str(config),
+             "doctor", "--json"], capture_output=True, text=True, timeout=120, check=False)
+        return [c for c in json.loads(proc.stdout)["checks"] if c["name"] == "key-exposure"]
+
+    assert [c["status"] for c in doctor()] == ["OK"]
+    # An admin opens archive/ for everyone: the old 0644 keys are now readable.
+    (config / "archive").chmod(0o755)
+    (config / "archive" / other).chmod(0o755)
+    found = doctor()
+    assert [(c["status"], c["message"]) for c in found] == [
+        ("CRITICAL", f"{key} can be read by every user: run chmod 0600 {key} (certbot copies "
+                     "this mode to every renewed key).") for key in other_keys
     ]
