@@ -6,6 +6,7 @@ All with the real certbot against Pebble, real Postfix and Dovecot in the lab.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -257,3 +258,25 @@ def test_undeploy_killed_at_every_write(
     assert after == before
     assert not Path("/etc/dovecot/conf.d/99-certbot-postfix-tls.conf").exists()
     assert "#certbot-postfix-tls#" not in Path("/etc/dovecot/conf.d/10-ssl.conf").read_text()
+
+
+def test_verify_as_an_unprivileged_user(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    """A monitoring user (nobody) gets the same verdict as root on a healthy deployment."""
+    once(request, "verify is the plugin's own command")
+    issue(certbot, HOST)
+    install(certbot, HOST)
+    argv = [*CLI, "--config-dir", str(certbot.config_dir), "verify", "--json"]
+    as_root = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    as_nobody = subprocess.run(
+        ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", *argv],
+        capture_output=True, text=True, timeout=120, check=False, cwd="/",
+    )
+    assert as_root.returncode == 0, as_root.stdout + as_root.stderr
+    assert as_nobody.returncode == as_root.returncode, as_nobody.stdout + as_nobody.stderr
+    root, nobody = json.loads(as_root.stdout), json.loads(as_nobody.stdout)
+    assert nobody["status"] == root["status"] == "OK"
+    assert ([(e["port"], e["sni"], e["status"]) for e in nobody["endpoints"]]
+            == [(e["port"], e["sni"], e["status"]) for e in root["endpoints"]])

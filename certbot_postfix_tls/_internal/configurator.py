@@ -145,7 +145,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             return True
         # auto: a stopped Dovecot has no socket, and smtpd without its SASL backend
         # dies ("no SASL authentication mechanisms"), so only wire a running one.
-        return not postfix.has_sasl_backend(config) and self._dovecot.running()
+        return not postfix.has_sasl_backend(config) and bool(self._dovecot.running())
 
     # -- certbot.interfaces.Plugin -------------------------------------------
 

@@ -775,26 +775,16 @@ class Dovecot:
         return values.get("base_dir") or DEFAULT_BASE_DIR
 
     def master_pid(self) -> Optional[int]:
-        """The pid of a live Dovecot master for this configuration, if any."""
-        try:
-            pid = int(Path(self.base_dir(), "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        try:  # a stale pid file may name an unrelated process
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            return pid
-        return pid if comm.startswith("dovecot") else None
+        """The pid of a live Dovecot master for this configuration, if any (raises
+        PermissionError when this user cannot read its pid file)."""
+        return process.daemon_pid(os.path.join(self.base_dir(), "master.pid"), "dovecot")
 
-    def running(self) -> bool:
-        """Whether this Dovecot's master process runs (base_dir/master.pid, alive)."""
-        return self.master_pid() is not None
+    def running(self) -> Optional[bool]:
+        """Whether this Dovecot's master process runs; None when this user cannot tell."""
+        try:
+            return self.master_pid() is not None
+        except PermissionError:
+            return None
 
     def reload(self) -> None:
         """``doveadm reload`` (SIGHUP: listeners kept) after the full config check.

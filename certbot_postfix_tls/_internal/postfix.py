@@ -825,11 +825,15 @@ class Postfix:
             )
         self.postconf("-n")  # raises on a fatal main.cf/master.cf problem
 
-    def running(self) -> bool:
+    def running(self) -> Optional[bool]:
         """Is this instance's master alive? Read from its pid file, not ``postfix
-        status``, which fails on a broken main.cf even while the master runs."""
+        status``, which fails on a broken main.cf even while the master runs.
+        None when this user cannot tell (the pid file is root's alone)."""
         queue = self.postconf("-h", "queue_directory").strip()
-        pid = process.pid_alive(os.path.join(queue, "pid", "master.pid"))
+        try:
+            pid = process.daemon_pid(os.path.join(queue, "pid", "master.pid"), "master")
+        except PermissionError:
+            return None
         return pid is not None
 
     def reload(self) -> None:

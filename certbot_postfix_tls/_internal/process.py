@@ -209,14 +209,32 @@ def _text(data: bytes) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def pid_alive(pidfile: str) -> Optional[int]:
-    """The pid in a daemon's pid file when that process exists, else None."""
+def daemon_pid(pidfile: str, comm_prefix: str = "") -> Optional[int]:
+    """The pid in a daemon's pid file when that process is alive (and, with
+    ``comm_prefix``, is that daemon: a stale pid file may name another process);
+    None when none runs. Raises PermissionError when this user cannot read the
+    pid file (Postfix's and Dovecot's are 0600 root): whether it runs is unknown.
+    """
     try:
         with open(pidfile, encoding="ascii") as handle:
             pid = int(handle.read().split()[0])
-        os.kill(pid, 0)
+    except PermissionError:
+        raise
     except (OSError, ValueError, IndexError):
         return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    if comm_prefix:
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8") as handle:
+                if not handle.read().strip().startswith(comm_prefix):
+                    return None
+        except OSError:
+            pass
     return pid
 
 

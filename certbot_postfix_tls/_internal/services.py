@@ -33,13 +33,20 @@ def endpoints(state: State) -> list[verify.Endpoint]:
     WARNING of its own; its endpoints would only refuse)."""
     found: list[verify.Endpoint] = []
     mta = postfix.Postfix(state.postfix_dir)
-    if mta.running():
+    if mta.running() is not False:  # unknown (not root): the handshakes will tell
         found += postfix.endpoints(mta.read(), state.verify_address, state.verify_ports)
     imap = _dovecot(state)
-    if imap is not None and imap.running():
+    if imap is not None and imap.running() is not False:
         found += [e for e in imap.endpoints(state.verify_address)
                   if not state.verify_ports or e.port in state.verify_ports]
     return found
+
+
+def unchecked(state: State) -> list[tuple[str, str]]:
+    """(label, why) of the Postfix listeners verification skips (TLS off, PROXY
+    protocol, loopback content-filter ports, ports outside --postfix-tls-verify-ports)."""
+    mta = postfix.Postfix(state.postfix_dir)
+    return postfix.unchecked_endpoints(mta.read(), state.verify_ports, state.verify_address)
 
 
 def stopped(state: State) -> list[tuple[str, str]]:
@@ -47,11 +54,11 @@ def stopped(state: State) -> list[tuple[str, str]]:
     all its endpoints refuse connections, which verify and doctor report CRITICAL."""
     found = []
     mta = postfix.Postfix(state.postfix_dir)
-    if not mta.running():
+    if mta.running() is False:
         found.append(("postfix-running",
                       f"Postfix ({mta.config_dir}) is not running: start it (postfix start)"))
     imap = _dovecot(state)
-    if imap is not None and not imap.running():
+    if imap is not None and imap.running() is False:
         found.append(("dovecot-running",
                       f"Dovecot ({imap.config_file}) is not running: start it (dovecot)"))
     return found
