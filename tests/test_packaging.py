@@ -10,10 +10,13 @@ tree in a temporary directory (no .venv*, build/, *.egg-info, caches), so no
 build artifact ever lands in the checkout. Each cached chroot is copied to a
 temporary directory before the .deb is installed in it, so the cache stays as
 tools/debian13-chroot made it. In the copy, the package's own autopkgtest
-scripts (debian/tests/) run: certbot lists the plugin, and
-``tools/demo`` (the lab from the source tree around the installed package) has Debian's certbot get a certificate
-from Pebble, deploy it with the packaged plugin and verify every port by
-handshake, inside the demo's own private namespaces.
+scripts (debian/tests/) run: certbot lists the plugin, and ``tools/demo``
+(the lab from the source tree around the installed package) has Debian's
+certbot get a certificate from Pebble, deploy it with the packaged plugin and
+verify every port by handshake, inside the demo's own private namespaces.
+
+tools/fresh-debian-build (also run by .ci/heavy) proves the other half: the
+build itself in a fresh Debian with no /etc/mailname, no network, no root.
 """
 
 from __future__ import annotations
