@@ -6,8 +6,8 @@ into its own mount and network namespace (tests/lab): /etc and /var are
 overlays, Postfix's and Dovecot's state directories are private, loopback is
 private. Those tests may then use default paths and standard ports, create
 users and groups, and start daemons, without touching the machine's own mail
-system (SPEC section 10). Nothing is entered at import time: a run of unit
-tests only (the package build runs them as root) never unshares anything.
+system. Nothing is entered at import time: a run of unit tests only (a
+package build may run them as root) never unshares anything.
 Without root (or without namespace support) the tests that need the lab are
 skipped with that reason; unit tests still run.
 """
