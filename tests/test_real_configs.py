@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -323,9 +323,11 @@ def _result(endpoint: verify.Endpoint, sni: str | None, message: str, kind: str,
 
 def test_summary_groups_sni_and_names_the_cause_from_the_log(tmp_path: Path) -> None:
     log = tmp_path / "postfix.log"
-    now = datetime.now(timezone.utc) - timedelta(seconds=1)
+    now = datetime.now() - timedelta(seconds=1)  # syslog stamps are local time
     stamp = now.strftime("%b %d %H:%M:%S")
     log.write_text(
+        "Jan 01 00:00:01 mail postfix/smtpd[7]: warning: cannot get RSA private key from file"
+        ' "/etc/ssl/private/old.key": disabling TLS support\n'  # too old to be the cause
         f"{stamp} mail postfix/smtpd[41]: warning: cannot get RSA private key from file "
         '"/etc/letsencrypt/x/key-fullchain.pem": disabling TLS support\n'
         f"{stamp} mail postfix/smtpd[41]: warning: TLS library problem: error:0A080002\n"
@@ -354,10 +356,11 @@ def test_summary_groups_sni_and_names_the_cause_from_the_log(tmp_path: Path) -> 
     first = lines[0]
     assert first.startswith("port 25, 127.0.0.1:25 (postfix smtp), without SNI and with SNI "
                             "mail.example.org, mx.example.org: answered STARTTLS with '454")
-    assert "log says: cannot get RSA private key" in first
+    assert 'log says: cannot get RSA private key from file "/etc/letsencrypt/x/' in first
     assert "decided by smtpd_tls_chain_files in /etc/postfix/main.cf" in first
     assert "usually" not in first
-    assert lines[1].startswith("port 587,") and "connection refused" in lines[1]
+    assert lines[1].startswith("port 587, 127.0.0.1:587 (postfix submission), with SNI "
+                               "mail.example.org: nothing listens: connection refused")
     assert "private key" not in lines[1]  # no cause guessed where none was shown
 
     # Without a log file, no cause is invented.

@@ -953,17 +953,39 @@ def check_endpoint(
 
 # --- failure summaries ------------------------------------------------------------------
 
-# How much of the end of a log file to read for a cause.
+# How much of the end of a log file to read for a cause, and how old a line may be.
 _LOG_TAIL = 256 * 1024
+_LOG_WINDOW = 15 * 60
 _TLS_WORDS = re.compile(r"TLS|SSL|certificate|private key|\bkey\b|chain", re.IGNORECASE)
-# Follow-up lines that repeat that TLS is off; the line before them says why.
+# Follow-up lines that only repeat that TLS failed; the line before them says why.
 _GENERIC = re.compile(
     r"^(TLS library problem|TLS server initialization failed|No server certs available"
-    r"|disabling TLS support)", re.IGNORECASE)
+    r"|disabling TLS support|SSL_accept error)", re.IGNORECASE)
+# Lines that say what went wrong (not, say, a note about ignored legacy parameters).
+_FAILURE = re.compile(
+    r"cannot|can't|error|unable|fail|no such file|permission denied|does not match|mismatch",
+    re.IGNORECASE)
+# Failure kinds whose cause a TLS-speaking service logs.
+_LOGGED_KINDS = ("starttls-refused", "tls", "closed")
+
+
+def _log_time(line: str, now: datetime) -> datetime | None:
+    """The timestamp of a syslog-style (``Nov 30 04:46:45``) or RFC 3339 log line."""
+    try:
+        if line[:4].isdigit():
+            stamp = datetime.fromisoformat(line.split()[0])
+            return stamp if stamp.tzinfo else stamp.replace(tzinfo=now.astimezone().tzinfo)
+        local = now.astimezone()
+        stamp = datetime.strptime(f"{local.year} {line[:15]}", "%Y %b %d %H:%M:%S")
+        return stamp.replace(tzinfo=local.tzinfo)
+    except (ValueError, IndexError):
+        return None
 
 
 def _log_cause(result: EndpointResult) -> str:
-    """The service's own reason for refusing TLS, from its log file, when it wrote one."""
+    """The service's own reason for a failed TLS start, from its log file when it writes
+    one (Postfix's maillog_file): the newest recent warning about a file, key or
+    certificate that says what failed; "" when the log shows none."""
     endpoint = result.endpoint
     if endpoint is None or not endpoint.log_file:
         return ""
@@ -973,11 +995,15 @@ def _log_cause(result: EndpointResult) -> str:
             text = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
+    now = datetime.now(timezone.utc)
     daemons = ("smtpd[", "tlsproxy[", "postscreen[") if endpoint.service == "postfix" else (
         "imap-login", "pop3-login", "config", "dovecot")
     found: list[str] = []
     for line in text.splitlines():
         if not any(d in line for d in daemons):
+            continue
+        when = _log_time(line, now)
+        if when is not None and abs((now - when).total_seconds()) > _LOG_WINDOW:
             continue
         for marker in ("warning: ", "error: ", "fatal: ", "Error: ", "Fatal: "):
             if marker in line:
@@ -985,11 +1011,9 @@ def _log_cause(result: EndpointResult) -> str:
                 if _TLS_WORDS.search(message):
                     found.append(message)
                 break
-    if not found:
-        return ""
-    recent = list(dict.fromkeys(reversed(found[-8:])))  # newest first, no repeats
-    specific = [m for m in recent if not _GENERIC.search(m)]
-    return _printable((specific or recent)[0], 240)
+    recent = list(dict.fromkeys(reversed(found[-12:])))  # newest first, no repeats
+    specific = [m for m in recent if not _GENERIC.search(m) and _FAILURE.search(m)]
+    return _printable(specific[0], 240) if specific else ""
 
 
 def _fix(result: EndpointResult) -> tuple[str, str]:
@@ -1016,6 +1040,8 @@ def _fix(result: EndpointResult) -> tuple[str, str]:
             else "set ssl = yes"
     if kind == "starttls-refused":
         return cert_setting, f"fix what the log names, then {reload}"
+    if kind == "closed":
+        return "", ""
     if kind in ("refused", "timeout"):
         setting = ("inet_interfaces/inet_protocols and the master.cf entry" if postfix
                    else "listen and the inet_listener")
@@ -1040,7 +1066,11 @@ def _detail(result: EndpointResult, where: str) -> str:
     message = result.message.rstrip(".")
     if message.startswith(where + " "):
         return message[len(where) + 1 :]
-    return message.replace(where, "it")
+    for prefix, short in (("TLS with", "TLS"), ("Nothing listens on", "nothing listens"),
+                          ("Connecting to", "connecting"), ("Cannot connect to", "cannot connect"),
+                          ("Cannot check", "cannot check")):
+        message = message.replace(f"{prefix} {where}", short)
+    return message.replace(where, "the port")
 
 
 def _sni_phrase(snis: list[str | None]) -> str:
@@ -1076,13 +1106,13 @@ def summarize(
         first = members[0]
         snis = list(dict.fromkeys(m.sni for m in members))
         line = f"port {first.port}, {where}, {_sni_phrase(snis)}: {detail}"
-        if kind == "starttls-refused":
+        if kind in _LOGGED_KINDS:
             cause = _log_cause(first)
+            name = "Postfix" if first.service == "postfix" else "Dovecot"
             if cause:
-                line += f"; {first.service.capitalize()}'s log says: {cause}"
-            elif first.endpoint is not None and first.service == "postfix":
-                line += ("; the reason is in Postfix's log (set maillog_file to have it "
-                         "shown here)")
+                line += f"; {name}'s log says: {cause}"
+            elif first.service == "postfix" and not (first.endpoint and first.endpoint.log_file):
+                line += "; the reason is in Postfix's log (set maillog_file to have it shown here)"
         setting, fix = _fix(first)
         if setting:
             line += f"; decided by {setting}"
