@@ -121,6 +121,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         checks += [{"name": name, "status": "CRITICAL", "message": message}
                    for name, message in services.stopped(state)]
+        checks += [{"name": "not-checked", "status": "OK", "message": f"{label}: {why}"}
+                   for label, why in services.unchecked(state)]
         for lineage in lineages:
             if lineage.name not in state.lineages:  # --lineage DIR not recorded: check it too
                 state.lineages[lineage.name] = DeployedLineage(

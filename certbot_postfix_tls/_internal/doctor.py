@@ -157,6 +157,11 @@ def run(config_dir: str) -> tuple[list[verify.EndpointResult], list[Check]]:
         mta = postfix.Postfix(state.postfix_dir)
         config = mta.read()
         checks += _submission_checks(config, state)
+        checks += [Check("submission-wrappermode", "CRITICAL", problem)
+                   for problem in postfix.submission_wrappermode(config)]
+        checks += [Check("not-checked", "OK", f"not checked: {label}: {why}") for label, why
+                   in postfix.unchecked_endpoints(config, state.verify_ports,
+                                                  state.verify_address)]
         checks += [Check(name, "CRITICAL", message) for name, message in services.stopped(state)]
         endpoints = services.endpoints(state)
         results = services.check_all(state, endpoints_to_check=endpoints, retry_seconds=0)
