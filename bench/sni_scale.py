@@ -1,4 +1,4 @@
-"""Deploy and renewal time for N lineages on one server (SPEC section 9).
+"""Deploy and renewal time for N lineages on one server.
 
 For each N: issue N certificates from Pebble, deploy each with
 ``certbot install -i postfix-tls`` (one install per lineage, as an operator

@@ -326,7 +326,7 @@ def test_real_certbot_renewal_keeps_group_and_mode(
         bot.run("renew", "--force-renewal", "--no-random-sleep-on-renew", "--cert-name", domain)
 
     assert mode_of(archive / "privkey1.pem") == 0o600
-    # An old certbot left the key world-readable; certbot carries that bit forward (FACTS).
+    # An old certbot left the key world-readable; certbot carries that bit forward.
     (archive / "privkey1.pem").chmod(0o644)
     renew()
     assert os.path.realpath(lineage.key_path) == str(archive / "privkey2.pem")

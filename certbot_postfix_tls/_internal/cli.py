@@ -1,6 +1,6 @@
 """``certbot-postfix-tls``: verify, doctor, undeploy and hook.
 
-Exit codes follow the monitoring-plugin convention (SPEC section 2):
+Exit codes follow the monitoring-plugin convention:
 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (usage errors included).
 """
 

@@ -1,7 +1,7 @@
 """Dovecot: find its configuration files, decide the TLS changes, check and reload.
 
 Dovecot has no ``postconf -e``: its configuration is text spread over
-``!include``d files. The plugin therefore owns one file (SPEC section 4) and
+``!include``d files. The plugin therefore owns one file and
 only ever touches other files by commenting out, with a marker, the lines that
 would compete with it. Deciding (``plan_config``) is a pure function of the
 files' text, so it is unit-tested on real Debian 12 (2.3) and Debian 13 (2.4)
@@ -447,7 +447,7 @@ def declared_auth_listener(
 
 
 def competing_settings(tree: ConfigTree, version: Sequence[int], plugin_file: str) -> list[Setting]:
-    """Top-level server cert/key settings outside the plugin's file (SPEC section 4).
+    """Top-level server cert/key settings outside the plugin's file.
 
     Settings inside ``local_name``/``protocol``/... blocks of other files are the
     operator's and are left alone; a 2.4 top-level ``ssl_server { }`` block is the

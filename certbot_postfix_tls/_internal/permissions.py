@@ -1,4 +1,4 @@
-"""Private-key permissions: readable by root and the key group, nobody else (SPEC section 5).
+"""Private-key permissions: readable by root and the key group, nobody else.
 
 certbot makes live/ and archive/ 0700 and each new key 0600, then copies the
 previous key's group bits *and its world-read bit* to the renewed key, so a

@@ -333,7 +333,8 @@ def _write(site: Site, desired: Desired, snapshot: Snapshot) -> None:
         if created:
             desired.notes.append(f"key permissions: created the system group {group}")
         desired.notes += [f"key permissions: {change}" for change in
-                          permissions.secure_lineage(_lineage(config_dir, lineage), group)]
+                          permissions.secure_lineage(_lineage(config_dir, lineage), group,
+                                                     deployed=list(state.lineages))]
     _write_derived(site, desired, snapshot)
 
     # Dovecot's file declares the SASL socket submission uses: it comes before Postfix

@@ -85,7 +85,7 @@ MAIN_PARAMS = (
     *LEGACY_CERT_PARAMS,
 )
 
-# Server-side levels, weakest first; client-side levels likewise (SPEC section 3).
+# Server-side levels, weakest first; client-side levels likewise.
 SMTPD_LEVELS = {"none": 0, "may": 1, "encrypt": 2}
 SMTP_LEVELS = {
     "none": 0,
@@ -98,7 +98,7 @@ SMTP_LEVELS = {
     "secure": 4,
 }
 
-# master.cf overrides for the submission services (SPEC section 3).
+# master.cf overrides for the submission services: mandatory TLS, AUTH only after it.
 SUBMISSION_OVERRIDES = (
     ("smtpd_tls_security_level", "encrypt"),
     ("smtpd_tls_auth_only", "yes"),
@@ -501,7 +501,7 @@ def _plan_submission_service(
 
 
 def plan_tls(config: PostfixConfig, files: CertificateFiles, options: Options) -> TLSPlan:
-    """Every main.cf/master.cf change that deploying ``files`` needs (SPEC section 3)."""
+    """Every main.cf/master.cf change that deploying ``files`` needs."""
     plan = TLSPlan()
     _plan_main(config, files, plan)
     if options.submission:

@@ -44,6 +44,8 @@ def run_deploy_hook(config_dir: str, renewed_lineage: Optional[str]) -> HookResu
     if not renewed_lineage:
         return HookResult(0, "no RENEWED_LINEAGE: nothing to do")
     name = os.path.basename(os.path.normpath(renewed_lineage))
+    if not os.path.exists(State.path(config_dir)):  # never deployed: touch nothing
+        return HookResult(0, f"{name} was not deployed by postfix-tls: nothing to do")
     with plugin_lock(config_dir):
         state = State.load(config_dir)
         if name not in state.lineages:
@@ -75,6 +77,8 @@ def _mark_pending(state: State, name: str) -> None:
 
 def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
     """Reload each pending service once and verify; clear marks only on success."""
+    if not os.path.exists(State.path(config_dir)):  # never deployed: touch nothing
+        return HookResult(0, "nothing pending: no reload")
     with plugin_lock(config_dir):
         state = State.load(config_dir)
         if not state.pending:

@@ -1,4 +1,4 @@
-"""Several certificates on one server (SPEC section 9).
+"""Several certificates on one server.
 
 The default certificate (what a client without SNI gets) is the lineage whose
 names include Postfix's myhostname; else the first one deployed; a lineage
@@ -38,7 +38,7 @@ def map_type(map_types: set[str], default_type: str) -> str:
 
 
 def choose_default(state: State, myhostname: str) -> Optional[str]:
-    """The default lineage by SPEC section 9's rule."""
+    """The default lineage by the rule in this module's docstring."""
     if state.default_pinned in state.lineages:
         return state.default_pinned
     host = myhostname.strip().lower().rstrip(".")

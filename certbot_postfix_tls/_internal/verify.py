@@ -1,8 +1,7 @@
-"""Prove by a real handshake which certificate each mail endpoint serves (SPEC section 7).
+"""Prove by a real handshake which certificate each mail endpoint serves.
 
 smtplib/imaplib cannot be used: they send no SNI when connecting to an IP address and
-silently drop bytes a server sends between the STARTTLS reply and the handshake (FACTS,
-"Verification"). This module therefore speaks just enough SMTP, IMAP and POP3 over a raw
+silently drop bytes a server sends between the STARTTLS reply and the handshake. This module therefore speaks just enough SMTP, IMAP and POP3 over a raw
 socket, does the TLS handshake with pyOpenSSL (which exposes the served chain) and
 compares SHA-256 fingerprints instead of relying on a trust store.
 """
@@ -155,7 +154,7 @@ class Handshake:
 
 @dataclass
 class EndpointResult:
-    """The verdict for one endpoint; fields are the JSON object of SPEC section 2."""
+    """The verdict for one endpoint; fields are the JSON object ``verify --json`` prints."""
 
     service: str
     address: str
@@ -174,7 +173,7 @@ class EndpointResult:
     endpoint: Endpoint | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, object]:
-        """The endpoint as a JSON-ready dict, keys in SPEC order."""
+        """The endpoint as a JSON-ready dict, keys in a fixed order."""
         return {
             "service": self.service,
             "address": self.address,

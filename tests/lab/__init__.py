@@ -7,7 +7,7 @@ daemon state directories are empty private mounts, and loopback is a private
 interface. Everything started from here on (Pebble, Postfix, Dovecot,
 certbot) sees default paths and standard ports, yet the machine's own
 /etc/postfix, /etc/dovecot, /etc/letsencrypt and running mail services are
-never touched (SPEC section 10).
+never touched.
 """
 
 from __future__ import annotations

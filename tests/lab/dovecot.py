@@ -1,8 +1,7 @@
 """A throwaway Dovecot for the tests and the demo, inside the lab's private namespace.
 
 Only call this after ``lab.enter_private_namespace``: it rewrites /etc/dovecot and
-starts ``dovecot`` on the default ports, which is harmless only there (SPEC
-section 10).
+starts ``dovecot`` on the default ports, which is harmless only there.
 """
 
 from __future__ import annotations
@@ -132,7 +131,7 @@ class DovecotLab:
         """Write Debian 12's pristine /etc/dovecot, pointed at loopback and a log file.
 
         ``snakeoil`` decides whether the certificate Debian's 10-ssl.conf refers to
-        exists (without it Dovecot refuses to start: the case SPEC section 4 fixes).
+        exists (without it Dovecot refuses to start: the case the plugin fixes by commenting the line out).
         Whatever the host's /etc/dovecot holds is replaced, so every test starts from
         the same stock files.
         """
