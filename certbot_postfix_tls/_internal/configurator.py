@@ -66,8 +66,10 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         add("postfix-dir", default=None, metavar="DIR",
             help="Postfix configuration directory of the instance to configure "
                  "(default: Postfix's own config_directory).")
-        add("dovecot-config", default=constants.CLI_DEFAULTS["dovecot_config"], metavar="FILE",
-            help="Dovecot's main configuration file.")
+        add("dovecot-config", default=None, metavar="FILE",
+            help="Dovecot's main configuration file (default: the one Dovecot reads, as "
+                 "doveconf -n names it: /etc/dovecot/dovecot.conf, or "
+                 "/usr/local/etc/dovecot/dovecot.conf on FreeBSD).")
         add("services", default="auto", metavar="LIST",
             help="Comma list of services to configure: postfix,dovecot (default: every "
                  "one installed).")
@@ -113,13 +115,30 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             dovecot_sasl_path=postfix.DOVECOT_SASL_PATH if dovecot_sasl else None,
         )
 
+    def _dovecot_config(self) -> Optional[str]:
+        """--postfix-tls-dovecot-config, else the dovecot.conf this machine's Dovecot
+        reads (None: Dovecot is not installed)."""
+        given = self.conf("dovecot-config")
+        return str(given) if given else dovecot.find_config()
+
     def _wanted_services(self) -> tuple[bool, bool]:
-        """(Postfix, Dovecot) from --postfix-tls-services; auto = Dovecot when installed."""
+        """(Postfix, Dovecot) from --postfix-tls-services; auto = Dovecot when installed.
+
+        An installed Dovecot whose configuration file is not where it should be is
+        refused, never skipped: it would go on serving its old certificate.
+        """
         raw = str(self.conf("services")).strip().lower()
         if raw == "auto":
-            return True, process.find_tool("doveconf") is not None and os.path.isfile(
-                str(self.conf("dovecot-config"))
-            )
+            config = self._dovecot_config()
+            if config is None or process.find_tool("doveconf") is None:
+                return True, False
+            if not os.path.isfile(config):
+                raise errors.PluginError(
+                    f"Dovecot is installed but its configuration {config} does not exist: "
+                    "name it with --postfix-tls-dovecot-config FILE, or leave Dovecot out "
+                    "with --postfix-tls-services postfix."
+                )
+            return True, True
         names = {name.strip() for name in raw.split(",") if name.strip()}
         unknown = names - {"postfix", "dovecot"}
         if unknown or "postfix" not in names:
@@ -161,7 +180,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             )
         _, want_dovecot = self._wanted_services()
         if want_dovecot:
-            self._dovecot = dovecot.Dovecot(str(self.conf("dovecot-config")))
+            self._dovecot = dovecot.Dovecot(self._dovecot_config() or dovecot.DEFAULT_CONFIG)
             self._dovecot.check_syntax()
         util.lock_dir_until_exit(self._postfix.config_dir)
         self._purge_key_backups()

@@ -38,6 +38,10 @@ from certbot_postfix_tls._internal.verify import Endpoint, choose_address
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "/etc/dovecot/dovecot.conf"
+# Where packaged Dovecots keep dovecot.conf: Debian/Ubuntu and RHEL/Fedora, then the
+# FreeBSD port (built with --sysconfdir=/usr/local/etc). Looked at, in this order, when
+# the file doveconf was built to read does not exist.
+KNOWN_CONFIGS = (DEFAULT_CONFIG, "/usr/local/etc/dovecot/dovecot.conf")
 MARKER = "#certbot-postfix-tls# "
 """Prefix of every line the plugin commented out in a file it does not own."""
 
@@ -668,6 +672,45 @@ def parse_version(text: str) -> tuple[int, ...]:
     token = text.strip().split()[0] if text.strip() else ""
     numbers = re.findall(r"\d+", token.split("-")[0])
     return tuple(int(n) for n in numbers) or (0,)
+
+
+# --- which dovecot.conf -----------------------------------------------------------------
+
+_HEADER = re.compile(r"^#\s*\S+(?:\s+\([0-9a-f]+\))?:\s*(/\S+)\s*$", re.MULTILINE)
+_OPEN_FAILED = re.compile(r"open\((/[^)]+)\) failed")
+
+
+def built_in_config() -> Optional[str]:
+    """The dovecot.conf this machine's doveconf reads without ``-c``, None when
+    Dovecot is not installed or does not say.
+
+    doveconf names it in its first line (``# 2.3.19.1 (9b53102964): /etc/dovecot/dovecot.conf``),
+    also when the file is missing (then its Fatal line says ``open(PATH) failed``).
+    """
+    if process.find_tool("doveconf") is None:
+        return None
+    proc = process.run(["doveconf", "-n"], what="doveconf -n", check=False)
+    for pattern, text in ((_HEADER, proc.stdout), (_OPEN_FAILED, proc.stderr)):
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    return None
+
+
+def find_config() -> Optional[str]:
+    """The dovecot.conf to configure when none is given: the one doveconf was built to
+    read if it exists, else the first of KNOWN_CONFIGS that exists (a FreeBSD-style
+    /usr/local/etc/dovecot with no /etc/dovecot), else the built-in path (missing;
+    the caller says so). None when Dovecot is not installed."""
+    built_in = built_in_config()
+    if built_in is None and process.find_tool("doveconf") is None:
+        return None
+    if built_in and os.path.isfile(built_in):
+        return built_in
+    for candidate in KNOWN_CONFIGS:
+        if os.path.isfile(candidate):
+            return candidate
+    return built_in or DEFAULT_CONFIG
 
 
 # --- the service ----------------------------------------------------------------------

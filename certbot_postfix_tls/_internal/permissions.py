@@ -94,22 +94,37 @@ def _check_group_name(name: str) -> None:
         )
 
 
+def group_add_argv(name: str) -> list[str]:
+    """The command that creates the system group ``name`` here: shadow-utils'
+    ``groupadd --system`` (Debian, RHEL/Fedora, SUSE), else FreeBSD's ``pw groupadd``
+    (no system/user distinction there); groupadd when neither is found, so that
+    the failure names the usual tool."""
+    if process.find_tool("groupadd") is None and process.find_tool("pw") is not None:
+        return ["pw", "groupadd", name]
+    return ["groupadd", "--system", name]
+
+
+def _group_add_hint(name: str) -> str:
+    return " ".join(group_add_argv(name))
+
+
 def ensure_group(name: str) -> tuple[int, bool]:
     """Return ``(gid, created)`` for the key group, creating it as a system group if missing."""
     _check_group_name(name)
     gid = _gid_of(name)
     if gid is not None:
         return gid, False
+    argv = group_add_argv(name)
     proc = process.run(
-        ["groupadd", "--system", name],
-        what=f"The key group {name} does not exist and groupadd could not create it "
-             f"(create it yourself with groupadd --system {name})",
+        argv,
+        what=f"The key group {name} does not exist and {argv[0]} could not create it "
+             f"(create it yourself with {' '.join(argv)})",
         check=False,
     )
     gid = _gid_of(name)
     if gid is None:
         raise errors.PluginError(
-            f"The key group {name} does not exist and groupadd --system {name} failed "
+            f"The key group {name} does not exist and {' '.join(argv)} failed "
             f"({process.last_line(proc.stderr or proc.stdout) or 'exit ' + str(proc.returncode)}): "
             "create the group yourself or choose an existing one with --postfix-tls-key-group."
         )
@@ -125,7 +140,7 @@ def _require_gid(group: str) -> int:
     gid = _gid_of(group)
     if gid is None:
         raise errors.PluginError(
-            f"The key group {group} does not exist: create it with groupadd --system {group} "
+            f"The key group {group} does not exist: create it with {_group_add_hint(group)} "
             "or choose an existing one with --postfix-tls-key-group."
         )
     return gid
@@ -450,7 +465,7 @@ def key_problems(key_path: str, group: str) -> list[str]:
     if gid is None:
         return [
             f"The key group {group} does not exist, so no group can read {key_path}: "
-            f"create it with groupadd --system {group} and deploy the certificate again."
+            f"create it with {_group_add_hint(group)} and deploy the certificate again."
         ]
     real = os.path.realpath(key_path)
     try:

@@ -1,0 +1,232 @@
+"""Other distributions' layouts: RHEL/Fedora's Dovecot tree, FreeBSD's /usr/local/etc and
+``pw groupadd``.
+
+The RHEL tree is Debian's pristine /usr/share/dovecot (the same upstream example
+configuration RHEL and Fedora ship: ``!include conf.d/*.conf``, ``!include_try
+local.conf``) with the lines those packages set differently (as their ``doveconf -n``
+shows): in conf.d/10-ssl.conf ``ssl = required``, ``ssl_cert =
+</etc/pki/dovecot/certs/dovecot.pem``, ``ssl_key = </etc/pki/dovecot/private/dovecot.pem``,
+``ssl_cipher_list = PROFILE=SYSTEM`` and no ``ssl_dh``. One adaptation: the cipher list
+is commented out, Debian's OpenSSL has no crypto-policies ``PROFILE=SYSTEM``. Dovecot is
+*started* with it (Debian's binary), then certbot deploys, renews and rolls back.
+
+FreeBSD cannot run here: its layout (dovecot.conf under /usr/local/etc/dovecot, no
+/etc/dovecot) is reproduced in the lab on a private tmpfs over /usr/local/etc, and
+``pw`` (FreeBSD's user/group tool) by a stand-in that records its argv and creates
+the group with groupadd.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import lab
+import pytest
+from conftest import need, need_lab, once
+from lab.dovecot import DovecotLab, write_self_signed
+
+from certbot_postfix_tls._internal import certs, dovecot, permissions, process, verify
+
+NAME = lab.LAB_HOSTNAME
+RHEL_CERT = "/etc/pki/dovecot/certs/dovecot.pem"
+RHEL_KEY = "/etc/pki/dovecot/private/dovecot.pem"
+FREEBSD_ETC = "/usr/local/etc"
+FREEBSD_DOVECOT = f"{FREEBSD_ETC}/dovecot"
+
+
+def rhel_ssl_conf(debian_text: str) -> str:
+    """Debian's 10-ssl.conf turned into what RHEL 8/9 and Fedora install."""
+    replaced = {
+        "ssl = yes": "ssl = required",
+        "ssl_cert = </etc/dovecot/private/dovecot.pem": f"ssl_cert = <{RHEL_CERT}",
+        "ssl_key = </etc/dovecot/private/dovecot.key": f"ssl_key = <{RHEL_KEY}",
+        "ssl_dh = </usr/share/dovecot/dh.pem": "#ssl_dh = </etc/dovecot/dh.pem",
+    }
+    lines = []
+    for line in debian_text.splitlines():
+        lines.append(replaced.pop(line, line))
+    assert not replaced, f"Debian's 10-ssl.conf changed: {replaced}"
+    # RHEL's crypto-policies profile; Debian's OpenSSL does not know it (adaptation).
+    lines.append("#ssl_cipher_list = PROFILE=SYSTEM")
+    return "\n".join(lines) + "\n"
+
+
+def install_rhel_tree(instance: DovecotLab) -> None:
+    instance.install_config(snakeoil=False)
+    ssl_conf = Path(instance.config_dir, "conf.d", "10-ssl.conf")
+    ssl_conf.write_text(rhel_ssl_conf(ssl_conf.read_text()))
+    for path, mode in ((os.path.dirname(RHEL_CERT), 0o755), (os.path.dirname(RHEL_KEY), 0o700)):
+        os.makedirs(path, mode=mode, exist_ok=True)
+    write_self_signed(RHEL_CERT, RHEL_KEY, "localhost.localdomain")
+
+
+def files_under(directory: str) -> dict[str, bytes]:
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, directory)] = Path(path).read_bytes()
+    return found
+
+
+def leaf_of(certbot: lab.Certbot) -> bytes:
+    pem = (certbot.config_dir / "live" / NAME / "fullchain.pem").read_bytes()
+    return certs.load_pem_chain(pem)[0].public_bytes(certs.serialization.Encoding.DER)
+
+
+def served(port: int, tls: str) -> bytes:
+    endpoint = verify.Endpoint("dovecot", "imap", "127.0.0.1", port, tls, str(port))
+    return verify.handshake(endpoint, NAME).leaf_der
+
+
+# --- planning, without the lab ------------------------------------------------------------
+
+
+def test_rhel_tree_is_planned_like_debian(tmp_path: Path) -> None:
+    """conf.d/*.conf is included as on Debian: the plugin's file goes to conf.d, the
+    /etc/pki lines are commented out, ``ssl = required`` stays."""
+    pristine = Path("/usr/share/dovecot")
+    if not (pristine / "dovecot.conf").is_file():
+        pytest.skip("Dovecot's pristine configuration is not installed (dovecot-core)")
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (tmp_path / "dovecot.conf").write_text((pristine / "dovecot.conf").read_text())
+    ssl_text = rhel_ssl_conf((pristine / "conf.d" / "10-ssl.conf").read_text())
+    (conf_d / "10-ssl.conf").write_text(ssl_text)
+    main = str(tmp_path / "dovecot.conf")
+
+    plugin_file, include_from = dovecot.plugin_layout(main, Path(main).read_text())
+    assert (plugin_file, include_from) == (str(conf_d / dovecot.DEBIAN_PLUGIN_NAME), None)
+
+    tree = dovecot.read_config(main, [plugin_file])
+    cert = dovecot.CertFiles("/etc/letsencrypt/live/a/fullchain.pem",
+                             "/etc/letsencrypt/live/a/privkey.pem")
+    plan = dovecot.plan_config(tree, (2, 3, 16), plugin_file, None, cert)
+    new_ssl = plan.writes[str(conf_d / "10-ssl.conf")]
+    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}\n" in new_ssl
+    assert f"{dovecot.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
+    assert "\nssl = required\n" in new_ssl
+    assert dovecot.uncomment(new_ssl) == ssl_text  # restorable byte for byte
+
+
+# --- pw groupadd ----------------------------------------------------------------------------
+
+PW_STANDIN = """#!/bin/sh
+# Stand-in for FreeBSD's pw(8): records its argv, creates the group with groupadd.
+printf '%s\\n' "$*" >> "$(dirname "$0")/argv"
+[ "$1" = groupadd ] || exit 64
+exec /usr/sbin/groupadd "$2"
+"""
+
+
+@pytest.fixture
+def freebsd_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """No groupadd, a ``pw`` on PATH (the stand-in above)."""
+    need("groupadd")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pw").write_text(PW_STANDIN)
+    (bin_dir / "pw").chmod(0o755)
+    real = process.find_tool
+    monkeypatch.setattr(process, "find_tool",
+                        lambda name: None if name == "groupadd" else real(name))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    yield bin_dir
+
+
+def test_key_group_is_created_with_pw_where_groupadd_is_missing(freebsd_tools: Path) -> None:
+    name = "certbot-pw-test"
+    subprocess.run(["groupdel", name], capture_output=True, check=False)
+    assert permissions.group_add_argv(name) == ["pw", "groupadd", name]
+    gid, created = permissions.ensure_group(name)
+    assert created and gid >= 0
+    assert (freebsd_tools / "argv").read_text() == f"groupadd {name}\n"
+    assert permissions.ensure_group(name) == (gid, False)  # exists now: pw is not run again
+    assert (freebsd_tools / "argv").read_text() == f"groupadd {name}\n"
+    with pytest.raises(Exception, match=f"pw groupadd {name}-x"):
+        permissions._require_gid(f"{name}-x")  # the hint names the tool this system has
+    subprocess.run(["groupdel", name], check=True)
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def run_certbot(certbot: lab.Certbot, *extra: str, check: bool = True) -> str:
+    proc = certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", NAME,
+                       *certbot.acme_args(), *extra, check=check)
+    return proc.stdout + proc.stderr
+
+
+def test_rhel_dovecot_deploy_renew_rollback(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_config: DovecotLab | None,
+) -> None:
+    once(request, "the Dovecot layout does not depend on certbot's version")
+    need("dovecot")
+    assert dovecot_config is not None
+    install_rhel_tree(dovecot_config)
+    dovecot_config.start()
+    before = files_under("/etc/dovecot")
+
+    output = run_certbot(certbot)
+    assert "commented out ssl_cert in /etc/dovecot/conf.d/10-ssl.conf" in output
+    ssl_conf = Path("/etc/dovecot/conf.d/10-ssl.conf").read_text()
+    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}" in ssl_conf
+    assert "\nssl = required\n" in ssl_conf  # the policy is the operator's
+    effective = process.run(["doveconf", "ssl", "ssl_cert"], what="doveconf").stdout
+    assert "ssl = required" in effective and f"/live/{NAME}/fullchain.pem" in effective
+    assert served(143, "starttls") == served(993, "implicit") == leaf_of(certbot)
+
+    old = leaf_of(certbot)
+    certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew", *certbot.acme_args())
+    assert leaf_of(certbot) != old
+    assert served(993, "implicit") == served(143, "starttls") == leaf_of(certbot)
+
+    certbot.run("rollback", "--installer", "postfix-tls", "--checkpoints", "1")
+    assert files_under("/etc/dovecot") == before
+
+
+@pytest.fixture
+def freebsd_etc() -> Iterator[str]:
+    """A private, empty /usr/local/etc (tmpfs, in the lab's mount namespace only)."""
+    need_lab()
+    need("mount")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", FREEBSD_ETC],
+                   check=True)
+    try:
+        yield FREEBSD_ETC
+    finally:
+        subprocess.run(["umount", "--lazy", FREEBSD_ETC], check=True)
+
+
+def test_freebsd_dovecot_path_is_found(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_config: DovecotLab | None, freebsd_etc: str,
+) -> None:
+    once(request, "where dovecot.conf is does not depend on certbot's version")
+    need("dovecot")
+    assert dovecot_config is not None
+    # Dovecot installed, its configuration nowhere: refused in one sentence, never skipped.
+    Path("/etc/dovecot/dovecot.conf").unlink()
+    output = run_certbot(certbot, check=False)
+    assert "Dovecot is installed but its configuration /etc/dovecot/dovecot.conf does not " \
+        "exist: name it with --postfix-tls-dovecot-config FILE" in output
+    assert "--postfix-tls-services postfix" in output
+
+    # FreeBSD's layout: /usr/local/etc/dovecot and no /etc/dovecot.
+    subprocess.run(["rm", "-rf", "/etc/dovecot"], check=True)
+    instance = DovecotLab(config_dir=FREEBSD_DOVECOT)
+    instance.install_config(snakeoil=True)
+    instance.start()
+    try:
+        assert dovecot.built_in_config() == "/etc/dovecot/dovecot.conf"  # Debian's build
+        assert dovecot.find_config() == f"{FREEBSD_DOVECOT}/dovecot.conf"
+        output = run_certbot(certbot)
+        plugin_file = Path(FREEBSD_DOVECOT, "conf.d", dovecot.DEBIAN_PLUGIN_NAME)
+        assert f"wrote {plugin_file}" in output
+        assert served(993, "implicit") == served(143, "starttls") == leaf_of(certbot)
+    finally:
+        instance.stop()
