@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import NoReturn, Optional
 
@@ -19,6 +20,7 @@ from certbot_postfix_tls._internal import (
     certs,
     constants,
     doctor,
+    metrics,
     renewal,
     services,
     undeploy,
@@ -50,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--cert-name", help="the lineage to check (default: every deployed one)")
     which.add_argument("--lineage", help="a lineage directory (live/NAME) to check")
     check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.add_argument("--prometheus", metavar="FILE",
+                       help="also write the result as Prometheus metrics to FILE (node_exporter "
+                            "textfile collector format, replaced atomically); endpoints of a "
+                            "stopped service are then checked too")
 
     doc = sub.add_parser("doctor", help="the usual mail TLS failures, checked")
     doc.add_argument("--json", action="store_true", help="print one JSON object")
@@ -102,8 +108,29 @@ def _lineages_to_check(args: argparse.Namespace, state: State) -> list[certs.Lin
     return result
 
 
+def _write_metrics(path: str, snapshot: metrics.Snapshot,
+                   checks: list[dict[str, str]]) -> None:
+    try:
+        metrics.write(path, snapshot)
+    except errors.Error as exc:
+        checks.append({"name": "prometheus", "status": "UNKNOWN", "message": str(exc)})
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Handshake with every endpoint, with SNI for every name of every lineage."""
+    try:
+        return _verify(args)
+    except errors.Error:
+        if args.prometheus:  # the watchdog's metrics say UNKNOWN too
+            failed: list[dict[str, str]] = []
+            _write_metrics(args.prometheus, metrics.Snapshot("UNKNOWN", time.time()), failed)
+            for check in failed:
+                print(f"UNKNOWN: {check['message']}", file=sys.stderr)
+        raise
+
+
+def _verify(args: argparse.Namespace) -> int:
+    started = time.time()
     state = State.load(args.config_dir)
     checks: list[dict[str, str]] = []
     if state.pending:
@@ -114,7 +141,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                        "successfully: run certbot-postfix-tls hook post and read its error",
         })
     lineages = _lineages_to_check(args, state)
+    snapshot = metrics.Snapshot("UNKNOWN", started, services=state.services() if lineages else [],
+                                pending=state.pending)
     if not lineages:
+        if args.prometheus:
+            _write_metrics(args.prometheus, snapshot, checks)
         return _report("UNKNOWN", f"nothing deployed by postfix-tls in {args.config_dir}",
                        [], checks, args.json)
     results: list[verify.EndpointResult] = []
@@ -128,11 +159,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 state.lineages[lineage.name] = DeployedLineage(
                     lineage.name, lineage.key_path, lineage.fullchain_path, lineage.chain_file
                 )
-        results = services.check_all(state, [lineage.name for lineage in lineages],
-                                     retry_seconds=0)
+        if args.prometheus:
+            snapshot.lineages = {lineage.name: services.expected_cert(state.lineages[lineage.name])
+                                 for lineage in lineages}
+        # With metrics, a stopped service's ports are checked too: their series stay
+        # present, as down, instead of vanishing.
+        results = services.check_all(
+            state, [lineage.name for lineage in lineages], retry_seconds=0,
+            endpoints_to_check=services.endpoints(state, include_stopped=True)
+            if args.prometheus else None)
     except (errors.Error, verify.VerifyError) as exc:
         checks.append({"name": "configuration", "status": "UNKNOWN", "message": str(exc)})
     status = verify.worst([r.status for r in results] + [c["status"] for c in checks])
+    if args.prometheus:
+        snapshot.status, snapshot.results = status, results
+        _write_metrics(args.prometheus, snapshot, checks)
+        status = verify.worst([status] + [c["status"] for c in checks])
     bad = sum(1 for r in results if r.status != "OK")
     summary = (f"{len(results) - bad} of {len(results)} endpoint checks OK for "
                f"{', '.join(lineage.name for lineage in lineages)}")

@@ -28,15 +28,16 @@ def _dovecot(state: State) -> Optional[dovecot.Dovecot]:
     return dovecot.Dovecot(state.dovecot_config) if state.dovecot_config else None
 
 
-def endpoints(state: State) -> list[verify.Endpoint]:
+def endpoints(state: State, include_stopped: bool = False) -> list[verify.Endpoint]:
     """Every TLS endpoint of the running services in the state (a stopped one has a
-    WARNING of its own; its endpoints would only refuse)."""
+    WARNING of its own; its endpoints would only refuse), or of all of them with
+    ``include_stopped`` (metrics keep a stopped service's ports, as down)."""
     found: list[verify.Endpoint] = []
     mta = postfix.Postfix(state.postfix_dir)
-    if mta.running() is not False:  # unknown (not root): the handshakes will tell
+    if include_stopped or mta.running() is not False:  # None (not root): handshakes tell
         found += postfix.endpoints(mta.read(), state.verify_address, state.verify_ports)
     imap = _dovecot(state)
-    if imap is not None and imap.running() is not False:
+    if imap is not None and (include_stopped or imap.running() is not False):
         found += [e for e in imap.endpoints(state.verify_address)
                   if not state.verify_ports or e.port in state.verify_ports]
     return found

@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from typing import Callable, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
@@ -37,6 +39,7 @@ __all__ = [
     "choose_address",
     "dns_name_matches",
     "handshake",
+    "key_algorithm",
     "summarize",
     "worst",
 ]
@@ -104,6 +107,7 @@ class _CertInfo:
     dns_names: tuple[str, ...]
     ip_addresses: tuple[str, ...]
     not_after: datetime
+    algorithm: str = ""  # key_algorithm() of the certificate's public key
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,9 @@ class EndpointResult:
     # Not part of the JSON: what summarize() needs to group and explain failures.
     kind: str = field(default="", compare=False)
     endpoint: Endpoint | None = field(default=None, compare=False, repr=False)
+    # The served leaf's expiry and key algorithm (None/"" without a handshake), for metrics.
+    served_not_after: datetime | None = field(default=None, compare=False)
+    served_algorithm: str = field(default="", compare=False)
 
     def to_json(self) -> dict[str, object]:
         """The endpoint as a JSON-ready dict, keys in a fixed order."""
@@ -314,9 +321,30 @@ def _cert_info(der: bytes) -> _CertInfo | None:
             ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
         except x509.ExtensionNotFound:
             dns, ips = (), ()
-        return _CertInfo(common_name, dns, ips, _not_after(cert))
+        return _CertInfo(common_name, dns, ips, _not_after(cert), key_algorithm(cert))
     except ValueError:
         return None
+
+
+_CURVES = {"secp256r1": "p256", "secp384r1": "p384", "secp521r1": "p521"}
+
+
+def key_algorithm(cert: x509.Certificate) -> str:
+    """The certificate's key type and size from a small set (rsa2048, ecdsa-p256,
+    ed25519, ...): bounded, so usable as a metric label."""
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return "other"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"rsa{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ecdsa-{_CURVES.get(key.curve.name, key.curve.name)}"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "ed448"
+    return "other"
 
 
 def _describe(der: bytes, info: _CertInfo | None) -> str:
@@ -846,6 +874,8 @@ def _judge(
             message=message,
             kind=kind,
             endpoint=endpoint,
+            served_not_after=info.not_after if info else None,
+            served_algorithm=info.algorithm if info else "",
         )
 
     if served != expected.leaf_sha256:
