@@ -1,9 +1,10 @@
 """Prove by a real handshake which certificate each mail endpoint serves.
 
 smtplib/imaplib cannot be used: they send no SNI when connecting to an IP address and
-silently drop bytes a server sends between the STARTTLS reply and the handshake. This module therefore speaks just enough SMTP, IMAP and POP3 over a raw
-socket, does the TLS handshake with pyOpenSSL (which exposes the served chain) and
-compares SHA-256 fingerprints instead of relying on a trust store.
+silently drop bytes a server sends between the STARTTLS reply and the handshake. This
+module therefore speaks just enough SMTP, IMAP and POP3 over a raw socket, does the
+TLS handshake with pyOpenSSL (which exposes the served chain) and compares SHA-256
+fingerprints instead of relying on a trust store.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "EndpointResult",
     "ExpectedCert",
     "Handshake",
+    "PlaintextSmtp",
     "VerifyError",
     "certificate_covers",
     "check_endpoint",
@@ -40,6 +42,8 @@ __all__ = [
     "dns_name_matches",
     "handshake",
     "key_algorithm",
+    "log_cause",
+    "smtp_before_tls",
     "summarize",
     "worst",
 ]
@@ -154,6 +158,22 @@ class Handshake:
     chain_der: list[bytes]  # as served, leaf first
     capabilities_before_tls: list[str]  # [] for implicit TLS
     capabilities_after_tls: list[str]
+    protocol: str = ""  # the TLS version negotiated, e.g. "TLSv1.3"
+
+
+@dataclass
+class PlaintextSmtp:
+    """What an SMTP port answers before STARTTLS: its EHLO keywords and its reply to
+    ``MAIL FROM:<>`` (a port that requires TLS answers 530)."""
+
+    keywords: list[str]
+    mail_code: int
+    mail_reply: str
+
+
+# handshake(tls_version=...): pin one protocol version. "legacy" is TLS 1.0-1.1 at
+# OpenSSL security level 0, to tell a port that only speaks those from one that fails.
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3", "legacy")
 
 
 @dataclass
@@ -410,8 +430,11 @@ class _Eof(Exception):
 class _Conversation:
     """One connection: line I/O with limits, first in plaintext, then over TLS."""
 
-    def __init__(self, endpoint: Endpoint, sock: socket.socket, timeout: float) -> None:
+    def __init__(self, endpoint: Endpoint, sock: socket.socket, timeout: float,
+                 tls_version: str | None = None) -> None:
         self.endpoint = endpoint
+        self.tls_version = tls_version
+        self.protocol = ""
         self.where = _where(endpoint)
         self.sock = sock
         self.timeout = timeout
@@ -548,6 +571,14 @@ class _Conversation:
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         # No trust store: the served certificate is compared by fingerprint instead.
         ctx.set_verify(SSL.VERIFY_NONE)
+        if self.tls_version == "legacy":
+            ctx.set_min_proto_version(SSL.TLS1_VERSION)
+            ctx.set_max_proto_version(SSL.TLS1_1_VERSION)
+            ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        elif self.tls_version is not None:
+            pinned = SSL.TLS1_3_VERSION if self.tls_version == "TLSv1.3" else SSL.TLS1_2_VERSION
+            ctx.set_min_proto_version(pinned)
+            ctx.set_max_proto_version(pinned)
         conn = SSL.Connection(ctx, self.sock)
         if sni and not _is_ip(sni):
             try:
@@ -569,6 +600,7 @@ class _Conversation:
         self.chain_der = [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]
         if not self.chain_der:
             self.chain_der = [self.leaf_der]
+        self.protocol = conn.get_protocol_version_name()
         self.tls = conn
 
     def quit(self, send_quit: Callable[[], object]) -> None:
@@ -789,12 +821,14 @@ def _pop3(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[st
 _PROTOCOLS = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}
 
 
-def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0) -> Handshake:
+def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0,
+              tls_version: str | None = None) -> Handshake:
     """Connect, negotiate TLS as the endpoint is configured, and report what was served.
 
     SNI is sent only when ``sni`` is a DNS name. Nothing is ever pipelined. Raises
     VerifyError when nothing listens, the protocol exchange fails, STARTTLS is missing
     or refused, the server sends data before the handshake, or TLS fails.
+    ``tls_version`` (one of TLS_VERSIONS) pins the protocol version offered.
     """
     run = _PROTOCOLS.get(endpoint.protocol)
     if run is None or endpoint.tls not in ("starttls", "implicit"):
@@ -802,6 +836,42 @@ def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0) -> Han
             f"Cannot check {_where(endpoint)}: unknown protocol {endpoint.protocol!r} "
             f"or TLS mode {endpoint.tls!r}."
         )
+    sock = _connect(endpoint, timeout)
+    try:
+        conv = _Conversation(endpoint, sock, timeout, tls_version)
+        before, after = run(conv, endpoint.tls == "starttls", sni)
+        return Handshake(conv.leaf_der, conv.chain_der, before, after, conv.protocol)
+    finally:
+        sock.close()
+
+
+def smtp_before_tls(endpoint: Endpoint, timeout: float = 10.0) -> PlaintextSmtp:
+    """What an SMTP STARTTLS port offers and accepts before TLS: EHLO, then
+    ``MAIL FROM:<>`` (no RCPT follows, so nothing is ever sent), then QUIT."""
+    sock = _connect(endpoint, timeout)
+    try:
+        conv = _Conversation(endpoint, sock, timeout)
+        code, texts = conv.smtp_reply("while waiting for the greeting")
+        if code != 220:
+            raise VerifyError(
+                f"{conv.where} greeted with {_printable(f'{code} {texts[0]}')!r} instead of 220.",
+                kind="greeting",
+            )
+        keywords = conv.ehlo(conv.local_name())
+        conv.send("MAIL FROM:<>")
+        mail_code, mail_texts = conv.smtp_reply("after MAIL FROM")
+
+        def bye() -> None:
+            conv.send("QUIT")
+            conv.smtp_reply("after QUIT")
+
+        conv.quit(bye)
+        return PlaintextSmtp(keywords, mail_code, _printable(" ".join(mail_texts)))
+    finally:
+        sock.close()
+
+
+def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
     try:
         sock = socket.create_connection((endpoint.address, endpoint.port), timeout=timeout)
     except ConnectionRefusedError as err:
@@ -821,12 +891,7 @@ def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0) -> Han
         raise VerifyError(
             f"Cannot connect to {_where(endpoint)}: {err.strerror or err}.", kind="refused"
         ) from err
-    try:
-        conv = _Conversation(endpoint, sock, timeout)
-        before, after = run(conv, endpoint.tls == "starttls", sni)
-        return Handshake(conv.leaf_der, conv.chain_der, before, after)
-    finally:
-        sock.close()
+    return sock
 
 
 # --- verdict ----------------------------------------------------------------------------
@@ -1013,19 +1078,28 @@ def _log_time(line: str, now: datetime) -> datetime | None:
 
 def _log_cause(result: EndpointResult) -> str:
     """The service's own reason for a failed TLS start, from its log file when it writes
-    one (Postfix's maillog_file): the newest recent warning about a file, key or
-    certificate that says what failed; "" when the log shows none."""
+    one (Postfix's maillog_file); "" when the log shows none."""
     endpoint = result.endpoint
     if endpoint is None or not endpoint.log_file:
         return ""
+    return log_cause(read_log_tail(endpoint.log_file), endpoint.service)
+
+
+def read_log_tail(path: str) -> str:
+    """The end of a log file (what recent causes are looked for in); "" if unreadable."""
     try:
-        with open(endpoint.log_file, "rb") as handle:
+        with open(path, "rb") as handle:
             handle.seek(max(0, os.fstat(handle.fileno()).st_size - _LOG_TAIL))
-            text = handle.read().decode("utf-8", "replace")
+            return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def log_cause(text: str, service: str) -> str:
+    """From a service's log text (``postfix`` or ``dovecot``): the newest recent warning
+    about a file, key or certificate that says what failed; "" when there is none."""
     now = datetime.now(timezone.utc)
-    daemons = ("smtpd[", "tlsproxy[", "postscreen[") if endpoint.service == "postfix" else (
+    daemons = ("smtpd[", "tlsproxy[", "postscreen[") if service == "postfix" else (
         "imap-login", "pop3-login", "config", "dovecot")
     found: list[str] = []
     for line in text.splitlines():
