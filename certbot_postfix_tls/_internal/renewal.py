@@ -6,7 +6,8 @@
   SNI table, Dovecot's ``local_name`` blocks, the default certificate: a
   ``certonly --expand`` may have added a name), check it, and mark the
   services pending. No reload: N lineages renewed in one run reload once.
-- post hook, once per run: when something is pending, reload each pending
+- post hook, once per run: when something is pending, re-render the renewed
+  lineages (a no-op when the deploy hooks succeeded), reload each pending
   service once, verify, and clear the marks only on success.
 
 certbot's directory hooks also run on certonly/run (5.3+) and post hooks
@@ -87,9 +88,14 @@ def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
             warn(problem)
         try:
             site = pipeline.Site.from_state(config_dir, state)
+            if state.renewed:
+                # Idempotent when the deploy hooks succeeded; finishes their work when
+                # one failed (e.g. postfix check, since fixed by the operator).
+                desired = pipeline.render(site, state, site.mta.read(), rebuild=state.renewed)
+                pipeline.write(site, desired)
             problems = pipeline.activate(site, state, list(state.pending),
                                          state.renewed or None, warn)
-        except errors.Error as exc:
+        except (errors.Error, OSError) as exc:
             problems = [str(exc)]
         if problems:
             return HookResult(

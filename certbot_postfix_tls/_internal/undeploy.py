@@ -40,6 +40,15 @@ def _reverter(work_dir: str) -> reverter.Reverter:
 def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say) -> list[str]:
     """Remove ``name``; reload and verify what stays. Returns the verification problems."""
     with plugin_lock(config_dir):
+        revert = _reverter(work_dir)
+        if os.path.isdir(os.path.join(work_dir, "IN_PROGRESS")):
+            # An earlier operation was killed before it finished: undo it first, as
+            # certbot does, so that this one starts from a consistent state.
+            revert.recovery_routine()
+            state = State.load(config_dir)
+            if state.lineages:
+                pipeline.regenerate(pipeline.Site.from_state(config_dir, state), warn)
+            warn(f"an unfinished earlier operation was undone from {work_dir}/IN_PROGRESS")
         state = State.load(config_dir)
         if name not in state.lineages:
             known = ", ".join(sorted(state.lineages)) or "none"
@@ -55,7 +64,6 @@ def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say) -> 
         desired = pipeline.render(site, state, config)
         if not state.lineages:
             _refuse_dangling_sasl(config, desired, state)
-        revert = _reverter(work_dir)
 
         def checkpoint(existing: set[str], created: list[str]) -> None:
             revert.add_to_checkpoint(existing, f"postfix-tls: undeploy {name}")

@@ -131,7 +131,8 @@ class DovecotLab:
         """Write Debian 12's pristine /etc/dovecot, pointed at loopback and a log file.
 
         ``snakeoil`` decides whether the certificate Debian's 10-ssl.conf refers to
-        exists (without it Dovecot refuses to start: the case the plugin fixes by commenting the line out).
+        exists (without it Dovecot refuses to start: the case the plugin fixes by
+        commenting that line out).
         Whatever the host's /etc/dovecot holds is replaced, so every test starts from
         the same stock files.
         """
