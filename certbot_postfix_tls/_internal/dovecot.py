@@ -318,8 +318,9 @@ def _main_includes(config_file: str, text: str) -> list[tuple[str, bool]]:
 def plugin_layout(config_file: str, text: str) -> tuple[str, Optional[str]]:
     """Where the plugin's file goes, and which file must include it (None: a glob does).
 
-    Debian's dovecot.conf reads ``conf.d/*.conf``: the file is
-    conf.d/99-certbot-postfix-tls.conf, read after Debian's own files. Otherwise it is
+    Debian's and RHEL/Fedora's dovecot.conf read ``conf.d/*.conf``: the file is
+    conf.d/99-certbot-postfix-tls.conf, read after their own files (any top-level glob
+    over an existing directory that the name matches will do). Otherwise it is
     certbot-postfix-tls.conf next to dovecot.conf, included from local.conf when
     dovecot.conf includes that (the place meant for local changes), else from
     dovecot.conf itself.
@@ -329,7 +330,9 @@ def plugin_layout(config_file: str, text: str) -> tuple[str, Optional[str]]:
     for pattern, _optional in includes:
         directory, base = os.path.split(pattern)
         if any(c in base for c in "*?[") and fnmatch(DEBIAN_PLUGIN_NAME, base):
-            if not any(c in directory for c in "*?["):
+            # A glob over a directory nobody created yet (iRedMail's
+            # `!include_try /etc/dovecot/iredmail/*.conf`) is no place to write to.
+            if not any(c in directory for c in "*?[") and os.path.isdir(directory):
                 return os.path.join(directory, DEBIAN_PLUGIN_NAME), None
     here = os.path.dirname(config_file)
     local_conf = os.path.join(here, "local.conf")
@@ -906,6 +909,11 @@ class Dovecot:
         proc = self._doveconf("protocols", "listen", "ssl", "service/imap-login",
                               "service/pop3-login")
         return endpoints_from_doveconf(proc.stdout, verify_address)
+
+    def settings(self, *names: str) -> dict[str, str]:
+        """Top-level values in effect (``doveconf NAME...``, files not expanded), e.g.
+        ``{"ssl_cert": "</etc/.../fullchain.pem"}``; read-only, for ``doctor``."""
+        return parse_doveconf(self._doveconf(*names).stdout).settings
 
 
 def _write_atomic(path: str, text: str) -> None:
