@@ -161,3 +161,11 @@ def certbot(request: pytest.FixtureRequest, pebble: lab.Pebble) -> lab.Certbot:
     if flavor == "debian" and not runner.version().startswith("2."):
         pytest.skip(f"{python} does not run Debian 12's certbot 2.x")
     return runner
+
+
+# Tests that take minutes run from .ci/heavy (CERTBOT_POSTFIX_TLS_HEAVY=1), not from
+# the README's test command, which has a time budget.
+heavy = pytest.mark.skipif(
+    os.environ.get("CERTBOT_POSTFIX_TLS_HEAVY") != "1",
+    reason="takes minutes: runs from .ci/heavy (set CERTBOT_POSTFIX_TLS_HEAVY=1)",
+)

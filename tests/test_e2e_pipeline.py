@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lab
 import pytest
-from conftest import REPO, need, once
+from conftest import REPO, heavy, need, once
 from lab.dovecot import DovecotLab
 from test_e2e_sni import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
 
@@ -232,6 +232,7 @@ def _undeploy_killed_at_every_write(certbot: lab.Certbot, name: str, remaining: 
         at += 1
 
 
+@heavy
 def test_undeploy_killed_at_every_write(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
     dovecot_lab: DovecotLab,
