@@ -6,6 +6,7 @@ All with the real certbot against Pebble, real Postfix and Dovecot in the lab.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,9 +18,10 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import REPO, heavy, need, once
-from lab.dovecot import DovecotLab
+from lab.dovecot import DovecotLab, write_self_signed
 from test_e2e_sni import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
 
+from certbot_postfix_tls._internal import verify
 from certbot_postfix_tls._internal.state import State
 
 CLI = [sys.executable, "-m", "certbot_postfix_tls"]
@@ -281,3 +283,44 @@ def test_verify_as_an_unprivileged_user(
     assert nobody["status"] == root["status"] == "OK"
     assert ([(e["port"], e["sni"], e["status"]) for e in nobody["endpoints"]]
             == [(e["port"], e["sni"], e["status"]) for e in root["endpoints"]])
+
+
+def test_operator_sni_table_is_merged_not_replaced(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+) -> None:
+    """An SNI table the operator already serves another domain from keeps serving it,
+    after a deploy and after a renewal; rollback leaves the table byte for byte."""
+    once(request, "the pipeline does not depend on certbot's version")
+    foreign = "other.example.net"
+    cert, key = "/etc/postfix/other-cert.pem", "/etc/postfix/other-key.pem"
+    write_self_signed(cert, key, foreign)
+    Path("/etc/postfix/sni.map").write_text(f"{foreign} {key} {cert}\n")
+    subprocess.run(["postmap", "-F", "hash:/etc/postfix/sni.map"], check=True)
+    postfix_lab.postconf("-e", "tls_server_sni_maps = hash:/etc/postfix/sni.map")
+    subprocess.run(["postfix", "reload"], check=True, capture_output=True)
+    tables = {p: p.read_bytes() for p in map(Path, ("/etc/postfix/sni.map",
+                                                     "/etc/postfix/sni.map.db"))}
+    own = verify.ExpectedCert.from_fullchain(cert).leaf_sha256
+
+    def foreign_served() -> list[str]:
+        return [hashlib.sha256(served("smtp", port, "starttls", foreign)).hexdigest()
+                for port in (25, 587)] + [
+                hashlib.sha256(served("smtp", 465, "implicit", foreign)).hexdigest()]
+
+    issue(certbot, HOST)
+    install(certbot, HOST, "--postfix-tls-smtps", "yes", "--postfix-tls-services", "postfix")
+    value = postfix_lab.postconf("-h", "tls_server_sni_maps").strip()
+    assert value.startswith("hash:/etc/postfix/sni.map, ")
+    assert foreign_served() == [own] * 3
+    for protocol, port, tls in PORTS[:2]:
+        assert served(protocol, port, tls, HOST) == leaf(certbot, HOST)
+    assert cli(certbot, "verify").returncode == 0
+
+    certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew", *certbot.acme_args())
+    assert foreign_served() == [own] * 3
+    assert served("smtp", 25, "starttls", HOST) == leaf(certbot, HOST)
+
+    certbot.run("rollback", "--installer", "postfix-tls", "--checkpoints", "1")
+    assert postfix_lab.postconf("-h", "tls_server_sni_maps").strip() == \
+        "hash:/etc/postfix/sni.map"
+    assert {p: p.read_bytes() for p in tables} == tables

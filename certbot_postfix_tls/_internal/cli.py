@@ -19,6 +19,7 @@ from certbot import errors
 from certbot_postfix_tls._internal import (
     certs,
     constants,
+    diagnose,
     doctor,
     metrics,
     renewal,
@@ -56,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the result as Prometheus metrics to FILE (node_exporter "
                             "textfile collector format, replaced atomically); endpoints of a "
                             "stopped service are then checked too")
+    _server_options(check)
 
     doc = sub.add_parser("doctor", help="the usual mail TLS failures, checked")
     doc.add_argument("--json", action="store_true", help="print one JSON object")
+    _server_options(doc)
 
     remove = sub.add_parser("undeploy", help="take one lineage out of service")
     remove.add_argument("--cert-name", required=True, help="the lineage to remove")
@@ -70,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("kind", choices=("deploy", "post"))
 
     return parser
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    """Which Postfix and Dovecot to examine (default: the deployed ones, else the
+    machine's own): the same as the installer's --postfix-tls-* options."""
+    parser.add_argument("--postfix-dir", metavar="DIR",
+                        help="Postfix configuration directory (default: postconf's own)")
+    parser.add_argument("--dovecot-config", metavar="FILE",
+                        help="Dovecot's dovecot.conf (default: the one doveconf reads)")
 
 
 def _report(status: str, summary: str, endpoints: list[verify.EndpointResult],
@@ -144,10 +156,7 @@ def _verify(args: argparse.Namespace) -> int:
     snapshot = metrics.Snapshot("UNKNOWN", started, services=state.services() if lineages else [],
                                 pending=state.pending)
     if not lineages:
-        if args.prometheus:
-            _write_metrics(args.prometheus, snapshot, checks)
-        return _report("UNKNOWN", f"nothing deployed by postfix-tls in {args.config_dir}",
-                       [], checks, args.json)
+        return _verify_configured(args, snapshot)
     results: list[verify.EndpointResult] = []
     try:
         checks += [{"name": name, "status": "CRITICAL", "message": message}
@@ -168,6 +177,8 @@ def _verify(args: argparse.Namespace) -> int:
             state, [lineage.name for lineage in lineages], retry_seconds=0,
             endpoints_to_check=services.endpoints(state, include_stopped=True)
             if args.prometheus else None)
+        if not args.cert_name and not args.lineage:  # the operator's own SNI names too
+            results += services.check_foreign(args.config_dir, state, retry_seconds=0)
     except (errors.Error, verify.VerifyError) as exc:
         checks.append({"name": "configuration", "status": "UNKNOWN", "message": str(exc)})
     status = verify.worst([r.status for r in results] + [c["status"] for c in checks])
@@ -181,8 +192,34 @@ def _verify(args: argparse.Namespace) -> int:
     return _report(status, summary, results, checks, args.json)
 
 
+def _verify_configured(args: argparse.Namespace, snapshot: metrics.Snapshot) -> int:
+    """Nothing deployed by the plugin: what the configured Postfix and Dovecot serve on
+    each TLS port (handshake, chain, expiry, renewed but not loaded)."""
+    servers = diagnose.find(args.config_dir, State(), args.postfix_dir, args.dovecot_config)
+    results = diagnose.endpoint_results(servers, diagnose.probe_all(servers))
+    found = diagnose.running_checks(servers) + [
+        diagnose.Check("deployed", "OK",
+                       f"not deployed by postfix-tls in {args.config_dir}: checked what the "
+                       "configured Postfix and Dovecot serve (certbot-postfix-tls doctor "
+                       "says what to fix)")]
+    found += [diagnose.Check("not-checked", "OK", f"{label}: {why}")
+              for label, why in diagnose.unchecked(servers)]
+    checks = [c.to_json() for c in found]
+    status = verify.worst([r.status for r in results] + [c["status"] for c in checks])
+    if args.prometheus:
+        snapshot.status, snapshot.results = status, results
+        snapshot.services = [name for name, on in (("dovecot", servers.imap), ("postfix",
+                                                                              servers.mta)) if on]
+        _write_metrics(args.prometheus, snapshot, checks)
+        status = verify.worst([status] + [c["status"] for c in checks])
+    bad = sum(1 for r in results if r.status != "OK")
+    summary = (f"{len(results) - bad} of {len(results)} TLS ports OK (not deployed by "
+               "postfix-tls)")
+    return _report(status, summary, results, checks, args.json)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
-    results, checks = doctor.run(args.config_dir)
+    results, checks = doctor.run(args.config_dir, args.postfix_dir, args.dovecot_config)
     status = verify.worst([r.status for r in results] + [c.status for c in checks])
     failing = [c.name for c in checks if c.status != "OK"]
     failing += [f"{r.port}/{r.sni or 'no-SNI'}" for r in results if r.status != "OK"]

@@ -151,7 +151,8 @@ def render(
         chain_file=default.chain_file,
         fullchain=default.fullchain_path,
         key=default.key_path,
-        sni_map=f"{state.sni_map_type}:{sni.map_path(site.config_dir)}"
+        sni_map=sni.merged_maps(config.main.get("tls_server_sni_maps", ""),
+                                f"{state.sni_map_type}:{sni.map_path(site.config_dir)}")
         if state.sni_map_type else None,
     )
     if policy is not None:
@@ -480,6 +481,9 @@ def activate(
         else:
             for failure in failures:
                 warn(f"{failure} (lineage {name}, not changed by this operation)")
+    # The operator's own SNI entries must keep their certificates.
+    foreign = services.check_foreign(site.config_dir, state)
+    problems += [f"{line} (a name of your own SNI table)" for line in verify.summarize(foreign)]
     return problems
 
 

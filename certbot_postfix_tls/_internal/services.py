@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Optional
 
-from certbot_postfix_tls._internal import dovecot, postfix, verify
+from certbot_postfix_tls._internal import dovecot, postfix, sni, verify
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,35 @@ def check_all(
         names: list[Optional[str]] = [None] if name == state.default else []
         names += sni_names(expected)
         jobs += [(endpoint, expected, sni) for sni in names for endpoint in targets]
+    with ThreadPoolExecutor(max_workers=PARALLEL_CHECKS) as pool:
+        return list(pool.map(
+            lambda job: verify.check_endpoint(job[0], job[1], job[2], retry_seconds), jobs
+        ))
+
+
+def check_foreign(config_dir: str, state: State, retry_seconds: float = 5.0,
+                  ) -> list[verify.EndpointResult]:
+    """Handshake Postfix's endpoints for each name of the operator's own SNI tables:
+    each must still get the certificate its table lists (the plugin's table only
+    comes after theirs). Names whose certificate file this user cannot read are
+    skipped."""
+    if not state.sni_map_type:
+        return []
+    mta = postfix.Postfix(state.postfix_dir)
+    if mta.running() is False:
+        return []
+    config = mta.read()
+    ours = f"{state.sni_map_type}:{sni.map_path(config_dir)}"
+    entries = sni.foreign_entries(
+        sni.foreign_tables(config.main.get("tls_server_sni_maps", ""), ours))
+    targets = postfix.endpoints(config, state.verify_address, state.verify_ports)
+    jobs: list[tuple[verify.Endpoint, verify.ExpectedCert, Optional[str]]] = []
+    for name, path in sorted(entries.items()):
+        try:
+            expected = verify.ExpectedCert.from_fullchain(path)
+        except verify.VerifyError:
+            continue
+        jobs += [(endpoint, expected, name) for endpoint in targets]
     with ThreadPoolExecutor(max_workers=PARALLEL_CHECKS) as pool:
         return list(pool.map(
             lambda job: verify.check_endpoint(job[0], job[1], job[2], retry_seconds), jobs

@@ -86,6 +86,61 @@ def write_map(text: str, config_dir: str, postfix_dir: str, kind: str) -> None:
         os.close(fd)
 
 
+def split_tables(value: str) -> list[str]:
+    """The tables of a Postfix table-list parameter (comma or space separated;
+    ``inline:{ ... }`` kept whole)."""
+    tables: list[str] = []
+    depth, current = 0, ""
+    for char in value:
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth = max(0, depth - 1)
+        if depth == 0 and (char == "," or char.isspace()):
+            if current:
+                tables.append(current)
+            current = ""
+        else:
+            current += char
+    if current:
+        tables.append(current)
+    return tables
+
+
+def merged_maps(current: str, ours: str) -> str:
+    """``tls_server_sni_maps`` with the plugin's table after the operator's own ones:
+    their names keep the certificates their tables give them; ours serve the rest."""
+    others = [table for table in split_tables(current) if table != ours]
+    return ", ".join([*others, ours])
+
+
+def foreign_tables(current: str, ours: str) -> list[str]:
+    """The operator's SNI tables, without the plugin's."""
+    return [table for table in split_tables(current) if table != ours]
+
+
+def foreign_entries(tables: list[str]) -> dict[str, str]:
+    """name -> first file its entry lists, from the source files of the operator's SNI
+    tables (``hash:/etc/postfix/sni.map`` reads /etc/postfix/sni.map). Parent-domain
+    keys (``.example.net``) are left out: no single name stands for them."""
+    entries: dict[str, str] = {}
+    for table in tables:
+        kind, _, path = table.partition(":")
+        if kind not in (*INDEX_SUFFIX, "texthash") or not path.startswith("/"):
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 2 or fields[0].startswith(("#", ".")):
+                continue
+            entries.setdefault(fields[0].lower(), fields[-1])
+    return entries
+
+
 def dovecot_sni(state: State) -> list[tuple[list[str], dovecot.CertFiles]]:
     """``local_name`` entries for every lineage but the default (served without SNI)."""
     return [
