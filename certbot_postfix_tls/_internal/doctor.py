@@ -1,34 +1,35 @@
 """``certbot-postfix-tls doctor``: the usual mail-TLS failures, each as a check.
 
-The checks follow the troubleshooting list mail administrators work through by
-hand: key permissions (the deployed keys, and any key under archive/ that others or
-the key group can read), 587 without mandatory TLS, an incomplete chain, AUTH
-offered before TLS (or not at all), port 25 refusing plaintext, expiry,
-missing, altered or stale hooks (an interpreter or package gone), a renewal
-left unreloaded.
+It examines the Postfix and Dovecot that are configured and running, whether or not
+this plugin deployed anything (``diagnose``): certificate and key files, chains,
+certificates renewed but never loaded, expiry, TLS versions, submission and SASL, port
+25, outbound TLS, renewal hooks that restart the daemons or that certbot skips. When
+the plugin did deploy, its own checks run too: recorded state, the hooks it installed,
+key permissions for its key group, pending reloads, and a handshake per lineage name
+(as ``verify``); otherwise one check says they were skipped because nothing was
+deployed. Private keys under archive/ that others can read are always reported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import hooks, permissions, postfix, services, verify
+from certbot_postfix_tls._internal import diagnose, hooks, permissions, services, verify
+from certbot_postfix_tls._internal.diagnose import Check
 from certbot_postfix_tls._internal.state import State
 
-
-@dataclass
-class Check:
-    name: str
-    status: str
-    message: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "message": self.message}
+__all__ = ["Check", "run"]
 
 
 def _key_checks(state: State) -> list[Check]:
+    if os.geteuid() != 0:
+        return [Check(f"key-permissions {name}", "OK",
+                      f"skipped: {lineage.key_path} is examined by root only (certbot's live/ "
+                      "is closed to others); run doctor as root to check it")
+                for name, lineage in sorted(state.lineages.items())]
     result = []
     for name, lineage in sorted(state.lineages.items()):
         problems = permissions.key_problems(lineage.key_path, lineage.key_group)
@@ -67,84 +68,11 @@ def _hook_checks(config_dir: str) -> list[Check]:
     return [Check("renewal-hooks", "WARNING", problem) for problem in problems]
 
 
-def _submission_checks(config: postfix.PostfixConfig, state: State) -> list[Check]:
-    checks = []
-    submission = config.services_on_port(postfix.SUBMISSION_PORT)
-    if not submission:
-        checks.append(Check(
-            "submission-service", "WARNING",
-            "master.cf has no service on port 587: mail clients cannot submit; rerun "
-            "certbot install -i postfix-tls (it adds one with mandatory TLS)"))
-    for service in submission:
-        level = service.overrides.get("smtpd_tls_security_level") or (
-            postfix.effective_smtpd_level(config.main))
-        auth_only = service.overrides.get("smtpd_tls_auth_only",
-                                          config.main.get("smtpd_tls_auth_only", "no"))
-        if level != "encrypt":
-            checks.append(Check(
-                "submission-tls", "CRITICAL",
-                f"master.cf service {service.name} (587) has smtpd_tls_security_level="
-                f"{level}: clients may send passwords without TLS; set -o "
-                "smtpd_tls_security_level=encrypt"))
-        elif auth_only.lower() != "yes":
-            checks.append(Check(
-                "submission-tls", "WARNING",
-                f"master.cf service {service.name} (587) lacks -o smtpd_tls_auth_only=yes"))
-        else:
-            checks.append(Check("submission-tls", "OK",
-                                f"{service.name} (587) requires TLS before AUTH"))
-    for service in config.services_on_port(25):
-        level = service.overrides.get("smtpd_tls_security_level") or (
-            postfix.effective_smtpd_level(config.main))
-        if level == "encrypt":
-            checks.append(Check(
-                "port25-plaintext", "WARNING",
-                f"{service.name} (25) requires TLS: servers that cannot do TLS cannot "
-                "deliver to you (RFC 3207 forbids this on a public MX)"))
-        else:
-            checks.append(Check("port25-plaintext", "OK",
-                                f"{service.name} (25) accepts plaintext and offers STARTTLS"))
-    return checks
-
-
-def _auth_checks(endpoints: list[verify.Endpoint], sni: str | None) -> list[Check]:
-    checks = []
-    for endpoint in endpoints:
-        if endpoint.port != postfix.SUBMISSION_PORT or endpoint.tls != "starttls":
-            continue
-        try:
-            shake = verify.handshake(endpoint, sni)
-        except verify.VerifyError as exc:
-            checks.append(Check("submission-auth", "CRITICAL", str(exc)))
-            continue
-        before = any(c.upper().startswith("AUTH") for c in shake.capabilities_before_tls)
-        after = any(c.upper().startswith("AUTH") for c in shake.capabilities_after_tls)
-        where = f"{endpoint.address}:{endpoint.port}"
-        if before:
-            checks.append(Check("submission-auth", "CRITICAL",
-                                f"{where} offers AUTH before STARTTLS: passwords can cross "
-                                "the network in clear; set -o smtpd_tls_auth_only=yes"))
-        elif not after:
-            checks.append(Check("submission-auth", "WARNING",
-                                f"{where} offers no AUTH after STARTTLS, so nobody can log in "
-                                "to send mail: add a SASL backend (Dovecot's auth socket: "
-                                "certbot install -i postfix-tls --postfix-tls-sasl dovecot)"))
-        else:
-            checks.append(Check("submission-auth", "OK",
-                                f"{where} offers AUTH only after STARTTLS"))
-    return checks
-
-
-def run(config_dir: str) -> tuple[list[verify.EndpointResult], list[Check]]:
-    """Every check; endpoint results are the same as ``verify``'s."""
-    state = State.load(config_dir)
-    checks: list[Check] = []
-    results: list[verify.EndpointResult] = []
-    if not state.lineages:
-        checks.append(Check("deployed", "UNKNOWN",
-                            f"nothing deployed by postfix-tls in {config_dir}"))
-        checks += [c for c in _exposure_checks(config_dir, state) if c.status != "OK"]
-        return results, checks
+def _plugin_checks(config_dir: str, state: State) -> list[Check]:
+    """What only a deployment by this plugin has: state, its hooks, its key group."""
+    checks = [Check("deployed", "OK",
+                    f"deployed by postfix-tls ({State.path(config_dir)}): "
+                    f"{', '.join(sorted(state.lineages))}")]
     if state.pending:
         checks.append(Check(
             "pending-reload", "CRITICAL",
@@ -152,21 +80,35 @@ def run(config_dir: str) -> tuple[list[verify.EndpointResult], list[Check]]:
             "successfully: run certbot-postfix-tls hook post and read its error"))
     checks += _hook_checks(config_dir)
     checks += _key_checks(state)
+    return checks
+
+
+def run(config_dir: str, postfix_dir: Optional[str] = None,
+        dovecot_config: Optional[str] = None
+        ) -> tuple[list[verify.EndpointResult], list[Check]]:
+    """Every check. Endpoint results are ``verify``'s per lineage and name when the
+    plugin deployed something, else one verdict per TLS port of what is configured."""
+    state = State.load(config_dir)
+    servers = diagnose.find(config_dir, state, postfix_dir, dovecot_config)
+    # Probed first, one port at a time: a process still holding a renewed
+    # certificate's predecessor answers the first connection, not later parallel ones.
+    probes = diagnose.probe_all(servers)
+    checks: list[Check] = []
+    results: list[verify.EndpointResult] = []
+    if state.lineages:
+        checks += _plugin_checks(config_dir, state)
+        try:
+            results = services.check_all(state, endpoints_to_check=servers.endpoints,
+                                         retry_seconds=0)
+        except (errors.Error, verify.VerifyError) as exc:
+            checks.append(Check("configuration", "UNKNOWN", str(exc)))
+    else:
+        checks.append(Check(
+            "deployed", "OK",
+            f"not deployed by postfix-tls (no lineage in {State.path(config_dir)}): its own "
+            "checks (state, the hooks it installs, key group, pending reloads) are skipped; "
+            "the configured Postfix and Dovecot are checked as they are"))
+        results = diagnose.endpoint_results(servers, probes)
     checks += _exposure_checks(config_dir, state)
-    try:
-        mta = postfix.Postfix(state.postfix_dir)
-        config = mta.read()
-        checks += _submission_checks(config, state)
-        checks += [Check("submission-wrappermode", "CRITICAL", problem)
-                   for problem in postfix.submission_wrappermode(config)]
-        checks += [Check("not-checked", "OK", f"not checked: {label}: {why}") for label, why
-                   in postfix.unchecked_endpoints(config, state.verify_ports,
-                                                  state.verify_address)]
-        checks += [Check(name, "CRITICAL", message) for name, message in services.stopped(state)]
-        endpoints = services.endpoints(state)
-        results = services.check_all(state, endpoints_to_check=endpoints, retry_seconds=0)
-        default = state.lineages.get(str(state.default))
-        checks += _auth_checks(endpoints, default.names[0] if default and default.names else None)
-    except (errors.Error, verify.VerifyError) as exc:
-        checks.append(Check("configuration", "UNKNOWN", str(exc)))
+    checks += diagnose.checks(servers, probes)
     return results, checks
