@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lab
@@ -324,3 +325,65 @@ def test_operator_sni_table_is_merged_not_replaced(
     assert postfix_lab.postconf("-h", "tls_server_sni_maps").strip() == \
         "hash:/etc/postfix/sni.map"
     assert {p: p.read_bytes() for p in tables} == tables
+
+
+OUT = "out.example.net"
+
+
+@pytest.fixture
+def second_instance(request: pytest.FixtureRequest, postfix_lab: lab.PostfixLab,
+                    ) -> Iterator[lab.PostfixLab]:
+    """A second Postfix instance made with postmulti, listening on 127.0.0.3."""
+    once(request, "the pipeline does not depend on certbot's version")
+    subprocess.run(["ip", "addr", "replace", "127.0.0.3/8", "dev", "lo"], check=True)
+    for argv in (["postmulti", "-e", "init"], ["postmulti", "-I", "postfix-out", "-e", "create"],
+                 ["postmulti", "-i", "postfix-out", "-e", "enable"]):
+        subprocess.run(argv, check=True, capture_output=True)
+    out = lab.PostfixLab(config_dir="/etc/postfix-out", log_file="/var/log/postfix-out.log",
+                         queue_directory="/var/spool/postfix-out")
+    out.postconf("-X", "master_service_disable")
+    out.postconf("-e", "inet_interfaces=127.0.0.3", f"maillog_file={out.log_file}",
+                 f"myhostname={OUT}", "inet_protocols=ipv4", "smtpd_tls_security_level=may")
+    out.start()
+    yield out
+    out.stop()
+
+
+def served_at(address: str, name: str | None) -> bytes:
+    endpoint = verify.Endpoint("x", "smtp", address, 25, "starttls", "25")
+    return verify.handshake(endpoint, name).leaf_der
+
+
+def test_two_postfix_instances_each_serve_their_own(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    second_instance: lab.PostfixLab,
+) -> None:
+    once(request, "the pipeline does not depend on certbot's version")
+    issue(certbot, HOST, OUT)
+    install(certbot, HOST, "--postfix-tls-services", "postfix")
+    install(certbot, OUT, "--postfix-tls-services", "postfix",
+            "--postfix-tls-postfix-dir", second_instance.config_dir)
+    states = State.load_all(str(certbot.config_dir))
+    assert [(s.postfix_dir, sorted(s.lineages)) for s in states] == [
+        ("/etc/postfix", [HOST]), ("/etc/postfix-out", [OUT])]
+
+    def check() -> None:
+        for name in (None, HOST, OUT):  # each instance serves its own lineage only
+            assert served_at("127.0.0.1", name) == leaf(certbot, HOST), name
+            assert served_at("127.0.0.3", name) == leaf(certbot, OUT), name
+
+    check()
+    reloads = [lab_.log().count("reload -- version") for lab_ in (postfix_lab, second_instance)]
+    certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew", *certbot.acme_args())
+    time.sleep(1)  # postlogd writes asynchronously
+    assert [lab_.log().count("reload -- version")
+            for lab_ in (postfix_lab, second_instance)] == [n + 1 for n in reloads]
+    check()
+    proc = cli(certbot, "verify")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "127.0.0.3" in proc.stdout and "127.0.0.1" in proc.stdout
+
+    undo = cli(certbot, "undeploy", "--work-dir", str(certbot.base / "work"), "--cert-name", OUT)
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert [sorted(s.lineages) for s in State.load_all(str(certbot.config_dir))] == [[HOST]]
+    assert served_at("127.0.0.1", None) == leaf(certbot, HOST)

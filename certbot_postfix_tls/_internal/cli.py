@@ -22,6 +22,7 @@ from certbot_postfix_tls._internal import (
     diagnose,
     doctor,
     metrics,
+    postfix,
     renewal,
     services,
     undeploy,
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     remove = sub.add_parser("undeploy", help="take one lineage out of service")
     remove.add_argument("--cert-name", required=True, help="the lineage to remove")
+    remove.add_argument("--postfix-dir", metavar="DIR",
+                        help="only from this Postfix instance (default: every instance)")
     remove.add_argument("--work-dir", default=constants.CLI_DEFAULTS["work_dir"],
                         help="certbot's work directory, where the undo checkpoint goes "
                              "(default: %(default)s)")
@@ -113,7 +116,7 @@ def _lineages_to_check(args: argparse.Namespace, state: State) -> list[certs.Lin
         if deployed is None:
             raise errors.Error(
                 f"The lineage {name} was not deployed by postfix-tls "
-                f"(state {State.path(args.config_dir)}): deploy it with certbot install."
+                f"(state {state.file(args.config_dir)}): deploy it with certbot install."
             )
         result.append(certs.Lineage.from_paths(name, deployed.key_path, deployed.fullchain_path,
                                                args.config_dir))
@@ -141,46 +144,67 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise
 
 
+def _states(args: argparse.Namespace) -> list[State]:
+    """The deployed instances to look at: the one in --postfix-dir, else all."""
+    if getattr(args, "postfix_dir", None):
+        key = postfix.Postfix(args.postfix_dir).instance_key
+        return [State.load(args.config_dir, key)]
+    return State.load_all(args.config_dir) or [State()]
+
+
 def _verify(args: argparse.Namespace) -> int:
     started = time.time()
-    state = State.load(args.config_dir)
     checks: list[dict[str, str]] = []
-    if state.pending:
-        checks.append({
-            "name": "pending-reload",
-            "status": "CRITICAL",
-            "message": f"a renewal was deployed but {', '.join(state.pending)} was not reloaded "
-                       "successfully: run certbot-postfix-tls hook post and read its error",
-        })
-    lineages = _lineages_to_check(args, state)
-    snapshot = metrics.Snapshot("UNKNOWN", started, services=state.services() if lineages else [],
-                                pending=state.pending)
-    if not lineages:
-        return _verify_configured(args, snapshot)
     results: list[verify.EndpointResult] = []
-    try:
-        checks += [{"name": name, "status": "CRITICAL", "message": message}
-                   for name, message in services.stopped(state)]
-        checks += [{"name": "not-checked", "status": "OK", "message": f"{label}: {why}"}
-                   for label, why in services.unchecked(state)]
-        for lineage in lineages:
-            if lineage.name not in state.lineages:  # --lineage DIR not recorded: check it too
-                state.lineages[lineage.name] = DeployedLineage(
-                    lineage.name, lineage.key_path, lineage.fullchain_path, lineage.chain_file
-                )
-        if args.prometheus:
-            snapshot.lineages = {lineage.name: services.expected_cert(state.lineages[lineage.name])
-                                 for lineage in lineages}
-        # With metrics, a stopped service's ports are checked too: their series stay
-        # present, as down, instead of vanishing.
-        results = services.check_all(
-            state, [lineage.name for lineage in lineages], retry_seconds=0,
-            endpoints_to_check=services.endpoints(state, include_stopped=True)
-            if args.prometheus else None)
-        if not args.cert_name and not args.lineage:  # the operator's own SNI names too
-            results += services.check_foreign(args.config_dir, state, retry_seconds=0)
-    except (errors.Error, verify.VerifyError) as exc:
-        checks.append({"name": "configuration", "status": "UNKNOWN", "message": str(exc)})
+    checked: list[str] = []
+    snapshot = metrics.Snapshot("UNKNOWN", started)
+    states = _states(args)
+    if args.cert_name:  # the instances that serve it
+        states = [s for s in states if args.cert_name in s.lineages] or states[:1]
+    for state in states:
+        lineages = _lineages_to_check(args, state)
+        if not lineages:
+            continue
+        checked += [lineage.name for lineage in lineages]
+        where = f" (Postfix {state.postfix_dir})" if state.instance else ""
+        if state.pending:
+            checks.append({
+                "name": "pending-reload",
+                "status": "CRITICAL",
+                "message": f"a renewal was deployed but {', '.join(state.pending)} was not "
+                           f"reloaded successfully{where}: run certbot-postfix-tls hook post "
+                           "and read its error",
+            })
+        snapshot.services = list(dict.fromkeys([*snapshot.services, *state.services()]))
+        snapshot.pending = list(dict.fromkeys([*snapshot.pending, *state.pending]))
+        try:
+            checks += [{"name": name, "status": "CRITICAL", "message": message}
+                       for name, message in services.stopped(state)]
+            checks += [{"name": "not-checked", "status": "OK", "message": f"{label}: {why}"}
+                       for label, why in services.unchecked(state)]
+            for lineage in lineages:
+                if lineage.name not in state.lineages:  # --lineage DIR not recorded: check it
+                    state.lineages[lineage.name] = DeployedLineage(
+                        lineage.name, lineage.key_path, lineage.fullchain_path,
+                        lineage.chain_file
+                    )
+            if args.prometheus:
+                snapshot.lineages = {
+                    **snapshot.lineages,
+                    **{lineage.name: services.expected_cert(state.lineages[lineage.name])
+                       for lineage in lineages}}
+            # With metrics, a stopped service's ports are checked too: their series stay
+            # present, as down, instead of vanishing.
+            results += services.check_all(
+                state, [lineage.name for lineage in lineages], retry_seconds=0,
+                endpoints_to_check=services.endpoints(state, include_stopped=True)
+                if args.prometheus else None)
+            if not args.cert_name and not args.lineage:  # the operator's own SNI names too
+                results += services.check_foreign(args.config_dir, state, retry_seconds=0)
+        except (errors.Error, verify.VerifyError) as exc:
+            checks.append({"name": "configuration", "status": "UNKNOWN", "message": str(exc)})
+    if not checked:
+        return _verify_configured(args, snapshot)
     status = verify.worst([r.status for r in results] + [c["status"] for c in checks])
     if args.prometheus:
         snapshot.status, snapshot.results = status, results
@@ -188,7 +212,7 @@ def _verify(args: argparse.Namespace) -> int:
         status = verify.worst([status] + [c["status"] for c in checks])
     bad = sum(1 for r in results if r.status != "OK")
     summary = (f"{len(results) - bad} of {len(results)} endpoint checks OK for "
-               f"{', '.join(lineage.name for lineage in lineages)}")
+               f"{', '.join(dict.fromkeys(checked))}")
     return _report(status, summary, results, checks, args.json)
 
 
@@ -233,7 +257,8 @@ def _warn(message: str) -> None:
 
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
-    problems = undeploy.undeploy(args.config_dir, args.work_dir, args.cert_name, print, _warn)
+    problems = undeploy.undeploy(args.config_dir, args.work_dir, args.cert_name, print, _warn,
+                                 args.postfix_dir)
     for problem in problems:
         print(f"CRITICAL: {problem}", file=sys.stderr)
     return verify.EXIT_CODES["CRITICAL" if problems else "OK"]

@@ -231,8 +231,17 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         material = certs.load_material(lineage)  # mismatch/missing: refuse before any change
         config = self.instance.read()
         site = pipeline.Site(self.config.config_dir, self.instance, self._dovecot)
-        state = State.load(self.config.config_dir)
-        if state.dovecot_config and site.imap is None:
+        state = State.load(self.config.config_dir, self.instance.instance_key)
+        owner = self._dovecot_owner(state)
+        if owner is not None:
+            # Another Postfix instance's deploys configure this Dovecot: one file, one
+            # owner, so the instances never overwrite each other's Dovecot settings.
+            display_util.notify(
+                f"postfix-tls: Dovecot ({owner.dovecot_config}) is configured by the "
+                f"deploys to Postfix {owner.postfix_dir}; this instance leaves it alone."
+            )
+            site.imap = self._dovecot = None
+        if state.dovecot_config and site.imap is None and owner is None:
             # Deployed to Dovecot before: it stays configured and renewed, never
             # silently left serving an old certificate.
             site.imap = dovecot.Dovecot(state.dovecot_config)
@@ -246,6 +255,17 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         desired = pipeline.render(site, state, config, rebuild=[lineage.name],
                                   policy=self._options(dovecot_sasl))
         self._staged = _Staged(lineage, site, desired)
+
+    def _dovecot_owner(self, state: State) -> Optional[State]:
+        """The other instance's state that already configures this Dovecot, if any."""
+        if self._dovecot is None:
+            return None
+        for other in State.load_all(self.config.config_dir):
+            if other.instance != state.instance and other.dovecot_config == (
+                self._dovecot.config_file
+            ) and other.lineages:
+                return other
+        return None
 
     def _prospective_state(
         self,
@@ -359,8 +379,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             self._regenerate()
 
     def _regenerate(self) -> None:
-        site = pipeline.Site(self.config.config_dir, self.instance, self._dovecot)
-        pipeline.regenerate(site, self._warn)
+        pipeline.regenerate(self.config.config_dir, self._warn)
 
     def config_test(self) -> None:
         self.instance.check()
@@ -373,7 +392,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         service keeps its new configuration for its next start.
         """
         config_dir = self.config.config_dir
-        state = State.load(config_dir)
+        state = State.load(config_dir, self.instance.instance_key)
         renewing = getattr(self.config, "verb", None) == "renew"
         if renewing and getattr(self.config, "directory_hooks", True) and hooks.all_intact(
             config_dir
@@ -395,7 +414,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                     "Verification after reload failed, so the change is rolled back: "
                     + "; ".join(problems)
                 )
-            state = State.load(config_dir)
+            state = State.load(config_dir, state.instance)
             if state.pending and state.lineages:
                 state.pending, state.renewed = [], []
                 state.save(config_dir)

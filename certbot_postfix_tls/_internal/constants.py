@@ -20,6 +20,7 @@ LOCK_FILE = "lock"  # one writer at a time: install, hooks, undeploy, rollback
 LINEAGES_DIR = "lineages"  # derived key+chain files, 0700
 CHAIN_FILE = "key-fullchain.pem"
 SNI_MAP_FILE = "sni-map"
+INSTANCES_DIR = "instances"  # per extra Postfix instance: its own state and SNI table
 
 # Seconds a second writer waits for the lock before giving up with one sentence.
 LOCK_TIMEOUT = 120.0

@@ -436,8 +436,8 @@ def _deployed_names(config_dir: str) -> list[str]:
     """The lineages the plugin's state says it deployed (their names in live/)."""
     from certbot_postfix_tls._internal.state import State
 
-    return [name for name in State.load(config_dir).lineages
-            if name not in ("", ".", "..") and "/" not in name]
+    names = {name for state in State.load_all(config_dir) for name in state.lineages}
+    return sorted(name for name in names if name not in ("", ".", "..") and "/" not in name)
 
 
 # --- doctor ------------------------------------------------------------------------

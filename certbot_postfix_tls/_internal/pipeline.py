@@ -137,6 +137,7 @@ def render(
     served.default = state.default
 
     desired.remove_dirs = _stale_dirs(site.config_dir, state)
+    others = [s for s in State.load_all(site.config_dir) if s.instance != state.instance]
 
     if not served.lineages:
         if state.lineages:
@@ -144,6 +145,7 @@ def render(
                 "No deployed lineage can be served: " + "; ".join(desired.warnings)
             )
         _render_removal(site, state, config, desired)
+        desired.hooks = any(s.lineages for s in others)  # other instances still renew
         return desired
 
     default = served.lineages[str(served.default)]
@@ -151,9 +153,10 @@ def render(
         chain_file=default.chain_file,
         fullchain=default.fullchain_path,
         key=default.key_path,
-        sni_map=sni.merged_maps(config.main.get("tls_server_sni_maps", ""),
-                                f"{state.sni_map_type}:{sni.map_path(site.config_dir)}")
-        if state.sni_map_type else None,
+        sni_map=sni.merged_maps(
+            config.main.get("tls_server_sni_maps", ""),
+            f"{state.sni_map_type}:{sni.map_path(site.config_dir, state.instance)}",
+        ) if state.sni_map_type else None,
     )
     if policy is not None:
         plan = postfix.plan_tls(config, files, policy)
@@ -184,11 +187,14 @@ def _lineage(config_dir: str, deployed: DeployedLineage) -> certs.Lineage:
 
 
 def _stale_dirs(config_dir: str, state: State) -> list[str]:
-    """Derived-file directories of lineages the state no longer has."""
+    """Derived-file directories of lineages no instance's state has any more (``state``
+    replaces the recorded state of its own instance)."""
     lineages_dir = os.path.join(config_dir, constants.PLUGIN_DIR, constants.LINEAGES_DIR)
     if not os.path.isdir(lineages_dir):
         return []
-    wanted = {os.path.basename(os.path.dirname(lin.chain_file)) for lin in state.lineages.values()}
+    states = [s for s in State.load_all(config_dir) if s.instance != state.instance] + [state]
+    wanted = {os.path.basename(os.path.dirname(lin.chain_file))
+              for s in states for lin in s.lineages.values()}
     return sorted(os.path.join(lineages_dir, entry)
                   for entry in os.listdir(lineages_dir) if entry not in wanted)
 
@@ -237,7 +243,6 @@ def _render_removal(
         else:
             desired.service_params.append(postfix.ServiceParam(service_key, param, before))
     desired.services_remove = [key for key in state.added_services if key in services_by_key]
-    desired.hooks = False
     if site.imap is not None:
         plan = site.imap.removal_plan()
         desired.dovecot_writes = plan.writes
@@ -294,7 +299,7 @@ class Snapshot:
 
 def config_files(site: Site, desired: Desired) -> list[str]:
     """The configuration files a write may change: what a reverter checkpoint holds."""
-    paths = [site.mta.main_cf, site.mta.master_cf, State.path(site.config_dir)]
+    paths = [site.mta.main_cf, site.mta.master_cf, desired.state.file(site.config_dir)]
     paths += [hooks.hook_path(site.config_dir, kind) for kind in hooks.KINDS]
     paths += list(desired.dovecot_writes) + desired.dovecot_remove
     return list(dict.fromkeys(paths))
@@ -335,7 +340,7 @@ def _write(site: Site, desired: Desired, snapshot: Snapshot) -> None:
             desired.notes.append(f"key permissions: created the system group {group}")
         desired.notes += [f"key permissions: {change}" for change in
                           permissions.secure_lineage(_lineage(config_dir, lineage), group,
-                                                     deployed=list(state.lineages))]
+                                                     deployed=_all_lineages(config_dir, state))]
     _write_derived(site, desired, snapshot)
 
     # Dovecot's file declares the SASL socket submission uses: it comes before Postfix
@@ -356,12 +361,21 @@ def _write(site: Site, desired: Desired, snapshot: Snapshot) -> None:
     _remove_stale(site, desired, snapshot)
     # The state last: a run killed before this point is run again from the old
     # state, and every step above is idempotent.
-    state_path = State.path(config_dir)
+    state_path = state.file(config_dir)
     snapshot.keep(state_path)
     if state.lineages:
         state.save(config_dir)
     elif os.path.lexists(state_path):
         os.unlink(state_path)
+
+
+def _all_lineages(config_dir: str, state: State) -> list[str]:
+    """Every lineage any instance serves, with ``state`` as it is about to be saved."""
+    names = set(state.lineages)
+    for other in State.load_all(config_dir):
+        if other.instance != state.instance:
+            names |= set(other.lineages)
+    return sorted(names)
 
 
 def _write_postfix(site: Site, desired: Desired, snapshot: Snapshot) -> None:
@@ -394,19 +408,20 @@ def _write_derived(site: Site, desired: Desired, snapshot: Snapshot) -> None:
         snapshot.keep(path)
         certs.write_atomic(path, data, 0o600)
     if desired.sni_map is not None and state.sni_map_type:
-        snapshot.keep(*_sni_files(config_dir))
-        sni.write_map(desired.sni_map, config_dir, site.mta.config_dir, state.sni_map_type)
+        snapshot.keep(*_sni_files(config_dir, state.instance))
+        sni.write_map(desired.sni_map, sni.map_path(config_dir, state.instance),
+                      site.mta.config_dir, state.sni_map_type)
 
 
-def _sni_files(config_dir: str) -> list[str]:
-    return [sni.map_path(config_dir)] + [sni.index_path(config_dir, kind)
-                                         for kind in sorted(sni.INDEX_SUFFIX)]
+def _sni_files(config_dir: str, instance: str) -> list[str]:
+    return [sni.map_path(config_dir, instance)] + [sni.index_path(config_dir, kind, instance)
+                                                   for kind in sorted(sni.INDEX_SUFFIX)]
 
 
 def _remove_stale(site: Site, desired: Desired, snapshot: Snapshot) -> None:
     """Derived files nothing points at any more."""
     if desired.sni_map is None:
-        for path in _sni_files(site.config_dir):
+        for path in _sni_files(site.config_dir, desired.state.instance):
             snapshot.keep(path)
             if os.path.lexists(path):
                 os.unlink(path)
@@ -490,34 +505,51 @@ def activate(
 # --- after certbot rollback -----------------------------------------------------------
 
 
-def regenerate(site: Site, warn: Warn) -> Desired:
+def regenerate(config_dir: str, warn: Warn) -> None:
     """After the reverter restored configuration files: rebuild every derived file
-    from the restored state and the lineages' *current* archive files, and remove
-    those of lineages the restored state no longer has. Writes no configuration."""
-    state = State.load(site.config_dir)
-    desired = Desired(state=state, remove_dirs=_stale_dirs(site.config_dir, state))
-    for name in sorted(state.lineages):
-        lineage = state.lineages[name]
+    from the restored states and the lineages' *current* archive files, and remove
+    those no restored state refers to. Writes no Postfix or Dovecot configuration."""
+    states = State.load_all(config_dir)
+    for state in states:
+        desired = Desired(state=state, remove_dirs=_stale_dirs(config_dir, state))
+        for name in sorted(state.lineages):
+            lineage = state.lineages[name]
+            try:
+                material = certs.load_material(_lineage(config_dir, lineage))
+            except errors.Error as exc:
+                warn(f"lineage {name}: {exc}")
+                continue
+            desired.chain_files[lineage.chain_file] = material.combined()
+            lineage.expected = material.fingerprints()
+        if state.lineages and state.sni_map_type:
+            desired.sni_map = sni.render_map(state)
+        site = Site.from_state(config_dir, state)
+        snapshot = Snapshot()
         try:
-            material = certs.load_material(_lineage(site.config_dir, lineage))
-        except errors.Error as exc:
-            warn(f"lineage {name}: {exc}")
-            continue
-        desired.chain_files[lineage.chain_file] = material.combined()
-        lineage.expected = material.fingerprints()
-    if state.lineages and state.sni_map_type:
-        desired.sni_map = sni.render_map(state)
-    snapshot = Snapshot()
-    try:
-        _write_derived(site, desired, snapshot)
-        _remove_stale(site, desired, snapshot)
-        if state.lineages:  # the fingerprints of the certificates now served
-            snapshot.keep(State.path(site.config_dir))
-            state.save(site.config_dir)
-    except BaseException:
-        snapshot.restore()
-        raise
-    return desired
+            _write_derived(site, desired, snapshot)
+            _remove_stale(site, desired, snapshot)
+            if state.lineages:  # the fingerprints of the certificates now served
+                snapshot.keep(state.file(config_dir))
+                state.save(config_dir)
+        except BaseException:
+            snapshot.restore()
+            raise
+    # Instances whose state the rollback removed: their SNI tables and derived files go.
+    kept = {state.instance for state in states}
+    candidates = [""] + _instance_dirs(config_dir)
+    for instance in candidates:
+        if instance not in kept:
+            for path in _sni_files(config_dir, instance):
+                if os.path.lexists(path):
+                    os.unlink(path)
+    if not states:
+        for directory in _stale_dirs(config_dir, State()):
+            shutil.rmtree(directory)
+
+
+def _instance_dirs(config_dir: str) -> list[str]:
+    root = os.path.join(config_dir, constants.PLUGIN_DIR, constants.INSTANCES_DIR)
+    return sorted(os.listdir(root)) if os.path.isdir(root) else []
 
 
 # --- key copies in certbot's backups --------------------------------------------------
@@ -528,7 +560,7 @@ def purge_key_backups(config_dir: str, checkpoint_dirs: Iterable[str]) -> list[s
     put into certbot's reverter checkpoints, keeping each checkpoint usable. Returns
     the checkpoint directories that held some."""
     derived_root = os.path.join(os.path.abspath(config_dir), constants.PLUGIN_DIR) + os.sep
-    state_path = State.path(config_dir)
+    state_files = {State.path(config_dir, key) for key in ["", *_instance_dirs(config_dir)]}
     cleaned = []
     for cp_dir in checkpoint_dirs:
         filepaths = os.path.join(cp_dir, "FILEPATHS")
@@ -538,7 +570,7 @@ def purge_key_backups(config_dir: str, checkpoint_dirs: Iterable[str]) -> list[s
         except OSError:
             continue
         keep = [(i, p) for i, p in enumerate(paths)
-                if not p.startswith(derived_root) or p == state_path]
+                if not p.startswith(derived_root) or p in state_files]
         if len(keep) == len(paths):
             continue
         for i, path in enumerate(paths):

@@ -748,6 +748,15 @@ class Postfix:
             )
 
     @property
+    def instance_key(self) -> str:
+        """"" for Postfix's default instance; else a file-name-safe key made from this
+        instance's config directory (``etc-postfix-out``), naming its plugin state."""
+        default = os.path.abspath(self._postconf_raw(["-h", "config_directory"], None).strip())
+        if self.config_dir == default:
+            return ""
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.config_dir.strip("/"))
+
+    @property
     def main_cf(self) -> str:
         return os.path.join(self.config_dir, "main.cf")
 

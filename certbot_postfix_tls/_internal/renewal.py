@@ -41,31 +41,43 @@ class HookResult:
 
 
 def run_deploy_hook(config_dir: str, renewed_lineage: Optional[str]) -> HookResult:
-    """Rebuild a renewed lineage's files and mark the services pending."""
+    """Rebuild a renewed lineage's files in every Postfix instance that serves it and
+    mark the services pending."""
     if not renewed_lineage:
         return HookResult(0, "no RENEWED_LINEAGE: nothing to do")
     name = os.path.basename(os.path.normpath(renewed_lineage))
-    if not os.path.exists(State.path(config_dir)):  # never deployed: touch nothing
+    if not State.instances(config_dir):  # never deployed: touch nothing
         return HookResult(0, f"{name} was not deployed by postfix-tls: nothing to do")
     with plugin_lock(config_dir):
-        state = State.load(config_dir)
-        if name not in state.lineages:
+        states = [s for s in State.load_all(config_dir) if name in s.lineages]
+        if not states:
             return HookResult(0, f"{name} was not deployed by postfix-tls: nothing to do")
-        _mark_pending(state, name)
-        try:
-            site = pipeline.Site.from_state(config_dir, state)
-            desired = pipeline.render(site, state, site.mta.read(), rebuild=[name])
-            pipeline.write(site, desired)
-        except (errors.Error, OSError) as exc:
-            # The snapshot put the previous files back; keep the mark so that verify
-            # and doctor say a renewal is waiting.
-            marked = State.load(config_dir)
-            _mark_pending(marked, name)
-            marked.save(config_dir)
-            return HookResult(2, f"postfix-tls: renewed {name} could not be deployed: {exc}")
-    notes = [w for w in desired.warnings]
+        done, failed, notes = [], [], []
+        for state in states:
+            _mark_pending(state, name)
+            try:
+                site = pipeline.Site.from_state(config_dir, state)
+                desired = pipeline.render(site, state, site.mta.read(), rebuild=[name])
+                pipeline.write(site, desired)
+            except (errors.Error, OSError) as exc:
+                # The snapshot put the previous files back; keep the mark so that
+                # verify and doctor say a renewal is waiting.
+                marked = State.load(config_dir, state.instance)
+                _mark_pending(marked, name)
+                marked.save(config_dir)
+                failed.append(f"{_where(state)}: {exc}")
+                continue
+            done.append(f"{_where(state)} pending reload: {', '.join(state.pending)}")
+            notes += desired.warnings
+    if failed:
+        return HookResult(2, f"postfix-tls: renewed {name} could not be deployed to "
+                             + "; ".join(failed))
     suffix = f" ({'; '.join(notes)})" if notes else ""
-    return HookResult(0, f"rebuilt {name}; pending reload: {', '.join(state.pending)}{suffix}")
+    return HookResult(0, f"rebuilt {name}; {'; '.join(done)}{suffix}")
+
+
+def _where(state: State) -> str:
+    return f"Postfix {state.postfix_dir}"
 
 
 def _mark_pending(state: State, name: str) -> None:
@@ -77,32 +89,39 @@ def _mark_pending(state: State, name: str) -> None:
 
 
 def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
-    """Reload each pending service once and verify; clear marks only on success."""
-    if not os.path.exists(State.path(config_dir)):  # never deployed: touch nothing
+    """Reload each pending service once per instance and verify; clear marks only on
+    success."""
+    if not State.instances(config_dir):  # never deployed: touch nothing
         return HookResult(0, "nothing pending: no reload")
     with plugin_lock(config_dir):
-        state = State.load(config_dir)
-        if not state.pending:
+        states = [s for s in State.load_all(config_dir) if s.pending]
+        if not states:
             return HookResult(0, "nothing pending: no reload")
         for problem in hooks.problems(config_dir):
             warn(problem)
-        try:
-            site = pipeline.Site.from_state(config_dir, state)
-            if state.renewed:
-                # Idempotent when the deploy hooks succeeded; finishes their work when
-                # one failed (e.g. postfix check, since fixed by the operator).
-                desired = pipeline.render(site, state, site.mta.read(), rebuild=state.renewed)
-                pipeline.write(site, desired)
-            problems = pipeline.activate(site, state, list(state.pending),
-                                         state.renewed or None, warn)
-        except (errors.Error, OSError) as exc:
-            problems = [str(exc)]
-        if problems:
-            return HookResult(
-                2, "postfix-tls: renewal deployed but not confirmed: " + "; ".join(problems)
-            )
-        reloaded = ", ".join(state.pending)
-        state = State.load(config_dir)
-        state.pending, state.renewed = [], []
-        state.save(config_dir)
-    return HookResult(0, f"reloaded {reloaded} and verified every endpoint")
+        problems, reloaded = [], []
+        for state in states:
+            try:
+                site = pipeline.Site.from_state(config_dir, state)
+                if state.renewed:
+                    # Idempotent when the deploy hooks succeeded; finishes their work when
+                    # one failed (e.g. postfix check, since fixed by the operator).
+                    desired = pipeline.render(site, state, site.mta.read(),
+                                              rebuild=state.renewed)
+                    pipeline.write(site, desired)
+                found = pipeline.activate(site, state, list(state.pending),
+                                          state.renewed or None, warn)
+            except (errors.Error, OSError) as exc:
+                found = [str(exc)]
+            if found:
+                problems += found
+                continue
+            reloaded.append(f"{', '.join(state.pending)} ({_where(state)})")
+            state = State.load(config_dir, state.instance)
+            state.pending, state.renewed = [], []
+            state.save(config_dir)
+    if problems:
+        return HookResult(
+            2, "postfix-tls: renewal deployed but not confirmed: " + "; ".join(problems)
+        )
+    return HookResult(0, f"reloaded {'; '.join(reloaded)} and verified every endpoint")

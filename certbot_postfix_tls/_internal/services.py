@@ -130,7 +130,7 @@ def check_foreign(config_dir: str, state: State, retry_seconds: float = 5.0,
     if mta.running() is False:
         return []
     config = mta.read()
-    ours = f"{state.sni_map_type}:{sni.map_path(config_dir)}"
+    ours = f"{state.sni_map_type}:{sni.map_path(config_dir, state.instance)}"
     entries = sni.foreign_entries(
         sni.foreign_tables(config.main.get("tls_server_sni_maps", ""), ours))
     targets = postfix.endpoints(config, state.verify_address, state.verify_ports)

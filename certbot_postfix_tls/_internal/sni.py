@@ -21,12 +21,13 @@ from certbot_postfix_tls._internal.state import State
 INDEX_SUFFIX = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
 
 
-def map_path(config_dir: str) -> str:
-    return os.path.join(config_dir, constants.PLUGIN_DIR, constants.SNI_MAP_FILE)
+def map_path(config_dir: str, instance: str = "") -> str:
+    """The SNI table of one Postfix instance (its state's directory)."""
+    return os.path.join(State.directory(config_dir, instance), constants.SNI_MAP_FILE)
 
 
-def index_path(config_dir: str, map_type: str) -> str:
-    return map_path(config_dir) + INDEX_SUFFIX.get(map_type, ".db")
+def index_path(config_dir: str, map_type: str, instance: str = "") -> str:
+    return map_path(config_dir, instance) + INDEX_SUFFIX.get(map_type, ".db")
 
 
 def map_type(map_types: set[str], default_type: str) -> str:
@@ -71,13 +72,12 @@ def render_map(state: State) -> str:
     return "# Written by certbot-postfix-tls: one line per certificate name.\n" + body
 
 
-def write_map(text: str, config_dir: str, postfix_dir: str, kind: str) -> None:
+def write_map(text: str, path: str, postfix_dir: str, kind: str) -> None:
     """Write the SNI table and rebuild its index with ``postmap -F`` (0600 both)."""
-    path = map_path(config_dir)
     certs.write_atomic(path, text.encode(), mode=0o600)
     process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{path}"],
                 what=f"postmap -F could not build the SNI table {path}")
-    index = index_path(config_dir, kind)
+    index = path + INDEX_SUFFIX.get(kind, ".db")
     fd = os.open(index, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         os.fchown(fd, 0, 0)

@@ -39,6 +39,11 @@ class DeployedLineage:
 
 @dataclass
 class State:
+    # Which Postfix instance this state is for: "" for Postfix's default instance
+    # (<config-dir>/postfix-tls/state.json), else a key made from the instance's
+    # config directory (<config-dir>/postfix-tls/instances/KEY/state.json). Each
+    # instance has its own lineages, default certificate, SNI table and reloads.
+    instance: str = ""
     postfix_dir: Optional[str] = None
     dovecot_config: Optional[str] = None
     verify_address: str = constants.CLI_DEFAULTS["verify_address"]
@@ -85,18 +90,43 @@ class State:
         return (["dovecot"] if self.dovecot_config else []) + ["postfix"]
 
     @staticmethod
-    def path(config_dir: str) -> str:
-        return os.path.join(config_dir, constants.PLUGIN_DIR, constants.STATE_FILE)
+    def directory(config_dir: str, instance: str = "") -> str:
+        """Where an instance's state and SNI table live."""
+        base = os.path.join(config_dir, constants.PLUGIN_DIR)
+        return os.path.join(base, constants.INSTANCES_DIR, instance) if instance else base
 
     @classmethod
-    def load(cls, config_dir: str) -> State:
+    def path(cls, config_dir: str, instance: str = "") -> str:
+        return os.path.join(cls.directory(config_dir, instance), constants.STATE_FILE)
+
+    def file(self, config_dir: str) -> str:
+        """This state's own file."""
+        return self.path(config_dir, self.instance)
+
+    @classmethod
+    def instances(cls, config_dir: str) -> list[str]:
+        """Every instance with a state file, the default instance ("") first."""
+        found = [""] if os.path.exists(cls.path(config_dir)) else []
+        root = os.path.join(config_dir, constants.PLUGIN_DIR, constants.INSTANCES_DIR)
+        if os.path.isdir(root):
+            found += sorted(key for key in os.listdir(root)
+                            if os.path.exists(cls.path(config_dir, key)))
+        return found
+
+    @classmethod
+    def load_all(cls, config_dir: str) -> list[State]:
+        """The states of every Postfix instance the plugin deployed to."""
+        return [cls.load(config_dir, key) for key in cls.instances(config_dir)]
+
+    @classmethod
+    def load(cls, config_dir: str, instance: str = "") -> State:
         """The recorded state; an empty one when nothing was deployed yet."""
-        path = cls.path(config_dir)
+        path = cls.path(config_dir, instance)
         try:
             with open(path, encoding="utf-8") as handle:
                 raw: dict[str, Any] = json.load(handle)
         except FileNotFoundError:
-            return cls()
+            return cls(instance=instance)
         except (OSError, ValueError) as exc:
             raise errors.PluginError(
                 f"The plugin state {path} cannot be read ({exc}): restore it from "
@@ -106,6 +136,7 @@ class State:
             name: DeployedLineage(**entry) for name, entry in raw.pop("lineages", {}).items()
         }
         raw.pop("format", None)
+        raw["instance"] = instance
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
         return cls(lineages=lineages, **known)
 
@@ -113,4 +144,5 @@ class State:
         data = asdict(self)
         data["format"] = FORMAT
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        write_atomic(self.path(config_dir), text.encode(), mode=0o644)
+        os.makedirs(self.directory(config_dir, self.instance), mode=0o755, exist_ok=True)
+        write_atomic(self.file(config_dir), text.encode(), mode=0o644)

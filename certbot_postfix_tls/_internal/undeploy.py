@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import cast
+from typing import Optional, cast
 
 from certbot import configuration, errors, reverter
 
@@ -37,71 +37,103 @@ def _reverter(work_dir: str) -> reverter.Reverter:
     return reverter.Reverter(cast(configuration.NamespaceConfig, config))
 
 
-def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say) -> list[str]:
-    """Remove ``name``; reload and verify what stays. Returns the verification problems."""
+def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say,
+             postfix_dir: Optional[str] = None) -> list[str]:
+    """Remove ``name`` from every Postfix instance that serves it (or from the one in
+    ``postfix_dir``); reload and verify what stays. Returns the verification problems."""
     with plugin_lock(config_dir):
         revert = _reverter(work_dir)
         if os.path.isdir(os.path.join(work_dir, "IN_PROGRESS")):
             # An earlier operation was killed before it finished: undo it first, as
             # certbot does, so that this one starts from a consistent state.
             revert.recovery_routine()
-            state = State.load(config_dir)
-            if state.lineages:
-                pipeline.regenerate(pipeline.Site.from_state(config_dir, state), warn)
+            pipeline.regenerate(config_dir, warn)
             warn(f"an unfinished earlier operation was undone from {work_dir}/IN_PROGRESS")
-        state = State.load(config_dir)
-        if name not in state.lineages:
-            known = ", ".join(sorted(state.lineages)) or "none"
+        if postfix_dir is not None:
+            states = [State.load(config_dir, postfix.Postfix(postfix_dir).instance_key)]
+        else:
+            states = [s for s in State.load_all(config_dir) if name in s.lineages]
+        states = [s for s in states if name in s.lineages]
+        if not states:
+            known = sorted({n for s in State.load_all(config_dir) for n in s.lineages})
             raise errors.Error(
-                f"{name} was not deployed by postfix-tls (deployed: {known}); nothing changed."
+                f"{name} was not deployed by postfix-tls (deployed: "
+                f"{', '.join(known) or 'none'}); nothing changed."
             )
-        old_default = state.default
-        key_group = state.lineages[name].key_group
-        state.remove(name)
-        state.renewed = [n for n in state.renewed if n != name]
-        site = pipeline.Site.from_state(config_dir, state)
-        config = site.mta.read()
-        desired = pipeline.render(site, state, config)
-        if not state.lineages:
-            _refuse_dangling_sasl(config, desired, state)
+        key_group = states[0].lineages[name].key_group
 
         def checkpoint(existing: set[str], created: list[str]) -> None:
             revert.add_to_checkpoint(existing, f"postfix-tls: undeploy {name}")
             if created:
                 revert.register_file_creation(False, *created)
 
+        done: list[tuple[pipeline.Site, State, pipeline.Desired]] = []
+        problems: list[str] = []
         try:
-            snapshot = pipeline.write(site, desired, checkpoint)
+            for state in states:
+                site, desired, found = _undeploy_one(config_dir, state, name, checkpoint, warn)
+                done.append((site, state, desired))
+                problems += found
+                if problems:
+                    break
         except BaseException:
-            revert.recovery_routine()
+            _undo(config_dir, revert, done, warn)
             raise
-        judged = [state.default] if state.default and state.default != old_default else []
-        problems = pipeline.activate(site, state, state.services(), judged, warn)
         if problems:
-            snapshot.restore()
-            revert.recovery_routine()
-            site = pipeline.Site.from_state(config_dir, State.load(config_dir))
-            pipeline.activate(site, State.load(config_dir), state.services(), [], warn)
+            _undo(config_dir, revert, done, warn)
             raise errors.Error(
                 f"Undeploying {name} was undone, because what stays failed verification: "
                 + "; ".join(problems)
             )
         revert.finalize_checkpoint(f"postfix-tls: undeploy {name}")
         # The key group no longer needs to reach this lineage's keys.
-        desired.notes += [f"key permissions: {change}" for change in
-                          permissions.confine_lineages(config_dir, key_group, state.lineages)]
-    for note in desired.notes:
-        say(f"  {note}")
-    for warning in desired.warnings:
-        warn(warning)
-    if state.lineages:
-        say(f"undeployed {name}; default certificate: {state.default}; still served: "
-            f"{', '.join(sorted(state.lineages))}")
-    else:
-        say(f"undeployed {name}, the last lineage: Postfix ({site.mta.config_dir}) and "
-            "Dovecot have the TLS settings they had before certbot-postfix-tls; its hooks "
-            "and state are removed")
+        still = {n for s in State.load_all(config_dir) for n in s.lineages}
+        notes = [f"key permissions: {change}" for change in
+                 permissions.confine_lineages(config_dir, key_group, still)]
+    for site, state, desired in done:
+        for note in desired.notes + notes:
+            say(f"  {note}")
+        for warning in desired.warnings:
+            warn(warning)
+        where = f"Postfix ({site.mta.config_dir})"
+        if state.lineages:
+            say(f"undeployed {name} from {where}; default certificate: {state.default}; "
+                f"still served: {', '.join(sorted(state.lineages))}")
+        else:
+            say(f"undeployed {name}, the last lineage of {where}: it (and Dovecot, if the "
+                "plugin configured it) has the TLS settings it had before "
+                "certbot-postfix-tls")
     return problems
+
+
+def _undeploy_one(
+    config_dir: str, state: State, name: str, checkpoint: pipeline.Checkpoint, warn: Say
+) -> tuple[pipeline.Site, pipeline.Desired, list[str]]:
+    old_default = state.default
+    state.remove(name)
+    state.renewed = [n for n in state.renewed if n != name]
+    site = pipeline.Site.from_state(config_dir, state)
+    config = site.mta.read()
+    desired = pipeline.render(site, state, config)
+    if not state.lineages:
+        _refuse_dangling_sasl(config, desired, state)
+    pipeline.write(site, desired, checkpoint)
+    judged = [state.default] if state.default and state.default != old_default else []
+    return site, desired, pipeline.activate(site, state, state.services(), judged, warn)
+
+
+def _undo(config_dir: str, revert: reverter.Reverter,
+          done: list[tuple[pipeline.Site, State, pipeline.Desired]], warn: Say) -> None:
+    """Put every file back (checkpointed configuration, then the derived files from the
+    restored states) and reload what was reloaded."""
+    revert.recovery_routine()
+    pipeline.regenerate(config_dir, warn)
+    for _site, state, _desired in done:
+        restored = State.load(config_dir, state.instance)
+        restored.postfix_dir = restored.postfix_dir or state.postfix_dir
+        restored.dovecot_config = restored.dovecot_config or state.dovecot_config
+        site = pipeline.Site.from_state(config_dir, restored)
+        pipeline.activate(site, restored, restored.services(), [], warn)
 
 
 def _refuse_dangling_sasl(
