@@ -200,7 +200,10 @@ def test_corpus_entry(
         assert snapshot() == before
         return
 
-    assert proc.returncode == 0, output
+    if proc.returncode != 0:
+        log = certbot.base / "logs" / "letsencrypt.log"
+        trace = log.read_text()[-4000:] if log.exists() else ""
+        raise AssertionError(f"{output}\n{trace}")
     if spec.warning:
         assert spec.warning in output, output
     check = lab.process.run(["postfix", "check"], what="postfix check", check=False)
