@@ -250,3 +250,29 @@ def test_key_algorithm_labels() -> None:
     ca = trustme.CA()
     assert verify.key_algorithm(_leaf(ca, "a.example", trustme.KeyType.ECDSA)) == "ecdsa-p256"
     assert verify.key_algorithm(_leaf(ca, "a.example", trustme.KeyType.RSA)) == "rsa2048"
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "monitoring.md"
+
+
+def test_the_metrics_module_names_match_the_docs() -> None:
+    """Every family the module writes is documented for operators."""
+    docs = DOCS.read_text()
+    for family in metrics.FAMILIES:
+        assert metrics.PREFIX + family in docs, family
+
+
+def test_documented_alerting_rules_are_valid(tmp_path: Path) -> None:
+    """promtool accepts the alerting rules docs/monitoring.md gives, and each names
+    one of the metrics."""
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (Debian package prometheus; see tools/bootstrap)")
+    section = DOCS.read_text().split("### Alerts", 1)[1]
+    rules = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "rules.yml"
+    path.write_text(rules)
+    proc = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    exprs = re.findall(r"expr: (.*)", rules)
+    assert exprs and all(metrics.PREFIX in expr for expr in exprs)
