@@ -369,6 +369,7 @@ def test_json_shape(serve, pki):
     assert list(data) == [
         "service", "address", "port", "tls", "sni", "status", "served_sha256",
         "expected_sha256", "chain_complete", "name_matches", "days_left", "message",
+        "algorithm",
     ]  # fmt: skip
     assert data["tls"] == "starttls" and data["service"] == "postfix"
 

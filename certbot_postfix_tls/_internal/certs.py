@@ -20,6 +20,7 @@ from typing import Any, Optional
 from certbot import errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certbot_postfix_tls._internal import constants
 
@@ -90,6 +91,11 @@ class Material:
             return []
 
     @property
+    def key_type(self) -> str:
+        """"rsa", "ecdsa" or another key type name: what pairs two lineages."""
+        return key_type(self.leaf)
+
+    @property
     def leaf_sha256(self) -> str:
         return sha256_der(self.leaf)
 
@@ -123,6 +129,16 @@ def load_pem_chain(data: bytes) -> list[x509.Certificate]:
     if not certs:
         raise ValueError("no PEM certificate found")
     return certs
+
+
+def key_type(cert: x509.Certificate) -> str:
+    """The certificate's key type: "rsa", "ecdsa", or the key class's name."""
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ecdsa"
+    return type(key).__name__.lower()
 
 
 def not_after(cert: x509.Certificate) -> datetime.datetime:

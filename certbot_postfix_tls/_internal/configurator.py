@@ -277,6 +277,15 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
     ) -> None:
         """Turn ``state`` into what it will be once this lineage is deployed."""
         others = [name for name in state.lineages if name != lineage.name]
+        same_names = [name for name in others
+                      if sorted(state.lineages[name].names) == sorted(material.names)]
+        if config.version < (3, 4) and same_names:
+            raise errors.PluginError(
+                f"Postfix {config.main.get('mail_version')} serves one certificate only: "
+                f"{same_names[0]} ({state.lineages[same_names[0]].key_type or 'its key type'}) "
+                f"and {lineage.name} ({material.key_type}) cannot be served side by side "
+                "(smtpd_tls_chain_files needs Postfix 3.4); keep one of them."
+            )
         if config.version < (3, 4) and others:
             raise errors.PluginError(
                 f"Postfix {config.main.get('mail_version')} serves one certificate only "

@@ -75,10 +75,13 @@ _SETTING = re.compile(r"^([A-Za-z0-9_./-]+)\s*=")
 
 @dataclass(frozen=True)
 class CertFiles:
-    """The certificate Dovecot should serve: full chain and private key paths."""
+    """The certificate Dovecot should serve: full chain and private key paths, and
+    optionally a second one of another key type (ECDSA beside RSA)."""
 
     fullchain: str
     key: str
+    alt_fullchain: Optional[str] = None
+    alt_key: Optional[str] = None
 
 
 @dataclass
@@ -361,11 +364,20 @@ def _check_path(path: str) -> str:
 def _cert_lines(v24: bool, cert: CertFiles, indent: str) -> list[str]:
     fullchain, key = _check_path(cert.fullchain), _check_path(cert.key)
     if v24:
-        return [
+        lines = [
             f"{indent}ssl_server_cert_file = {fullchain}",
             f"{indent}ssl_server_key_file = {key}",
         ]
-    return [f"{indent}ssl_cert = <{fullchain}", f"{indent}ssl_key = <{key}"]
+    else:
+        lines = [f"{indent}ssl_cert = <{fullchain}", f"{indent}ssl_key = <{key}"]
+    if cert.alt_fullchain and cert.alt_key:
+        alt_chain, alt_key = _check_path(cert.alt_fullchain), _check_path(cert.alt_key)
+        if v24:
+            lines += [f"{indent}ssl_server_alt_cert_file = {alt_chain}",
+                      f"{indent}ssl_server_alt_key_file = {alt_key}"]
+        else:
+            lines += [f"{indent}ssl_alt_cert = <{alt_chain}", f"{indent}ssl_alt_key = <{alt_key}"]
+    return lines
 
 
 def render_plugin_file(

@@ -129,6 +129,7 @@ def render(
         desired.chain_files[lineage.chain_file] = material.combined()
         lineage.names = material.names
         lineage.expected = material.fingerprints()
+        lineage.key_type = material.key_type
         if name in required:
             desired.secure.append(name)
     served = State(**{**state.__dict__})
@@ -149,8 +150,10 @@ def render(
         return desired
 
     default = served.lineages[str(served.default)]
+    desired.notes += sni.unpaired_notes(served)
     files = postfix.CertificateFiles(
-        chain_file=default.chain_file,
+        # One key+chain file per key type: Postfix picks what the client supports.
+        chain_file=", ".join(sni.chain_files(served, default.name)),
         fullchain=default.fullchain_path,
         key=default.key_path,
         sni_map=sni.merged_maps(
@@ -171,7 +174,7 @@ def render(
         desired.sni_map = sni.render_map(served)
     if site.imap is not None:
         imap_plan = site.imap.plan(
-            dovecot.CertFiles(fullchain=default.fullchain_path, key=default.key_path),
+            sni.dovecot_files(served, default.name),
             sasl_listener=state.sasl_listener,
             sni=sni.dovecot_sni(served),
         )

@@ -104,17 +104,22 @@ def check_all(
     lineages there are hundreds of them, each mostly waiting on the network.
     """
     targets = endpoints(state) if endpoints_to_check is None else list(endpoints_to_check)
-    jobs: list[tuple[verify.Endpoint, verify.ExpectedCert, Optional[str]]] = []
+    pairs = sni.partners(state)
+    default_set = pairs.get(str(state.default), [])
+    jobs: list[tuple[verify.Endpoint, verify.ExpectedCert, Optional[str], Optional[str]]] = []
     for name in sorted(lineage_names if lineage_names is not None else served_lineages(state)):
         lineage = state.lineages[name]
         expected = expected_cert(lineage)
         # A client without SNI must get the default certificate.
-        names: list[Optional[str]] = [None] if name == state.default else []
+        names: list[Optional[str]] = [None] if name in default_set else []
         names += sni_names(expected)
-        jobs += [(endpoint, expected, sni) for sni in names for endpoint in targets]
+        # Served as a pair: a client offering only this key type must get this lineage.
+        key_type = lineage.key_type if len(pairs.get(name, [])) > 1 else None
+        jobs += [(endpoint, expected, sni, key_type) for sni in names for endpoint in targets]
     with ThreadPoolExecutor(max_workers=PARALLEL_CHECKS) as pool:
         return list(pool.map(
-            lambda job: verify.check_endpoint(job[0], job[1], job[2], retry_seconds), jobs
+            lambda job: verify.check_endpoint(job[0], job[1], job[2], retry_seconds,
+                                              key_type=job[3]), jobs
         ))
 
 

@@ -51,6 +51,53 @@ def choose_default(state: State, myhostname: str) -> Optional[str]:
     return ordered[0] if ordered else None
 
 
+# Served first where a client accepts both: smaller and faster.
+_KEY_TYPE_ORDER = {"ecdsa": 0, "rsa": 1}
+
+
+def partners(state: State) -> dict[str, list[str]]:
+    """For each lineage, the lineages served together with it: itself, plus the other
+    key type's lineage when exactly one lineage of each type has identical names
+    (``certbot --key-type ecdsa`` and ``--key-type rsa`` for the same domains);
+    ECDSA first. Anything else is served one per lineage."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, lineage in state.lineages.items():
+        key = tuple(sorted(n.lower().rstrip(".") for n in lineage.names))
+        groups.setdefault(key, []).append(name)
+    result: dict[str, list[str]] = {}
+    for members in groups.values():
+        types = [state.lineages[m].key_type for m in members]
+        if len(members) == 2 and all(types) and len(set(types)) == 2:
+            ordered = sorted(members, key=lambda m: (
+                _KEY_TYPE_ORDER.get(state.lineages[m].key_type, 9), m))
+            for member in members:
+                result[member] = ordered
+        else:
+            for member in members:
+                result[member] = [member]
+    return result
+
+
+def unpaired_notes(state: State) -> list[str]:
+    """Why lineages with identical names are not served as a pair."""
+    notes = []
+    pairs = partners(state)
+    seen: dict[tuple[str, ...], list[str]] = {}
+    for name, lineage in sorted(state.lineages.items()):
+        seen.setdefault(tuple(sorted(lineage.names)), []).append(name)
+    for members in seen.values():
+        if len(members) > 1 and len(pairs[members[0]]) == 1:
+            types = ", ".join(f"{m} ({state.lineages[m].key_type or '?'})" for m in members)
+            notes.append(f"{types} have the same names but are not one RSA and one ECDSA "
+                         "lineage: each is served on its own, the default rule decides")
+    return notes
+
+
+def chain_files(state: State, name: str) -> list[str]:
+    """The key+chain files that serve ``name``'s names: its own and its partner's."""
+    return [state.lineages[member].chain_file for member in partners(state)[name]]
+
+
 def map_key(name: str) -> str:
     """Postfix looks up the client's name, then its parent domains as ``.example.com``."""
     name = name.strip().lower().rstrip(".")
@@ -66,8 +113,9 @@ def render_map(state: State) -> str:
     )
     for name in ordered:
         lineage = state.lineages[name]
+        files = " ".join(chain_files(state, name))
         for host in lineage.names:
-            lines.setdefault(map_key(host), lineage.chain_file)
+            lines.setdefault(map_key(host), files)
     body = "".join(f"{key} {path}\n" for key, path in sorted(lines.items()))
     return "# Written by certbot-postfix-tls: one line per certificate name.\n" + body
 
@@ -142,9 +190,21 @@ def foreign_entries(tables: list[str]) -> dict[str, str]:
 
 
 def dovecot_sni(state: State) -> list[tuple[list[str], dovecot.CertFiles]]:
-    """``local_name`` entries for every lineage but the default (served without SNI)."""
+    """``local_name`` entries for every lineage but the default (served without SNI)
+    and its partner."""
+    default = set(partners(state).get(str(state.default), []))
     return [
-        (list(lineage.names), dovecot.CertFiles(lineage.fullchain_path, lineage.key_path))
+        (list(lineage.names), dovecot_files(state, name))
         for name, lineage in sorted(state.lineages.items())
-        if name != state.default
+        if name not in default
     ]
+
+
+def dovecot_files(state: State, name: str) -> dovecot.CertFiles:
+    """Dovecot's certificate for ``name``: its partner of the other key type as the
+    alternative certificate."""
+    members = [state.lineages[m] for m in partners(state)[name]]
+    first = members[0]
+    alt = members[1] if len(members) > 1 else None
+    return dovecot.CertFiles(first.fullchain_path, first.key_path,
+                             alt.fullchain_path if alt else None, alt.key_path if alt else None)

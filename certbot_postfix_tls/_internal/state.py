@@ -35,6 +35,7 @@ class DeployedLineage:
     # The certificate as last deployed (SHA-256 of leaf and intermediates, names, expiry):
     # public data, so that verify needs no access to certbot's live/ directory.
     expected: dict[str, Any] = field(default_factory=dict)
+    key_type: str = ""  # rsa, ecdsa: two lineages for the same names are served as a pair
 
 
 @dataclass

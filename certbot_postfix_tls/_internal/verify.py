@@ -198,6 +198,9 @@ class EndpointResult:
     # The served leaf's expiry and key algorithm (None/"" without a handshake), for metrics.
     served_not_after: datetime | None = field(default=None, compare=False)
     served_algorithm: str = field(default="", compare=False)
+    # The key type the client asked for ("rsa"/"ecdsa" by signature algorithms), when an
+    # endpoint serves two certificates side by side; "" when the client offered all.
+    algorithm: str = ""
 
     def to_json(self) -> dict[str, object]:
         """The endpoint as a JSON-ready dict, keys in a fixed order."""
@@ -214,6 +217,7 @@ class EndpointResult:
             "name_matches": self.name_matches,
             "days_left": self.days_left,
             "message": self.message,
+            "algorithm": self.algorithm or None,
         }
 
 
@@ -431,9 +435,10 @@ class _Conversation:
     """One connection: line I/O with limits, first in plaintext, then over TLS."""
 
     def __init__(self, endpoint: Endpoint, sock: socket.socket, timeout: float,
-                 tls_version: str | None = None) -> None:
+                 tls_version: str | None = None, key_type: str | None = None) -> None:
         self.endpoint = endpoint
         self.tls_version = tls_version
+        self.key_type = key_type
         self.protocol = ""
         self.where = _where(endpoint)
         self.sock = sock
@@ -579,6 +584,8 @@ class _Conversation:
             pinned = SSL.TLS1_3_VERSION if self.tls_version == "TLSv1.3" else SSL.TLS1_2_VERSION
             ctx.set_min_proto_version(pinned)
             ctx.set_max_proto_version(pinned)
+        if self.key_type:
+            _offer_only(ctx, self.key_type)
         conn = SSL.Connection(ctx, self.sock)
         if sni and not _is_ip(sni):
             try:
@@ -821,14 +828,32 @@ def _pop3(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[st
 _PROTOCOLS = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}
 
 
+# Signature algorithms a client offers to be served one key type only (TLS 1.2 and 1.3).
+SIGALGS = {
+    "ecdsa": b"ECDSA+SHA256:ECDSA+SHA384:ECDSA+SHA512",
+    "rsa": b"RSA-PSS+SHA256:RSA-PSS+SHA384:RSA-PSS+SHA512:RSA+SHA256:RSA+SHA384:RSA+SHA512",
+}
+
+
+def _offer_only(ctx: SSL.Context, key_type: str) -> None:
+    """Offer only ``key_type``'s signature algorithms, as an ECDSA-only or RSA-only client
+    would (pyOpenSSL has no public call for it; cryptography binds OpenSSL's)."""
+    from OpenSSL._util import lib  # private, but the very binding pyOpenSSL uses
+
+    raw = ctx._context  # the SSL_CTX pointer
+    if key_type not in SIGALGS or not lib.SSL_CTX_set1_sigalgs_list(raw, SIGALGS[key_type]):
+        raise VerifyError(f"Cannot offer only {key_type} signature algorithms.")
+
+
 def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0,
-              tls_version: str | None = None) -> Handshake:
+              tls_version: str | None = None, key_type: str | None = None) -> Handshake:
     """Connect, negotiate TLS as the endpoint is configured, and report what was served.
 
     SNI is sent only when ``sni`` is a DNS name. Nothing is ever pipelined. Raises
     VerifyError when nothing listens, the protocol exchange fails, STARTTLS is missing
     or refused, the server sends data before the handshake, or TLS fails.
-    ``tls_version`` (one of TLS_VERSIONS) pins the protocol version offered.
+    ``tls_version`` (one of TLS_VERSIONS) pins the protocol version offered;
+    ``key_type`` ("rsa", "ecdsa") offers only that key type's signature algorithms.
     """
     run = _PROTOCOLS.get(endpoint.protocol)
     if run is None or endpoint.tls not in ("starttls", "implicit"):
@@ -838,7 +863,7 @@ def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0,
         )
     sock = _connect(endpoint, timeout)
     try:
-        conv = _Conversation(endpoint, sock, timeout, tls_version)
+        conv = _Conversation(endpoint, sock, timeout, tls_version, key_type)
         before, after = run(conv, endpoint.tls == "starttls", sni)
         return Handshake(conv.leaf_der, conv.chain_der, before, after, conv.protocol)
     finally:
@@ -999,6 +1024,7 @@ def check_endpoint(
     retry_seconds: float = 5.0,
     timeout: float = 10.0,
     now: datetime | None = None,
+    key_type: str | None = None,
 ) -> EndpointResult:
     """Handshake with endpoint and judge the served certificate against ``expected``.
 
@@ -1014,7 +1040,7 @@ def check_endpoint(
     while True:
         retry = False
         try:
-            shake = handshake(endpoint, sni, timeout)
+            shake = handshake(endpoint, sni, timeout, key_type=key_type)
         except VerifyError as err:
             retry = err.retryable
             result = EndpointResult(
@@ -1039,6 +1065,7 @@ def check_endpoint(
                 moment = moment.replace(tzinfo=timezone.utc)
             result = _judge(endpoint, expected, sni, shake, moment)
             retry = result.served_sha256 != expected.leaf_sha256
+        result.algorithm = key_type or ""
         remaining = deadline - time.monotonic()
         if not retry or remaining <= 0:
             return result

@@ -105,10 +105,17 @@ class _Lines:
 
 
 def _wrap(sock: socket.socket, sni: Optional[str]) -> ssl.SSLSocket:
+    """The TLS socket (it takes over ``sock``'s descriptor), closed again on failure."""
+    tls = _CONTEXT.wrap_socket(sock, server_hostname=sni, do_handshake_on_connect=False)
     try:
-        return _CONTEXT.wrap_socket(sock, server_hostname=sni)
+        tls.do_handshake()
     except ssl.SSLError as err:
+        tls.close()
         raise LoadError(f"TLS handshake failed: {err.reason or err}") from err
+    except BaseException:
+        tls.close()
+        raise
+    return tls
 
 
 def _leaf_sha256(tls: ssl.SSLSocket) -> str:
@@ -119,8 +126,27 @@ def _leaf_sha256(tls: ssl.SSLSocket) -> str:
 
 
 def _smtp_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[str]) -> str:
+    holder = [sock]
+    try:
+        return _smtp_dialogue(holder, endpoint, sni)
+    finally:
+        holder[-1].close()  # the TLS socket once wrapped
+
+
+def _imap_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[str]) -> str:
+    holder = [sock]
+    try:
+        return _imap_dialogue(holder, endpoint, sni)
+    finally:
+        holder[-1].close()
+
+
+def _smtp_dialogue(holder: list[socket.socket], endpoint: verify.Endpoint,
+                   sni: Optional[str]) -> str:
+    sock = holder[0]
     if endpoint.tls == "implicit":
         sock = _wrap(sock, sni)
+        holder.append(sock)
     lines = _Lines(sock)
     code, texts = lines.smtp_reply("before the greeting")
     if code != 220:
@@ -139,6 +165,7 @@ def _smtp_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[
         if lines.buf:
             raise LoadError("data after the STARTTLS reply")
         sock = _wrap(sock, sni)
+        holder.append(sock)
         lines = _Lines(sock)
     assert isinstance(sock, ssl.SSLSocket)
     digest = _leaf_sha256(sock)
@@ -150,9 +177,12 @@ def _smtp_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[
     return digest
 
 
-def _imap_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[str]) -> str:
+def _imap_dialogue(holder: list[socket.socket], endpoint: verify.Endpoint,
+                   sni: Optional[str]) -> str:
+    sock = holder[0]
     if endpoint.tls == "implicit":
         sock = _wrap(sock, sni)
+        holder.append(sock)
     lines = _Lines(sock)
     greeting = lines.line("before the greeting")
     if not greeting.upper().startswith("* OK"):
@@ -165,6 +195,7 @@ def _imap_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[
         if lines.buf:
             raise LoadError("data after the STARTTLS reply")
         sock = _wrap(sock, sni)
+        holder.append(sock)
         lines = _Lines(sock)
     assert isinstance(sock, ssl.SSLSocket)
     digest = _leaf_sha256(sock)
