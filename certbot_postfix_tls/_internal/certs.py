@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -207,32 +208,60 @@ def load_material(lineage: Lineage) -> Material:
     return Material(key_pem, fullchain_pem, certs[0], certs[1:])
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o600) -> bool:
-    """Write ``data`` to ``path`` via a temp file + rename; False when already identical."""
+def write_atomic(
+    path: str, data: bytes, mode: Optional[int] = 0o600,
+    owner: Optional[tuple[int, int]] = None,
+) -> bool:
+    """The one atomic writer: ``data`` to ``path`` via a temp file + rename; False when
+    the file was already exactly so (same bytes, mode and owner).
+
+    ``mode`` None keeps an existing file's mode and owner (new files get 0644): for
+    configuration files the plugin edits but does not own. The temp file is 0600 and
+    ends in ``~`` while it is written (certbot skips such names in its hook
+    directories), and gets its final mode only once complete.
+    """
     try:
         # O_NOFOLLOW: a link planted where our file belongs is refused, not chmod-ed.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        pass
+        existing: Optional[os.stat_result] = None
     else:
         with os.fdopen(fd, "rb") as handle:
+            existing = os.fstat(handle.fileno())
             if handle.read() == data:
-                os.fchmod(handle.fileno(), mode)
-                return False
+                changed = False
+                if mode is not None and stat.S_IMODE(existing.st_mode) != mode:
+                    os.fchmod(handle.fileno(), mode)
+                    changed = True
+                if owner is not None and (existing.st_uid, existing.st_gid) != owner:
+                    os.fchown(handle.fileno(), *owner)
+                    changed = True
+                return changed
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     # One fixed temp name: a write killed half-way leaves at most this file, which
-    # the next write replaces (callers hold certbot's lock, so there is one writer).
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    # the next write replaces (callers hold the plugin's lock, so there is one writer).
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp~")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
     try:
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+            if mode is None:
+                final = stat.S_IMODE(existing.st_mode) if existing else 0o644
+                keep = (existing.st_uid, existing.st_gid) if existing else None
+            else:
+                final, keep = mode, None
+            target = owner or keep
+            if target is not None:
+                os.fchown(handle.fileno(), target[0], target[1])
+            os.fchmod(handle.fileno(), final)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+

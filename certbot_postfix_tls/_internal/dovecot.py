@@ -32,7 +32,7 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import process
+from certbot_postfix_tls._internal import certs, process
 from certbot_postfix_tls._internal.verify import Endpoint, choose_address
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,18 @@ CERT_SETTINGS_24 = (
 SSL_SERVER_SHORT_24 = ("cert_file", "key_file", "alt_cert_file", "alt_key_file")
 
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+
+# --postfix-tls-dovecot-sessions: what a reload does to established IMAP/POP3 sessions.
+# Dovecot 2.3 and 2.4 decide it with one setting, shutdown_clients (default yes): with
+# it, a reload SIGTERMs every process of the old configuration 6 s later
+# (src/master/service.c services_destroy/services_kill_timeout) and an imap process
+# ends its sessions idle for 10 s at once, the others when they reach 10 s idle
+# (src/lib-master/master-service-settings.c sets die_with_master from it;
+# src/imap/main.c imap_die). No other setting or doveadm command keeps them: see README.
+SESSIONS_CUT = "cut"
+SESSIONS_KEEP = "keep"
+SESSION_MODES = (SESSIONS_CUT, SESSIONS_KEEP)
+SHUTDOWN_CLIENTS = "shutdown_clients"
 
 # Dovecot include nesting is shallow in practice; this only stops include loops.
 _MAX_INCLUDE_DEPTH = 20
@@ -385,8 +397,10 @@ def render_plugin_file(
     cert: CertFiles,
     sasl_listener: Optional[str] = None,
     sni: Sequence[tuple[Sequence[str], CertFiles]] = (),
+    keep_sessions: bool = False,
 ) -> str:
-    """The plugin's Dovecot file: default cert, SNI ``local_name`` blocks, SASL socket.
+    """The plugin's Dovecot file: default cert, ``shutdown_clients = no`` when
+    ``keep_sessions``, SNI ``local_name`` blocks, SASL socket.
 
     Deterministic (SNI names sorted, first lineage wins a name) so that planning
     again gives the same bytes, whatever order the lineages were deployed in.
@@ -398,6 +412,13 @@ def render_plugin_file(
         "",
         *_cert_lines(v24, cert, ""),
     ]
+    if keep_sessions:
+        lines += [
+            "",
+            "# --postfix-tls-dovecot-sessions keep: a reload (every renewal) leaves established",
+            "# IMAP/POP3 sessions open. `dovecot stop` then leaves them running too.",
+            f"{SHUTDOWN_CLIENTS} = no",
+        ]
     by_name: dict[str, CertFiles] = {}
     for names, files in sni:
         for name in names:
@@ -465,6 +486,13 @@ def declared_auth_listener(
     return None
 
 
+def operator_setting(tree: ConfigTree, name: str, plugin_file: str) -> Optional[Setting]:
+    """The last ``name = ...`` outside the plugin's file (in any block), if any: a
+    setting the operator chose, which the plugin's file never adds again."""
+    found = [s for s in tree.settings if s.name == name and s.path != plugin_file]
+    return found[-1] if found else None
+
+
 def competing_settings(tree: ConfigTree, version: Sequence[int], plugin_file: str) -> list[Setting]:
     """Top-level server cert/key settings outside the plugin's file.
 
@@ -520,15 +548,27 @@ def plan_config(
     cert: CertFiles,
     sasl_listener: Optional[str] = None,
     sni: Sequence[tuple[Sequence[str], CertFiles]] = (),
+    sessions: str = SESSIONS_CUT,
 ) -> DovecotPlan:
     """Every file change that makes ``cert`` the only server certificate in effect.
 
+    ``sessions`` ``keep`` adds ``shutdown_clients = no`` to the plugin's file unless
+    the operator's configuration sets shutdown_clients (theirs stays in force).
     Pure: works on ``tree`` (from ``read_config``, which must also have read
     ``plugin_file`` and ``include_from`` as extras). Planning again after applying
     the result gives an empty plan.
     """
     plan = DovecotPlan()
     new_text: dict[str, str] = {}
+
+    keep_sessions = sessions == SESSIONS_KEEP
+    own = operator_setting(tree, SHUTDOWN_CLIENTS, plugin_file) if keep_sessions else None
+    if own is not None:
+        plan.notes.append(
+            f"--postfix-tls-dovecot-sessions keep: {own.path} line {own.lineno} already sets "
+            f"{SHUTDOWN_CLIENTS} = {own.value}, which stays in force (the plugin adds none)"
+        )
+        keep_sessions = False
 
     declared = declared_auth_listener(tree, sasl_listener, plugin_file) if sasl_listener else None
     if declared is not None:
@@ -537,13 +577,15 @@ def plan_config(
             f"{declared[1]} as it is (its mode, user and group)"
         )
         sasl_listener = None
-    wanted = render_plugin_file(version, cert, sasl_listener, sni)
+    wanted = render_plugin_file(version, cert, sasl_listener, sni, keep_sessions)
     current = tree.text(plugin_file)
     if current != wanted:
         new_text[plugin_file] = wanted
         if current is None:
             plan.creates.append(plugin_file)
         kind = "2.4 ssl_server_cert_file/key_file" if _uses_24(version) else "2.3 ssl_cert/ssl_key"
+        if keep_sessions:
+            kind += f"; {SHUTDOWN_CLIENTS} = no: reloads keep established IMAP/POP3 sessions"
         plan.notes.append(f"wrote {plugin_file} ({kind} for {cert.fullchain})")
 
     by_file: dict[str, list[Setting]] = {}
@@ -867,12 +909,13 @@ class Dovecot:
         cert: CertFiles,
         sasl_listener: Optional[str] = None,
         sni: Sequence[tuple[Sequence[str], CertFiles]] = (),
+        sessions: str = SESSIONS_CUT,
     ) -> DovecotPlan:
         """What to write so that ``cert`` (and ``sni`` by name) is what Dovecot serves.
 
         ``sasl_listener`` is the absolute path of the auth socket Postfix connects to
         (``<queue_directory>/private/auth``); its directory and the postfix user and
-        group must exist, or Dovecot would fail to start.
+        group must exist, or Dovecot would fail to start. ``sessions``: see plan_config.
         """
         if sasl_listener:
             directory = os.path.dirname(sasl_listener)
@@ -891,7 +934,7 @@ class Dovecot:
                 ) from exc
         return plan_config(
             self.read(), self.version, self.plugin_file, self.include_from, cert,
-            sasl_listener, sni,
+            sasl_listener, sni, sessions,
         )
 
     def removal_plan(self) -> DovecotPlan:
@@ -914,7 +957,7 @@ class Dovecot:
     def apply(self, plan: DovecotPlan) -> None:
         """Write the plan's files (new files 0644 like Debian's conf.d; modes kept)."""
         for path, text in plan.writes.items():
-            _write_atomic(path, text)
+            certs.write_atomic(path, text.encode(), mode=None)  # mode and owner kept
 
     def endpoints(self, verify_address: str) -> list[Endpoint]:
         """Enabled IMAP/POP3 TLS endpoints of the effective configuration."""
@@ -927,29 +970,35 @@ class Dovecot:
         ``{"ssl_cert": "</etc/.../fullchain.pem"}``; read-only, for ``doctor``."""
         return parse_doveconf(self._doveconf(*names).stdout).settings
 
+    def session_mode(self) -> str:
+        """``keep`` when the configuration on disk has ``shutdown_clients = no`` (what
+        the next reload applies), else ``cut``."""
+        value = self.settings(SHUTDOWN_CLIENTS).get(SHUTDOWN_CLIENTS, "yes")
+        return SESSIONS_KEEP if value == "no" else SESSIONS_CUT
 
-def _write_atomic(path: str, text: str) -> None:
-    """Replace ``path`` by temp file + rename, keeping an existing file's mode and owner."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.certbot-postfix-tls.tmp")
-    try:
-        st: Optional[os.stat_result] = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-            if st is not None:
-                os.fchmod(handle.fileno(), st.st_mode & 0o7777)
-                os.fchown(handle.fileno(), st.st_uid, st.st_gid)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    def sessions(self) -> dict[str, int]:
+        """Established (logged-in) sessions per protocol, ``{"imap": 3, "pop3": 1}``,
+        from ``doveadm who -1`` (one line per connection; needs root)."""
+        proc = process.run(
+            ["doveadm", "-c", self.config_file, "-f", "tab", "who", "-1"],
+            what=f"doveadm who failed for {self.config_file}",
+            error=errors.MisconfigurationError,
+        )
+        return count_sessions(proc.stdout)
+
+
+def count_sessions(text: str) -> dict[str, int]:
+    """Connections per protocol from ``doveadm -f tab who -1`` (2.3 names the column
+    ``proto``, 2.4 ``service``)."""
+    lines = [line.split("\t") for line in text.splitlines() if line.strip()]
+    if not lines:
+        return {}
+    header = lines[0]
+    column = next((i for i, name in enumerate(header) if name in ("proto", "service")), None)
+    counts: dict[str, int] = {}
+    for row in lines[1:]:
+        proto = row[column] if column is not None and column < len(row) else "?"
+        counts[proto] = counts.get(proto, 0) + 1
+    return counts
+
 

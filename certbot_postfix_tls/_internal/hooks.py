@@ -25,6 +25,7 @@ from typing import Optional
 from certbot import errors
 from certbot import util as certbot_util
 
+from certbot_postfix_tls._internal import certs
 from certbot_postfix_tls._internal.state import State
 
 logger = logging.getLogger(__name__)
@@ -288,42 +289,13 @@ def all_intact(config_dir: str) -> bool:
 
 
 def _write_hook(path: str, text: str) -> bool:
-    """Write one hook atomically; False when it was already exactly so.
+    """Write one hook atomically, root-owned 0755; False when it was already so.
 
-    The temporary file is not executable until it is in place: certbot runs every
+    The temporary file is not executable until it is complete: certbot runs every
     executable file in the hooks directory, dot-files included.
     """
-    data = text.encode()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        pass
-    else:
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if (handle.read() == data and info.st_uid == 0 and info.st_gid == 0
-                    and stat.S_IMODE(info.st_mode) == 0o755):
-                return False
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp~")  # certbot skips *~
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchown(handle.fileno(), 0, 0)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            os.fchmod(handle.fileno(), 0o755)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return True
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    return certs.write_atomic(path, text.encode(), 0o755, owner=(0, 0))
 
 
 def write_hooks(config_dir: str, runner: Optional[Runner] = None) -> list[str]:

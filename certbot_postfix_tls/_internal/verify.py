@@ -1,32 +1,44 @@
 """Prove by a real handshake which certificate each mail endpoint serves.
 
-smtplib/imaplib cannot be used: they send no SNI when connecting to an IP address and
-silently drop bytes a server sends between the STARTTLS reply and the handshake. This
-module therefore speaks just enough SMTP, IMAP and POP3 over a raw socket, does the
-TLS handshake with pyOpenSSL (which exposes the served chain) and compares SHA-256
-fingerprints instead of relying on a trust store.
+What should be served (``ExpectedCert``), the verdict on what was (``check_endpoint``:
+fingerprint, chain, name, expiry; compared by SHA-256, no trust store), and one-line
+summaries of failures. The connection itself is ``tls_client`` (transport) and
+``dialogues`` (SMTP, IMAP, POP3); their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import os
 import re
-import selectors
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL, crypto
+
+from certbot_postfix_tls._internal.dialogues import (
+    Handshake,
+    PlaintextSmtp,
+    handshake,
+    smtp_before_tls,
+)
+from certbot_postfix_tls._internal.tls_client import (  # noqa: F401 - re-exported
+    SIGALGS,
+    TLS_VERSIONS,
+    Endpoint,
+    VerifyError,
+    _a_label,
+    _hostport,
+    _is_ip,
+    _printable,
+    _where,
+)
 
 __all__ = [
     "EXIT_CODES",
@@ -56,53 +68,12 @@ _SEVERITY = ("OK", "WARNING", "UNKNOWN", "CRITICAL")
 WARN_DAYS = 14
 """A served certificate with fewer days left than this is a WARNING."""
 
-# Limits against hostile or broken servers: nothing legitimate comes close.
-_MAX_LINE = 8192
-_MAX_TOTAL = 64 * 1024
-# How long to watch for bytes the server sends after its STARTTLS reply. Injected data
-# normally arrives with the reply itself; this catches a separate write right after it.
-_EARLY_DATA_WINDOW = 0.1
 _RETRY_INTERVAL = 0.2
-# QUIT/LOGOUT is a courtesy; never wait long for its answer.
-_QUIT_TIMEOUT = 1.0
 
 _PEM_CERT = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
 )
 
-_T = TypeVar("_T")
-
-
-class VerifyError(Exception):
-    """A verification failure; the message is one sentence naming the endpoint or file.
-
-    ``retryable`` marks failures a just-reloaded service may still recover from (nothing
-    listening yet, an old process closing the connection). ``kind`` classifies the
-    failure for ``summarize`` (refused, timeout, closed, greeting, no-starttls,
-    starttls-refused, early-data, tls, protocol).
-    """
-
-    def __init__(self, message: str, retryable: bool = False, kind: str = "protocol") -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.kind = kind
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One TLS endpoint of a mail service."""
-
-    service: str  # "postfix" or "dovecot"
-    protocol: str  # "smtp", "imap" or "pop3"
-    address: str  # IP address or host name to connect to
-    port: int
-    tls: str  # "starttls" or "implicit"
-    label: str = ""  # e.g. "smtp", "submission", "imaps" (for messages)
-    # For failure messages: the setting that decides the served certificate
-    # (e.g. "smtpd_tls_chain_files in /etc/postfix/main.cf"), and the service's log
-    # file when it writes one (Postfix's maillog_file), where a cause may be found.
-    setting: str = field(default="", compare=False)
-    log_file: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -148,32 +119,6 @@ class ExpectedCert:
             names=info.dns_names,
             not_after=info.not_after,
         )
-
-
-@dataclass
-class Handshake:
-    """What one connection observed."""
-
-    leaf_der: bytes
-    chain_der: list[bytes]  # as served, leaf first
-    capabilities_before_tls: list[str]  # [] for implicit TLS
-    capabilities_after_tls: list[str]
-    protocol: str = ""  # the TLS version negotiated, e.g. "TLSv1.3"
-
-
-@dataclass
-class PlaintextSmtp:
-    """What an SMTP port answers before STARTTLS: its EHLO keywords and its reply to
-    ``MAIL FROM:<>`` (a port that requires TLS answers 530)."""
-
-    keywords: list[str]
-    mail_code: int
-    mail_reply: str
-
-
-# handshake(tls_version=...): pin one protocol version. "legacy" is TLS 1.0-1.1 at
-# OpenSSL security level 0, to tell a port that only speaks those from one that fails.
-TLS_VERSIONS = ("TLSv1.2", "TLSv1.3", "legacy")
 
 
 @dataclass
@@ -277,25 +222,6 @@ def choose_address(bound: Iterable[str], verify_address: str) -> str:
 # --- names ------------------------------------------------------------------------------
 
 
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
-
-
-def _a_label(name: str) -> str:
-    """Lower-case ASCII form of a host name (IDNs as A-labels, as in certificates)."""
-    name = name.rstrip(".").lower()
-    if name.isascii():
-        return name
-    try:
-        return name.encode("idna").decode("ascii")
-    except UnicodeError:
-        return name
-
-
 def dns_name_matches(pattern: str, hostname: str) -> bool:
     """Whether a certificate DNS name matches hostname (RFC 6125 section 6.4).
 
@@ -392,531 +318,6 @@ def describe_der(der: bytes) -> str:
 
 
 # --- the client -------------------------------------------------------------------------
-
-
-def _printable(text: str, limit: int = 120) -> str:
-    """Server-supplied text made safe for a one-line message."""
-    clean = "".join(c if c.isprintable() else "?" for c in text)
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
-
-
-def _hostport(endpoint: Endpoint) -> str:
-    host = endpoint.address
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{endpoint.port}"
-
-
-def _where(endpoint: Endpoint) -> str:
-    return f"{_hostport(endpoint)} ({endpoint.service} {endpoint.label or endpoint.protocol})"
-
-
-def _wait(sock: socket.socket, write: bool, timeout: float) -> bool:
-    # selectors instead of select.select: no FD_SETSIZE limit in a busy certbot process.
-    with selectors.DefaultSelector() as sel:
-        sel.register(sock, selectors.EVENT_WRITE if write else selectors.EVENT_READ)
-        return bool(sel.select(max(timeout, 0.0)))
-
-
-def _ssl_reason(err: SSL.Error) -> str:
-    details = err.args[0] if err.args else None
-    if isinstance(details, list) and details:
-        reasons = [str(d[-1] or d[0]) for d in details if isinstance(d, tuple) and d]
-        if reasons:
-            return ", ".join(dict.fromkeys(reasons))
-    return str(err) or type(err).__name__
-
-
-class _Eof(Exception):
-    """The peer closed (or reset) the TLS connection."""
-
-
-class _Conversation:
-    """One connection: line I/O with limits, first in plaintext, then over TLS."""
-
-    def __init__(self, endpoint: Endpoint, sock: socket.socket, timeout: float,
-                 tls_version: str | None = None, key_type: str | None = None) -> None:
-        self.endpoint = endpoint
-        self.tls_version = tls_version
-        self.key_type = key_type
-        self.protocol = ""
-        self.where = _where(endpoint)
-        self.sock = sock
-        self.timeout = timeout
-        self.tls: SSL.Connection | None = None
-        self.buf = b""
-        self.total = 0
-        self.leaf_der = b""
-        self.chain_der: list[bytes] = []
-        self.tag = 0
-
-    # -- raw I/O
-
-    def _tls_call(self, op: Callable[[], _T], what: str) -> _T:
-        """Run a pyOpenSSL operation on the non-blocking fd (a socket timeout makes it so)."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                return op()
-            except SSL.WantReadError:
-                write = False
-            except SSL.WantWriteError:
-                write = True
-            except (SSL.ZeroReturnError, SSL.SysCallError) as err:
-                raise _Eof() from err
-            except SSL.Error as err:
-                hint = ""
-                if self.endpoint.tls == "implicit" and "wrong version number" in str(err):
-                    hint = " - the port does not seem to speak implicit TLS"
-                raise VerifyError(
-                    f"TLS with {self.where} failed {what}: {_ssl_reason(err)}{hint}.", kind="tls"
-                ) from err
-            if not _wait(self.sock, write, deadline - time.monotonic()):
-                raise VerifyError(
-                    f"{self.where} did not answer within {self.timeout:g} s {what}.",
-                    kind="timeout",
-                )
-
-    def _recv(self, what: str) -> bytes:
-        try:
-            if self.tls is not None:
-                tls = self.tls
-                try:
-                    return self._tls_call(lambda: tls.recv(4096), what)
-                except _Eof:
-                    return b""
-            return self.sock.recv(4096)
-        except socket.timeout as err:
-            raise VerifyError(
-                f"{self.where} did not answer within {self.timeout:g} s {what}.", kind="timeout"
-            ) from err
-        except OSError as err:
-            raise VerifyError(
-                f"{self.where} dropped the connection {what}: {err.strerror or err}.",
-                retryable=True,
-                kind="closed",
-            ) from err
-
-    def send(self, line: str) -> None:
-        """Send one command line (CRLF added)."""
-        data = line.encode("ascii") + b"\r\n"
-        what = f"while sending {line.split(' ', 1)[0]}"
-        try:
-            if self.tls is None:
-                self.sock.sendall(data)
-                return
-            tls = self.tls
-            sent = 0
-            while sent < len(data):
-                sent += self._tls_call(functools.partial(tls.send, data[sent:]), what)
-        except _Eof as err:
-            raise VerifyError(f"{self.where} closed the connection {what}.", True) from err
-        except socket.timeout as err:
-            raise VerifyError(f"{self.where} stalled {what}.") from err
-        except OSError as err:
-            raise VerifyError(
-                f"{self.where} dropped the connection {what}: {err.strerror or err}.",
-                retryable=True,
-            ) from err
-
-    def read_line(self, what: str) -> str:
-        """One line without its CRLF (bare LF tolerated), within the size limits."""
-        while True:
-            end = self.buf.find(b"\n")
-            if end >= 0:
-                line, self.buf = self.buf[:end], self.buf[end + 1 :]
-                if len(line) > _MAX_LINE:
-                    break
-                return line.rstrip(b"\r").decode("utf-8", "replace")
-            if len(self.buf) > _MAX_LINE:
-                break
-            data = self._recv(what)
-            if not data:
-                raise VerifyError(
-                    f"{self.where} closed the connection {what}.", retryable=True, kind="closed"
-                )
-            self.total += len(data)
-            if self.total > _MAX_TOTAL:
-                raise VerifyError(
-                    f"{self.where} sent more than {_MAX_TOTAL // 1024} KiB {what}, "
-                    "which no mail server does."
-                )
-            self.buf += data
-        raise VerifyError(f"{self.where} sent a line longer than {_MAX_LINE} bytes {what}.")
-
-    # -- TLS
-
-    def refuse_early_data(self, command: str) -> None:
-        """Fail if the server sent anything after its reply to STARTTLS/STLS.
-
-        Such bytes would be taken for post-handshake data by a careless client
-        (CVE-2011-0411 class); a correct server stays silent until the ClientHello.
-        """
-        early = len(self.buf)
-        if not early and _wait(self.sock, False, min(_EARLY_DATA_WINDOW, self.timeout)):
-            try:
-                early = len(self.sock.recv(1, socket.MSG_PEEK))
-            except OSError:
-                early = 0
-            if not early:
-                raise VerifyError(
-                    f"{self.where} closed the connection right after accepting {command}.",
-                    retryable=True,
-                    kind="closed",
-                )
-        if early:
-            raise VerifyError(
-                f"{self.where} sent data before the TLS handshake (after its {command} reply),"
-                " so plaintext could be passed off as encrypted - refusing to trust it.",
-                kind="early-data",
-            )
-
-    def start_tls(self, sni: str | None) -> None:
-        """Handshake (SNI only for DNS names) and record the served chain."""
-        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        # No trust store: the served certificate is compared by fingerprint instead.
-        ctx.set_verify(SSL.VERIFY_NONE)
-        if self.tls_version == "legacy":
-            ctx.set_min_proto_version(SSL.TLS1_VERSION)
-            ctx.set_max_proto_version(SSL.TLS1_1_VERSION)
-            ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-        elif self.tls_version is not None:
-            pinned = SSL.TLS1_3_VERSION if self.tls_version == "TLSv1.3" else SSL.TLS1_2_VERSION
-            ctx.set_min_proto_version(pinned)
-            ctx.set_max_proto_version(pinned)
-        if self.key_type:
-            _offer_only(ctx, self.key_type)
-        conn = SSL.Connection(ctx, self.sock)
-        if sni and not _is_ip(sni):
-            try:
-                conn.set_tlsext_host_name(_a_label(sni).encode("ascii"))
-            except UnicodeError as err:
-                raise VerifyError(f"Cannot send {sni!r} as SNI to {self.where}.") from err
-        conn.set_connect_state()
-        try:
-            self._tls_call(conn.do_handshake, "during the TLS handshake")
-        except _Eof as err:
-            raise VerifyError(
-                f"{self.where} closed the connection during the TLS handshake.", True, "closed"
-            ) from err
-        leaf = conn.get_peer_certificate()
-        if leaf is None:
-            raise VerifyError(f"{self.where} completed the TLS handshake without a certificate.")
-        self.leaf_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)
-        chain = conn.get_peer_cert_chain() or []
-        self.chain_der = [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]
-        if not self.chain_der:
-            self.chain_der = [self.leaf_der]
-        self.protocol = conn.get_protocol_version_name()
-        self.tls = conn
-
-    def quit(self, send_quit: Callable[[], object]) -> None:
-        """Say goodbye politely; errors no longer matter at this point."""
-        self.timeout = min(self.timeout, _QUIT_TIMEOUT)
-        try:
-            send_quit()
-        except (VerifyError, OSError, SSL.Error):
-            pass
-
-    # -- SMTP
-
-    def smtp_reply(self, what: str) -> tuple[int, list[str]]:
-        """A complete (multi-line) SMTP reply: code and the text of each line."""
-        code = ""
-        texts: list[str] = []
-        while True:
-            line = self.read_line(what)
-            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
-                raise VerifyError(
-                    f"{self.where} sent {_printable(line)!r} {what}, which is not an SMTP reply."
-                )
-            if code and line[:3] != code:
-                raise VerifyError(
-                    f"{self.where} mixed reply codes {code} and {line[:3]} in one reply {what}."
-                )
-            code = line[:3]
-            texts.append(line[4:])
-            if line[3:4] != "-":
-                return int(code), texts
-
-    def ehlo(self, name: str) -> list[str]:
-        """EHLO and its keywords (the reply lines after the first)."""
-        self.send(f"EHLO {name}")
-        code, texts = self.smtp_reply("after EHLO")
-        if code != 250:
-            raise VerifyError(
-                f"{self.where} answered EHLO with {_printable(f'{code} {texts[0]}')!r}."
-            )
-        return texts[1:]
-
-    def local_name(self) -> str:
-        # An address literal needs no DNS lookup (socket.getfqdn() can hang).
-        address = str(self.sock.getsockname()[0]).split("%", 1)[0]
-        return f"[IPv6:{address}]" if ":" in address else f"[{address}]"
-
-    # -- IMAP
-
-    def imap_command(self, command: str, what: str) -> tuple[str, str, list[str]]:
-        """Send a tagged command; return its status, text and the untagged lines."""
-        self.tag += 1
-        tag = f"a{self.tag}"
-        self.send(f"{tag} {command}")
-        untagged: list[str] = []
-        while True:
-            line = self.read_line(what)
-            if line.startswith("* "):
-                if line[2:6].upper() == "BYE ":
-                    raise VerifyError(
-                        f"{self.where} ended the session {what}: {_printable(line)!r}."
-                    )
-                untagged.append(line[2:])
-                continue
-            head, _, rest = line.partition(" ")
-            if head != tag:
-                raise VerifyError(
-                    f"{self.where} sent {_printable(line)!r} {what}, which is not an IMAP reply."
-                )
-            status, _, text = rest.partition(" ")
-            return status.upper(), text, untagged
-
-    def imap_capability(self) -> list[str]:
-        status, text, untagged = self.imap_command("CAPABILITY", "after CAPABILITY")
-        if status != "OK":
-            raise VerifyError(
-                f"{self.where} answered CAPABILITY with {_printable(status + ' ' + text)!r}."
-            )
-        for line in untagged:
-            words = line.split()
-            if words and words[0].upper() == "CAPABILITY":
-                return words[1:]
-        return _imap_code_capabilities(text)
-
-    # -- POP3
-
-    def pop3_capa(self) -> list[str]:
-        """CAPA lines; [] when the server does not know CAPA (-ERR)."""
-        self.send("CAPA")
-        status = self.read_line("after CAPA")
-        if status.startswith("-ERR"):
-            return []
-        if not status.startswith("+OK"):
-            raise VerifyError(
-                f"{self.where} sent {_printable(status)!r} after CAPA, which is not a POP3 reply."
-            )
-        lines: list[str] = []
-        while True:
-            line = self.read_line("after CAPA")
-            if line == ".":
-                return lines
-            lines.append(line[1:] if line.startswith("..") else line)
-
-
-def _imap_code_capabilities(text: str) -> list[str]:
-    """Atoms of a [CAPABILITY ...] response code, e.g. in Dovecot's greeting."""
-    match = re.search(r"\[CAPABILITY ([^\]]*)\]", text, re.IGNORECASE)
-    return match.group(1).split() if match else []
-
-
-def _has_keyword(capabilities: Iterable[str], keyword: str) -> bool:
-    return any(cap.split()[:1] == [keyword] for cap in (c.upper() for c in capabilities))
-
-
-def _smtp(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[str], list[str]]:
-    if not starttls:
-        conv.start_tls(sni)
-    code, texts = conv.smtp_reply("while waiting for the greeting")
-    if code != 220:
-        raise VerifyError(
-            f"{conv.where} greeted with {_printable(f'{code} {texts[0]}')!r} instead of 220.",
-            kind="greeting",
-        )
-    name = conv.local_name()
-    caps = conv.ehlo(name)
-    before: list[str] = []
-    if starttls:
-        before = caps
-        if not _has_keyword(caps, "STARTTLS"):
-            raise VerifyError(
-                f"{conv.where} does not advertise STARTTLS in its EHLO reply.", kind="no-starttls"
-            )
-        conv.send("STARTTLS")
-        code, texts = conv.smtp_reply("after STARTTLS")
-        if code != 220:
-            raise VerifyError(
-                f"{conv.where} answered STARTTLS with {_printable(f'{code} {texts[0]}')!r}"
-                " instead of 220.",
-                kind="starttls-refused",
-            )
-        conv.refuse_early_data("STARTTLS")
-        conv.start_tls(sni)
-        caps = conv.ehlo(name)
-
-    def bye() -> None:
-        conv.send("QUIT")
-        conv.smtp_reply("after QUIT")
-
-    conv.quit(bye)
-    return before, caps
-
-
-def _imap(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[str], list[str]]:
-    if not starttls:
-        conv.start_tls(sni)
-    greeting = conv.read_line("while waiting for the greeting")
-    if not greeting.upper().startswith("* OK"):
-        raise VerifyError(
-            f"{conv.where} greeted with {_printable(greeting)!r} instead of * OK.", kind="greeting"
-        )
-    caps = conv.imap_capability() or _imap_code_capabilities(greeting)
-    before: list[str] = []
-    if starttls:
-        before = caps
-        if "STARTTLS" not in (c.upper() for c in caps):
-            raise VerifyError(
-                f"{conv.where} does not advertise STARTTLS in its capabilities.",
-                kind="no-starttls",
-            )
-        status, text, _ = conv.imap_command("STARTTLS", "after STARTTLS")
-        if status != "OK":
-            raise VerifyError(
-                f"{conv.where} answered STARTTLS with {_printable(status + ' ' + text)!r}"
-                " instead of OK.",
-                kind="starttls-refused",
-            )
-        conv.refuse_early_data("STARTTLS")
-        conv.start_tls(sni)
-        caps = conv.imap_capability()
-    conv.quit(lambda: conv.imap_command("LOGOUT", "after LOGOUT"))
-    return before, caps
-
-
-def _pop3(conv: _Conversation, starttls: bool, sni: str | None) -> tuple[list[str], list[str]]:
-    if not starttls:
-        conv.start_tls(sni)
-    greeting = conv.read_line("while waiting for the greeting")
-    if not greeting.startswith("+OK"):
-        raise VerifyError(
-            f"{conv.where} greeted with {_printable(greeting)!r} instead of +OK.", kind="greeting"
-        )
-    caps = conv.pop3_capa()
-    before: list[str] = []
-    if starttls:
-        before = caps
-        if not _has_keyword(caps, "STLS"):
-            raise VerifyError(
-                f"{conv.where} does not advertise STLS in its CAPA reply.", kind="no-starttls"
-            )
-        conv.send("STLS")
-        reply = conv.read_line("after STLS")
-        if not reply.startswith("+OK"):
-            raise VerifyError(
-                f"{conv.where} answered STLS with {_printable(reply)!r} instead of +OK.",
-                kind="starttls-refused",
-            )
-        conv.refuse_early_data("STLS")
-        conv.start_tls(sni)
-        caps = conv.pop3_capa()
-
-    def bye() -> None:
-        conv.send("QUIT")
-        conv.read_line("after QUIT")
-
-    conv.quit(bye)
-    return before, caps
-
-
-_PROTOCOLS = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}
-
-
-# Signature algorithms a client offers to be served one key type only (TLS 1.2 and 1.3).
-SIGALGS = {
-    "ecdsa": b"ECDSA+SHA256:ECDSA+SHA384:ECDSA+SHA512",
-    "rsa": b"RSA-PSS+SHA256:RSA-PSS+SHA384:RSA-PSS+SHA512:RSA+SHA256:RSA+SHA384:RSA+SHA512",
-}
-
-
-def _offer_only(ctx: SSL.Context, key_type: str) -> None:
-    """Offer only ``key_type``'s signature algorithms, as an ECDSA-only or RSA-only client
-    would (pyOpenSSL has no public call for it; cryptography binds OpenSSL's)."""
-    from OpenSSL._util import lib  # private, but the very binding pyOpenSSL uses
-
-    raw = ctx._context  # the SSL_CTX pointer
-    if key_type not in SIGALGS or not lib.SSL_CTX_set1_sigalgs_list(raw, SIGALGS[key_type]):
-        raise VerifyError(f"Cannot offer only {key_type} signature algorithms.")
-
-
-def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0,
-              tls_version: str | None = None, key_type: str | None = None) -> Handshake:
-    """Connect, negotiate TLS as the endpoint is configured, and report what was served.
-
-    SNI is sent only when ``sni`` is a DNS name. Nothing is ever pipelined. Raises
-    VerifyError when nothing listens, the protocol exchange fails, STARTTLS is missing
-    or refused, the server sends data before the handshake, or TLS fails.
-    ``tls_version`` (one of TLS_VERSIONS) pins the protocol version offered;
-    ``key_type`` ("rsa", "ecdsa") offers only that key type's signature algorithms.
-    """
-    run = _PROTOCOLS.get(endpoint.protocol)
-    if run is None or endpoint.tls not in ("starttls", "implicit"):
-        raise VerifyError(
-            f"Cannot check {_where(endpoint)}: unknown protocol {endpoint.protocol!r} "
-            f"or TLS mode {endpoint.tls!r}."
-        )
-    sock = _connect(endpoint, timeout)
-    try:
-        conv = _Conversation(endpoint, sock, timeout, tls_version, key_type)
-        before, after = run(conv, endpoint.tls == "starttls", sni)
-        return Handshake(conv.leaf_der, conv.chain_der, before, after, conv.protocol)
-    finally:
-        sock.close()
-
-
-def smtp_before_tls(endpoint: Endpoint, timeout: float = 10.0) -> PlaintextSmtp:
-    """What an SMTP STARTTLS port offers and accepts before TLS: EHLO, then
-    ``MAIL FROM:<>`` (no RCPT follows, so nothing is ever sent), then QUIT."""
-    sock = _connect(endpoint, timeout)
-    try:
-        conv = _Conversation(endpoint, sock, timeout)
-        code, texts = conv.smtp_reply("while waiting for the greeting")
-        if code != 220:
-            raise VerifyError(
-                f"{conv.where} greeted with {_printable(f'{code} {texts[0]}')!r} instead of 220.",
-                kind="greeting",
-            )
-        keywords = conv.ehlo(conv.local_name())
-        conv.send("MAIL FROM:<>")
-        mail_code, mail_texts = conv.smtp_reply("after MAIL FROM")
-
-        def bye() -> None:
-            conv.send("QUIT")
-            conv.smtp_reply("after QUIT")
-
-        conv.quit(bye)
-        return PlaintextSmtp(keywords, mail_code, _printable(" ".join(mail_texts)))
-    finally:
-        sock.close()
-
-
-def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
-    try:
-        sock = socket.create_connection((endpoint.address, endpoint.port), timeout=timeout)
-    except ConnectionRefusedError as err:
-        raise VerifyError(
-            f"Nothing listens on {_where(endpoint)}: connection refused"
-            " - is the service running and listening there?",
-            retryable=True,
-            kind="refused",
-        ) from err
-    except socket.timeout as err:
-        raise VerifyError(
-            f"Connecting to {_where(endpoint)} timed out after {timeout:g} s"
-            " - is a firewall dropping it?",
-            kind="timeout",
-        ) from err
-    except OSError as err:
-        raise VerifyError(
-            f"Cannot connect to {_where(endpoint)}: {err.strerror or err}.", kind="refused"
-        ) from err
-    return sock
 
 
 # --- verdict ----------------------------------------------------------------------------
