@@ -150,9 +150,13 @@ def not_after(cert: x509.Certificate) -> datetime.datetime:
     return value
 
 
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_der(cert: x509.Certificate) -> str:
     """Hex SHA-256 of a certificate's DER, the fingerprint verification compares."""
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return sha256_hex(cert.public_bytes(serialization.Encoding.DER))
 
 
 def _read(path: str, what: str, domain: str) -> bytes:

@@ -724,11 +724,7 @@ def endpoints_from_doveconf(text: str, verify_address: str) -> list[Endpoint]:
     return result
 
 
-def parse_version(text: str) -> tuple[int, ...]:
-    """``2.3.19.1 (9b53102964)`` -> (2, 3, 19, 1); ``2.4.1-4 (7d8c0e5759)`` -> (2, 4, 1)."""
-    token = text.strip().split()[0] if text.strip() else ""
-    numbers = re.findall(r"\d+", token.split("-")[0])
-    return tuple(int(n) for n in numbers) or (0,)
+parse_version = process.version_tuple
 
 
 # --- which dovecot.conf -----------------------------------------------------------------

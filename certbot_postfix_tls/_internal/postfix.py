@@ -110,10 +110,7 @@ def _yes(value: str) -> bool:
     return value.strip().lower() in ("yes", "true", "1")
 
 
-def parse_version(text: str) -> tuple[int, ...]:
-    """``3.7.11`` -> (3, 7, 11); snapshot suffixes are ignored."""
-    numbers = re.findall(r"\d+", text.split("-")[0])
-    return tuple(int(n) for n in numbers[:3]) or (0,)
+parse_version = process.version_tuple
 
 
 def resolve_port(port_name: str) -> Optional[int]:

@@ -10,6 +10,7 @@ import locale
 import logging
 import os
 import pty
+import re
 import selectors
 import shutil
 import subprocess
@@ -242,3 +243,10 @@ def last_line(text: str) -> str:
     """The last non-empty line of a command's output, the one that usually says why."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """A tool's version as numbers: ``3.7.11`` -> (3, 7, 11), ``2.3.19.1 (9b53102964)``
+    -> (2, 3, 19, 1), ``2.4.1-4 (7d8c0e5759)`` -> (2, 4, 1); (0,) when there is none."""
+    token = text.strip().split()[0] if text.strip() else ""
+    return tuple(int(n) for n in re.findall(r"\d+", token.split("-")[0])) or (0,)

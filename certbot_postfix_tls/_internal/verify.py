@@ -8,7 +8,6 @@ summaries of failures. The connection itself is ``tls_client`` (transport) and
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -22,6 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from certbot_postfix_tls._internal import certs
 from certbot_postfix_tls._internal.dialogues import (
     Handshake,
     PlaintextSmtp,
@@ -70,9 +70,6 @@ WARN_DAYS = 14
 
 _RETRY_INTERVAL = 0.2
 
-_PEM_CERT = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
-)
 
 
 
@@ -102,14 +99,10 @@ class ExpectedCert:
                 data = handle.read()
         except OSError as err:
             raise VerifyError(f"Cannot read {path}: {err.strerror or err}.") from err
-        # load_pem_x509_certificates() needs cryptography >= 39; Debian 12 ships 38.
-        blocks = _PEM_CERT.findall(data)
-        if not blocks:
-            raise VerifyError(f"{path} contains no PEM certificate.")
         try:
-            ders = [x509.load_pem_x509_certificate(b).public_bytes(Encoding.DER) for b in blocks]
+            ders = [cert.public_bytes(Encoding.DER) for cert in certs.load_pem_chain(data)]
         except ValueError as err:
-            raise VerifyError(f"{path} contains an unreadable certificate: {err}.") from err
+            raise VerifyError(f"{path} holds no readable PEM certificate ({err}).") from err
         info = _cert_info(ders[0])
         if info is None:
             raise VerifyError(f"{path} starts with an unreadable certificate.")
@@ -248,16 +241,10 @@ def certificate_covers(names: Iterable[str], hostname: str) -> bool:
 # --- certificates -----------------------------------------------------------------------
 
 
-def _sha256(der: bytes) -> str:
-    return hashlib.sha256(der).hexdigest()
+_sha256 = certs.sha256_hex
 
 
-def _not_after(cert: x509.Certificate) -> datetime:
-    # not_valid_after_utc appeared in cryptography 42; older releases return naive UTC.
-    value = getattr(cert, "not_valid_after_utc", None)
-    if isinstance(value, datetime):
-        return value
-    return cert.not_valid_after.replace(tzinfo=timezone.utc)
+_not_after = certs.not_after
 
 
 def _cert_info(der: bytes) -> _CertInfo | None:
