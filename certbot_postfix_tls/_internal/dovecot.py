@@ -32,12 +32,12 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import certs, process
+from certbot_postfix_tls._internal import certs, constants, process
 from certbot_postfix_tls._internal.verify import Endpoint, choose_address
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = "/etc/dovecot/dovecot.conf"
+DEFAULT_CONFIG = constants.CLI_DEFAULTS["dovecot_config"]
 # Where packaged Dovecots keep dovecot.conf: Debian/Ubuntu and RHEL/Fedora, then the
 # FreeBSD port (built with --sysconfdir=/usr/local/etc). Looked at, in this order, when
 # the file doveconf was built to read does not exist.

@@ -42,11 +42,11 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import certs, process
+from certbot_postfix_tls._internal import certs, constants, process
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KEY_GROUP = "ssl-cert"  # Debian's convention (package ssl-cert)
+DEFAULT_KEY_GROUP = constants.CLI_DEFAULTS["key_group"]
 KEY_MAX_MODE = 0o640
 KEY_MIN_MODE = 0o440  # the key group must be able to read the key, or the group is pointless
 DIR_MODE = 0o750  # a deployed lineage's dirs: owner rwx, key group traverse + list, no other

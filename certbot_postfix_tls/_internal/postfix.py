@@ -17,7 +17,7 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import process
+from certbot_postfix_tls._internal import constants, process
 from certbot_postfix_tls._internal.verify import (
     LOOPBACKS,
     WILDCARDS,
@@ -675,7 +675,8 @@ def endpoints(
 
 
 def unchecked_endpoints(
-    config: PostfixConfig, ports: Optional[Sequence[int]] = None, verify_address: str = "127.0.0.1"
+    config: PostfixConfig, ports: Optional[Sequence[int]] = None,
+    verify_address: str = constants.CLI_DEFAULTS["verify_address"],
 ) -> list[tuple[str, str]]:
     """(label, why) of every inet smtpd/postscreen service a deploy does not verify."""
     result: list[tuple[str, str]] = []
