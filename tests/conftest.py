@@ -94,7 +94,9 @@ def certbot_pythons() -> list[tuple[str, str]]:
 def once(request: pytest.FixtureRequest, why: str) -> None:
     """Run a test with the newest certbot only: what it exercises does not depend on
     certbot's version, and the suite has a time budget."""
-    if "[debian]" in request.node.name:
+    callspec = getattr(request.node, "callspec", None)
+    flavor = callspec.params.get("certbot", ("",))[0] if callspec else ""
+    if flavor == "debian" or "[debian]" in request.node.name:
         pytest.skip(f"runs with the newest certbot only: {why}")
 
 
