@@ -66,6 +66,7 @@ TLS_PARAMS = (
     "cyrus_sasl_config_path",
     "smtp_tls_chain_files",
     "smtp_tls_cert_file",
+    "smtp_tls_key_file",
     "smtp_tls_security_level",
     "smtp_enforce_tls",
     "smtp_use_tls",
@@ -278,7 +279,8 @@ def log_says(servers: Servers, service: str, pattern: Optional[re.Pattern[str]] 
                         break
                 found = verify._printable(found or last, 240)
         if found or time.monotonic() >= deadline:
-            return found
+            # Dovecot appends the session's details: not part of the reason.
+            return re.sub(r":? user=<[^>]*>, rip=.*$", "", found)
         fresh = True
         time.sleep(0.25)
 
@@ -586,8 +588,11 @@ def _is_root() -> bool:
 
 
 def _ports(probes: Sequence[Probe]) -> str:
+    """``port 25 (postfix smtp)`` or ``ports 143 (dovecot imap), 993 (dovecot imaps)``."""
     wheres = list(dict.fromkeys(p.where for p in probes))
-    return ("ports " if len(wheres) > 1 else "") + ", ".join(wheres)
+    if len(wheres) == 1:
+        return wheres[0]
+    return "ports " + ", ".join(where[len("port "):] for where in wheres)
 
 
 # --- 1. chain --------------------------------------------------------------------------
@@ -891,7 +896,8 @@ def expiry_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
         if days < 0:
             checks.append(Check("expiry", "CRITICAL",
                                 f"{_ports(members)} serve{'s' if len(members) == 1 else ''} "
-                                f"{what}, which expired {_day(end)} ({-days} day(s) ago); "
+                                f"{what}, which expired {_day(end)} "
+                                f"({(now - end).days} day(s) ago); "
                                 f"fix: {fix}"))
         else:
             checks.append(Check("expiry", "WARNING",
@@ -967,16 +973,16 @@ def protocol_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
         where, verdict, fix = _protocol_setting(servers, item)
         tls12, tls13 = item.versions.get("TLSv1.2"), item.versions.get("TLSv1.3")
         if verdict or (tls12 is False and tls13 is False):
-            legacy = (", and speak only TLS 1.0/1.1, which current clients refuse"
+            legacy = ("; only TLS 1.0/1.1 works, which current clients refuse"
                       if item.versions.get("legacy") else "")
-            observed = (f"fail a TLS 1.2 and a TLS 1.3 handshake{legacy}"
-                        if tls12 is False and tls13 is False else "cannot do TLS 1.2 or 1.3")
+            observed = (f"TLS 1.2 and TLS 1.3 handshakes fail{legacy}"
+                        if tls12 is False and tls13 is False else "TLS 1.2 and 1.3 are off")
             because = f" ({verdict})" if verdict else ""
             groups.setdefault(("CRITICAL", f"{observed}: decided by {where}{because}", fix),
                               []).append(item)
         elif tls12 is False and tls13:
-            groups.setdefault(("WARNING", "accept TLS 1.3 only: servers and clients limited "
-                                          f"to TLS 1.2 cannot use TLS with them; decided by "
+            groups.setdefault(("WARNING", "only TLS 1.3 works: servers and clients limited "
+                                          f"to TLS 1.2 cannot use TLS here; decided by "
                                           f"{where}", fix), []).append(item)
     checks = [Check("tls-protocols", status, f"{_ports(members)}: {what}; fix: {fix}")
               for (status, what, fix), members in groups.items()]
