@@ -775,6 +775,10 @@ def running_checks(servers: Servers) -> list[Check]:
                                 "skipped: this user cannot read Postfix's pid file; the "
                                 "handshakes show whether it answers"))
     imap = servers.imap
+    if imap is not None and not _is_root():
+        checks.append(Check("dovecot-config", "OK",
+                            "skipped: Dovecot's full configuration check (doveconf -x) reads "
+                            "its key files, which only root can; run doctor as root"))
     if imap is not None and servers.dovecot_running is False:
         problem = _dovecot_start_problem(servers)
         if problem:
