@@ -43,6 +43,7 @@ from certbot_postfix_tls._internal import (
     hooks,
     postfix,
     process,
+    services,
     verify,
 )
 from certbot_postfix_tls._internal.state import State
@@ -807,15 +808,32 @@ def _leaf_of(path: str) -> Optional[x509.Certificate]:
     return found[0] if found else None
 
 
-def _newest(servers: Servers, setting: CertSetting) -> tuple[Optional[x509.Certificate], str]:
-    """The newest certificate of the lineage a setting points into, and its file."""
+@dataclass(frozen=True)
+class _Newest:
+    """The newest certificate of a lineage: fingerprint, expiry, and its file."""
+
+    sha256: str
+    not_after: datetime
+    path: str
+
+
+def _newest(servers: Servers, setting: CertSetting) -> Optional[_Newest]:
+    """The newest certificate of the lineage a setting points into; None when there is
+    none, or this user cannot read it (and the plugin recorded nothing)."""
     lineage = lineage_of(servers, setting.path)
     if lineage is None:
-        return None, ""
+        return None
     name, live = lineage
     deployed = servers.state.lineages.get(name)
-    path = deployed.fullchain_path if deployed else os.path.join(live, "cert.pem")
-    return _leaf_of(path), path
+    if deployed is not None:  # readable, or the fingerprints recorded at the last deploy
+        try:
+            expected = services.expected_cert(deployed)
+        except verify.VerifyError:
+            return None
+        return _Newest(expected.leaf_sha256, expected.not_after, deployed.fullchain_path)
+    path = os.path.join(live, "cert.pem")
+    leaf = _leaf_of(path)
+    return _Newest(certs.sha256_der(leaf), certs.not_after(leaf), path) if leaf else None
 
 
 def _day(moment: datetime) -> str:
@@ -831,33 +849,31 @@ def stale_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
         setting = serving_setting(servers, item)
         if setting is None or lineage_of(servers, setting.path) is None:
             continue
-        newest, newest_path = _newest(servers, setting)
-        if newest is None:
-            skipped = True
-            continue
+        newest = _newest(servers, setting)
         served = _load_der(item.shake.leaf_der)
-        if served is None or newest.public_bytes(serialization.Encoding.DER) \
-                == item.shake.leaf_der:
+        if newest is None or served is None:
+            skipped = skipped or newest is None
             continue
-        served_end, newest_end = certs.not_after(served), certs.not_after(newest)
-        if served_end >= newest_end:
+        served_end = certs.not_after(served)
+        if newest.sha256 == certs.sha256_der(served) or served_end >= newest.not_after:
             continue
         configured = _leaf_of(setting.path)
-        if configured is not None and \
-                certs.sha256_der(configured) == verify._sha256(item.shake.leaf_der):
+        if configured is not None and certs.sha256_der(configured) == certs.sha256_der(served):
             # The file itself is old (archive/NAME/certN.pem): point at live/.
             if setting.name == "smtpd_tls_chain_files":
                 fix = install_fix(servers)
             else:
-                live = os.path.join(os.path.dirname(newest_path), "fullchain.pem")
+                live = os.path.join(os.path.dirname(newest.path), "fullchain.pem")
                 fix = f"{setting.assign([(setting.name, live)])}, then {setting.reload}"
-        else:
+        elif configured is not None:
             fix = f"{setting.reload} (the configured file already holds the newest)"
+        else:
+            fix = setting.reload
         checks.append(Check(
             "stale-certificate", "CRITICAL",
             f"{item.where} serves a certificate that expires {_day(served_end)}, older than "
-            f"the newest of its lineage ({newest_path}, expires {_day(newest_end)}): renewed "
-            f"but never loaded; fix: {fix}"))
+            f"the newest of its lineage ({newest.path}, expires {_day(newest.not_after)}): "
+            f"renewed but never loaded; fix: {fix}"))
     if skipped and not checks:
         checks.append(Check("stale-certificate", "OK",
                             "skipped: the lineages' newest certificates are readable by root "
@@ -970,13 +986,15 @@ def _protocol_setting(servers: Servers, item: Probe) -> tuple[str, str, str]:
 
 
 def protocol_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
-    """Ports that fail TLS 1.2 and 1.3 (or whose settings exclude both): CRITICAL;
-    TLS 1.3 only: WARNING. One line per deciding setting."""
+    """Ports that fail TLS 1.2 and 1.3 but speak an older version, or whose settings
+    exclude both: CRITICAL; TLS 1.3 only: WARNING. One line per deciding setting."""
     groups: dict[tuple[str, str, str], list[Probe]] = {}
     for item in probes:
         where, verdict, fix = _protocol_setting(servers, item)
         tls12, tls13 = item.versions.get("TLSv1.2"), item.versions.get("TLSv1.3")
-        if verdict or (tls12 is False and tls13 is False):
+        # When nothing works at all, the protocols are not the reason (a key or
+        # certificate file is, which certificate-files and the port's own line name).
+        if verdict or (tls12 is False and tls13 is False and item.versions.get("legacy")):
             legacy = ("; only TLS 1.0/1.1 works, which current clients refuse"
                       if item.versions.get("legacy") else "")
             observed = (f"TLS 1.2 and TLS 1.3 handshakes fail{legacy}"
@@ -1038,10 +1056,18 @@ def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             postfix.effective_smtpd_level(config.main))
         accepted = [p for p in _probes_of(probes, servers, service)
                     if p.plain is not None and p.plain.mail_code == 250]
-        if level.lower() not in ("encrypt", "verify", "secure") or accepted:
-            seen = (f"; {_ports(accepted)} accepted MAIL FROM before STARTTLS "
-                    f"({accepted[0].plain.mail_code} {accepted[0].plain.mail_reply})"
-                    if accepted and accepted[0].plain else "")
+        seen = (f"{_ports(accepted)} accepted MAIL FROM before STARTTLS "
+                f"({accepted[0].plain.mail_code} {accepted[0].plain.mail_reply})"
+                if accepted and accepted[0].plain else "")
+        mandatory = level.lower() in ("encrypt", "verify", "secure")
+        if mandatory and accepted:
+            checks.append(Check(
+                "submission-tls", "CRITICAL",
+                f"{seen}, although master.cf service {service.key} has "
+                f"smtpd_tls_security_level={level}: something else answers on 587 (a proxy in "
+                "front of Postfix?); fix: make 587 reach this service, or require TLS there"))
+        elif not mandatory:
+            seen = f"; {seen}" if seen else ""
             checks.append(Check(
                 "submission-tls", "CRITICAL",
                 f"master.cf service {service.key} (port 587) runs with "
@@ -1072,6 +1098,12 @@ def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             if _has_auth(item.shake.capabilities_after_tls):
                 checks.append(Check("submission-auth", "OK",
                                     f"{item.where} offers AUTH only after STARTTLS"))
+            elif _yes(_param(servers, owner, "smtpd_sasl_auth_enable")[0]):
+                checks.append(Check(
+                    "submission-auth", "WARNING",
+                    f"{item.where} offers no AUTH after STARTTLS although master.cf service "
+                    f"{owner.key} enables SASL: its backend offers no mechanism, so nobody can "
+                    "log in to send mail; fix: what sasl-backend says"))
             else:
                 checks.append(Check(
                     "submission-auth", "WARNING",
@@ -1175,7 +1207,7 @@ def sasl_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             reason, checked = _socket_problem(socket_path)
             skipped = not checked
             if reason:
-                problem = (f"Dovecot's auth socket {reason.replace(socket_path, socket_path)}: "
+                problem = (f"Dovecot's auth socket {reason}: "
                            "smtpd dies with 'no SASL authentication mechanisms'")
                 example = ("/etc/dovecot/conf.d/10-master.conf" if servers.imap is None else
                            os.path.join(os.path.dirname(servers.imap.config_file), "conf.d",
@@ -1478,15 +1510,15 @@ def endpoint_results(servers: Servers, probes: Sequence[Probe]) -> list[verify.E
         leaf = _load_der(item.shake.leaf_der)
         served = verify._sha256(item.shake.leaf_der)
         setting = serving_setting(servers, item)
-        newest = _newest(servers, setting)[0] if setting else None
-        expected = certs.sha256_der(newest) if newest is not None else served
+        newest = _newest(servers, setting) if setting else None
+        expected = newest.sha256 if newest is not None else served
         end = certs.not_after(leaf) if leaf is not None else None
         days = int((end - now).total_seconds() // 86400) if end else None
         complete = chain_complete(item.shake)
         problems = []
         if not complete:
             problems.append("serves the certificate without its intermediate")
-        if expected != served and newest is not None and end and end < certs.not_after(newest):
+        if expected != served and newest is not None and end and end < newest.not_after:
             problems.append("serves an older certificate than its lineage's newest "
                             f"(renewed, not loaded: {reload_of(endpoint)})")
         if days is not None and days < 0:
