@@ -92,6 +92,12 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         add("verify-ports", default="auto", metavar="LIST",
             help="Comma list of the ports the check verifies (default: auto, every "
                  "public TLS port; loopback-only content-filter/proxy ports are skipped).")
+        add("dovecot-sessions", default=None, choices=dovecot.SESSION_MODES,
+            help="What Dovecot's reload at every renewal does to established IMAP/POP3 "
+                 "sessions: cut (Dovecot's default: every mail client reconnects) or keep "
+                 "(puts shutdown_clients = no in the plugin's Dovecot file unless your "
+                 "configuration sets shutdown_clients; then `dovecot stop` also leaves "
+                 "sessions running). Default: what the last deploy recorded, else cut.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -309,6 +315,8 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         state.verify = bool(self.conf("verify"))
         state.verify_address = str(self.conf("verify-address"))
         state.verify_ports = postfix.parse_ports(str(self.conf("verify-ports")))
+        if self.conf("dovecot-sessions"):  # unset: what an earlier deploy recorded stays
+            state.dovecot_sessions = str(self.conf("dovecot-sessions"))
         if dovecot_sasl and not state.sasl_listener:
             state.sasl_listener = postfix.dovecot_socket(config)
         if config.version >= (3, 4):

@@ -11,6 +11,7 @@ CLI_DEFAULTS = {
     "dovecot_config": "/etc/dovecot/dovecot.conf",
     "key_group": "ssl-cert",  # Debian's convention (package ssl-cert)
     "verify_address": "127.0.0.1",
+    "dovecot_sessions": "cut",  # Dovecot's own behaviour: a reload ends IMAP/POP3 sessions
 }
 
 # <config-dir>/postfix-tls/: everything the plugin owns under certbot's directory.

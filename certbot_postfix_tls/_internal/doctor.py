@@ -17,7 +17,14 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import diagnose, hooks, permissions, services, verify
+from certbot_postfix_tls._internal import (
+    diagnose,
+    dovecot,
+    hooks,
+    permissions,
+    services,
+    verify,
+)
 from certbot_postfix_tls._internal.diagnose import Check
 from certbot_postfix_tls._internal.state import State
 
@@ -83,6 +90,41 @@ def _plugin_checks(config_dir: str, state: State) -> list[Check]:
     return checks
 
 
+def _session_checks(servers: diagnose.Servers) -> list[Check]:
+    """How many established IMAP/POP3 sessions Dovecot's next reload (the next renewal)
+    cuts, and which --postfix-tls-dovecot-sessions mode is in effect."""
+    imap, state = servers.imap, servers.state
+    if imap is None or not servers.dovecot_running:
+        return []
+    try:
+        mode = imap.session_mode()
+    except errors.Error as exc:
+        return [Check("dovecot-sessions", "UNKNOWN", str(exc))]
+    keep = mode == dovecot.SESSIONS_KEEP
+    where = f"shutdown_clients = {'no' if keep else 'yes'} in {imap.config_file}"
+    if state.dovecot_config and state.dovecot_sessions != mode:
+        where += (f", your own setting: --postfix-tls-dovecot-sessions "
+                  f"{state.dovecot_sessions} adds nothing")
+    if os.geteuid() != 0:
+        counted = ("the established sessions (skipped counting them: doveadm who needs "
+                   "root; run doctor as root)")
+    else:
+        try:
+            found = imap.sessions()
+        except errors.Error as exc:
+            counted = f"the established sessions (not counted: {exc})"
+        else:
+            detail = ", ".join(f"{proto} {n}" for proto, n in sorted(found.items()))
+            counted = f"{sum(found.values())} established sessions ({detail or 'none'})"
+    if keep:
+        message = (f"mode keep ({where}): the next reload (renewal) keeps {counted}; "
+                   "`dovecot stop` leaves them running too")
+    else:
+        message = (f"mode cut ({where}): the next reload (renewal) cuts {counted}, and "
+                   "their clients reconnect; --postfix-tls-dovecot-sessions keep keeps them")
+    return [Check("dovecot-sessions", "OK", message)]
+
+
 def run(config_dir: str, postfix_dir: Optional[str] = None,
         dovecot_config: Optional[str] = None
         ) -> tuple[list[verify.EndpointResult], list[Check]]:
@@ -111,4 +153,5 @@ def run(config_dir: str, postfix_dir: Optional[str] = None,
         results = diagnose.endpoint_results(servers, probes)
     checks += _exposure_checks(config_dir, state)
     checks += diagnose.checks(servers, probes)
+    checks += _session_checks(servers)
     return results, checks

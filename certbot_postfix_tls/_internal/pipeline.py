@@ -177,6 +177,7 @@ def render(
             sni.dovecot_files(served, default.name),
             sasl_listener=state.sasl_listener,
             sni=sni.dovecot_sni(served),
+            sessions=state.dovecot_sessions,
         )
         desired.dovecot_writes = imap_plan.writes
         desired.notes += [f"dovecot: {note}" for note in imap_plan.notes]

@@ -59,6 +59,9 @@ class State:
     renewed: list[str] = field(default_factory=list)  # lineages the pending reload is for
     # Dovecot auth socket the plugin's Dovecot file declares (None: not wired by us).
     sasl_listener: Optional[str] = None
+    # --postfix-tls-dovecot-sessions: "keep" puts shutdown_clients = no into the plugin's
+    # Dovecot file (re-rendered from here on every renewal), "cut" leaves Dovecot's default.
+    dovecot_sessions: str = constants.CLI_DEFAULTS["dovecot_sessions"]
     # What Postfix had before the plugin first changed it, for undeploying the last
     # lineage: main.cf parameter -> explicit value (None: not set in main.cf), and
     # "service/type/param" -> master.cf -o value (None: no such -o).
