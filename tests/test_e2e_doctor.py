@@ -206,6 +206,14 @@ def test_howto_configuration_then_install(
             f"restart dovecot` by `doveadm reload` in {hook}") in restart
     assert f"certbot install --installer postfix-tls --cert-name {NAME}" in chain
 
+    # A monitoring user sees the same chain (by the served certificate and the setting's
+    # value) and is told which checks need root.
+    code, as_nobody = doctor(config_dir, user="nobody")
+    assert code == 2, problems(as_nobody)
+    assert only(as_nobody, "chain", "CRITICAL") == chain
+    assert only(as_nobody, "sasl-backend", "OK").startswith("skipped: ")
+    assert only(as_nobody, "certificate-files", "OK").startswith("skipped: ")
+
     code, verified = cli(config_dir, "verify")
     assert code == 2
     port25 = [e for e in verified["endpoints"] if e["port"] == 25]

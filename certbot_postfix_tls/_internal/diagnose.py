@@ -1508,7 +1508,7 @@ def endpoint_results(servers: Servers, probes: Sequence[Probe]) -> list[verify.E
             results.append(result)
             continue
         leaf = _load_der(item.shake.leaf_der)
-        served = verify._sha256(item.shake.leaf_der)
+        served = certs.sha256_hex(item.shake.leaf_der)
         setting = serving_setting(servers, item)
         newest = _newest(servers, setting) if setting else None
         expected = newest.sha256 if newest is not None else served
