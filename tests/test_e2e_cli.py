@@ -17,7 +17,8 @@ from certbot_postfix_tls._internal import hooks
 
 NAME = lab.LAB_HOSTNAME
 JSON_KEYS = {"service", "address", "port", "tls", "sni", "status", "served_sha256",
-             "expected_sha256", "chain_complete", "name_matches", "days_left", "message"}
+             "expected_sha256", "chain_complete", "name_matches", "days_left", "message",
+             "algorithm"}
 
 
 def cli(certbot: lab.Certbot, *args: str) -> subprocess.CompletedProcess[str]:
