@@ -19,6 +19,7 @@ from certbot import errors
 from certbot_postfix_tls._internal import (
     certs,
     constants,
+    dane,
     diagnose,
     doctor,
     metrics,
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     hook = sub.add_parser("hook", help="what the installed renewal hooks call")
     hook.add_argument("kind", choices=("deploy", "post"))
+
+    tlsa = sub.add_parser("dane", help="renewals held back for TLSA records, and the records")
+    tlsa.add_argument("action", choices=("check", "records"),
+                      help="check: look up the TLSA records of held lineages again and put "
+                           "into service those DNS is ready for; records: the TLSA set a key "
+                           "rollover needs")
+    tlsa.add_argument("--cert-name", help="records: only this lineage")
 
     return parser
 
@@ -175,6 +183,7 @@ def _verify(args: argparse.Namespace) -> int:
                            f"reloaded successfully{where}: run certbot-postfix-tls hook post "
                            "and read its error",
             })
+        checks += dane.verify_checks(state, [lineage.name for lineage in lineages])
         snapshot.services = list(dict.fromkeys([*snapshot.services, *state.services()]))
         snapshot.pending = list(dict.fromkeys([*snapshot.pending, *state.pending]))
         try:
@@ -274,6 +283,18 @@ def cmd_hook(args: argparse.Namespace) -> int:
     return result.code
 
 
+def cmd_dane(args: argparse.Namespace) -> int:
+    """``dane records`` prints zone file lines; ``dane check`` activates what is ready."""
+    if args.action == "records":
+        for line in dane.records(args.config_dir, args.cert_name):
+            print(line)
+        return verify.EXIT_CODES["OK"]
+    result = dane.check(args.config_dir, _warn)
+    for line in result.lines or ["OK: no lineage is held back for its TLSA records"]:
+        print(line)
+    return result.code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -285,6 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_undeploy(args)
         if args.command == "doctor":
             return cmd_doctor(args)
+        if args.command == "dane":
+            return cmd_dane(args)
     except errors.Error as exc:
         print(f"UNKNOWN: {exc}", file=sys.stderr)
         return verify.EXIT_CODES["UNKNOWN"]

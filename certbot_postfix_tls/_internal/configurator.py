@@ -21,6 +21,7 @@ from certbot.plugins import common
 from certbot_postfix_tls._internal import (
     certs,
     constants,
+    dane,
     dovecot,
     hooks,
     pipeline,
@@ -89,6 +90,14 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                  "is served (default: yes).")
         add("verify-address", default=constants.CLI_DEFAULTS["verify_address"], metavar="ADDR",
             help="Where the check connects when a service listens on all addresses.")
+        add("dane", default=None, choices=dane.MODES,
+            help="auto: never serve a renewed certificate that validated TLSA records "
+                 "(_25._tcp.NAME) do not match; the previous one stays until the new record "
+                 "is published and seen for twice its TTL. ignore: no TLSA checks for this "
+                 "lineage. Default: what the last deploy recorded, else auto.")
+        add("dane-resolver", default=None, metavar="ADDR",
+            help="Validating resolver for the TLSA lookups (ADDR or ADDR@PORT; default: "
+                 "what the last deploy recorded, else the system resolver).")
         add("verify-ports", default="auto", metavar="LIST",
             help="Comma list of the ports the check verifies (default: auto, every "
                  "public TLS port; loopback-only content-filter/proxy ports are skipped).")
@@ -298,6 +307,10 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 f"(SNI needs Postfix 3.4): {others[0]} stays deployed; undeploy it first "
                 f"(certbot-postfix-tls undeploy --cert-name {others[0]}) to switch."
             )
+        previous = state.lineages.get(lineage.name)
+        resolver = self.conf("dane-resolver") or (previous.dane_resolver if previous else None)
+        if resolver:
+            dane.parse_resolver(str(resolver))  # refused before any change
         state.add(
             DeployedLineage(
                 name=lineage.name,
@@ -307,6 +320,11 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 names=material.names,
                 renewable=lineage.in_live,
                 key_group=str(self.conf("key-group")),
+                # What is served now and a DANE hold outlive a re-install (dane.py).
+                expected=previous.expected if previous else {},
+                held=previous.held if previous else {},
+                dane=str(self.conf("dane") or (previous.dane if previous else "auto")),
+                dane_resolver=str(resolver) if resolver else None,
             ),
             pin=bool(self.conf("default")),
         )

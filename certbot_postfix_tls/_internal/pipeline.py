@@ -35,6 +35,7 @@ from certbot import errors
 from certbot_postfix_tls._internal import (
     certs,
     constants,
+    dane,
     dovecot,
     hooks,
     permissions,
@@ -115,7 +116,9 @@ def render(
         if name not in required and os.path.exists(lineage.chain_file):
             continue
         try:
-            material = certs.load_material(_lineage(site.config_dir, lineage))
+            live = _lineage(site.config_dir, lineage)
+            # DANE: the live files, or the version served now while TLSA records reject them.
+            choice = dane.choose_material(live, lineage, certs.load_material(live), config)
         except errors.Error as exc:
             if name in required:
                 raise
@@ -126,6 +129,9 @@ def render(
                 f"(certbot-postfix-tls undeploy --cert-name {name})"
             )
             continue
+        material = choice.material
+        desired.notes += choice.notes
+        desired.warnings += choice.warnings
         desired.chain_files[lineage.chain_file] = material.combined()
         lineage.names = material.names
         lineage.expected = material.fingerprints()
@@ -519,7 +525,8 @@ def regenerate(config_dir: str, warn: Warn) -> None:
         for name in sorted(state.lineages):
             lineage = state.lineages[name]
             try:
-                material = certs.load_material(_lineage(config_dir, lineage))
+                # A lineage held back by DANE keeps its held version (no DNS lookup here).
+                material = dane.held_material(_lineage(config_dir, lineage), lineage)
             except errors.Error as exc:
                 warn(f"lineage {name}: {exc}")
                 continue

@@ -27,7 +27,7 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import hooks, pipeline
+from certbot_postfix_tls._internal import dane, hooks, pipeline
 from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.state import State
 
@@ -94,9 +94,14 @@ def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
     if not State.instances(config_dir):  # never deployed: touch nothing
         return HookResult(0, "nothing pending: no reload")
     with plugin_lock(config_dir):
+        # DANE: lineages held back for their TLSA records are looked up again on every run
+        # (one this run renewed is decided by the pending reload's own render below).
+        held = dane.check(config_dir, warn, skip_renewed=True)
+        activated = dane.report(held, warn)
         states = [s for s in State.load_all(config_dir) if s.pending]
         if not states:
-            return HookResult(0, "nothing pending: no reload")
+            return HookResult(2 if held.code >= 2 else 0,
+                              activated or "nothing pending: no reload")
         for problem in hooks.problems(config_dir):
             warn(problem)
         problems, reloaded = [], []

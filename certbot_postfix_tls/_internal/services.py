@@ -72,13 +72,16 @@ def sni_names(expected: verify.ExpectedCert) -> list[str]:
     return concrete or names
 
 
-def expected_cert(lineage: DeployedLineage) -> verify.ExpectedCert:
+def expected_cert(lineage: DeployedLineage, service: str = "postfix") -> verify.ExpectedCert:
     """What the lineage should serve: from its fullchain.pem when this user can read it
     (root), else from the fingerprints the state recorded at the last deploy (a
     monitoring user cannot traverse certbot's live/ directory)."""
-    if os.access(lineage.fullchain_path, os.R_OK) or not lineage.expected:
+    # Held back by DANE (dane.py): Postfix serves the held version the state records;
+    # Dovecot reads live/ and serves the renewed one (recorded too, for monitoring users).
+    held = bool(lineage.held) and service == "postfix"
+    if not held and (os.access(lineage.fullchain_path, os.R_OK) or not lineage.expected):
         return verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
-    recorded = lineage.expected
+    recorded = lineage.expected if held or not lineage.held else lineage.held["new"]
     return verify.ExpectedCert(
         leaf_sha256=str(recorded["leaf_sha256"]),
         intermediates_sha256=tuple(recorded["intermediates_sha256"]),
@@ -115,7 +118,8 @@ def check_all(
         names += sni_names(expected)
         # Served as a pair: a client offering only this key type must get this lineage.
         key_type = lineage.key_type if len(pairs.get(name, [])) > 1 else None
-        jobs += [(endpoint, expected, sni, key_type) for sni in names for endpoint in targets]
+        jobs += [(endpoint, expected_cert(lineage, endpoint.service) if lineage.held
+                  else expected, sni, key_type) for sni in names for endpoint in targets]
     with ThreadPoolExecutor(max_workers=PARALLEL_CHECKS) as pool:
         return list(pool.map(
             lambda job: verify.check_endpoint(job[0], job[1], job[2], retry_seconds,

@@ -35,6 +35,13 @@ class DeployedLineage:
     # The certificate as last deployed (SHA-256 of leaf and intermediates, names, expiry):
     # public data, so that verify needs no access to certbot's live/ directory.
     expected: dict[str, Any] = field(default_factory=dict)
+    # DANE (dane.py): "auto" obeys validated TLSA records, "ignore" (--postfix-tls-dane)
+    # does not; the resolver to ask (--postfix-tls-dane-resolver; None: resolv.conf's).
+    dane: str = "auto"
+    dane_resolver: Optional[str] = None
+    # While a renewed key waits for its TLSA record: the archive version Postfix serves
+    # instead, the records to publish, when matching records were first seen (dane.py).
+    held: dict[str, Any] = field(default_factory=dict)
     key_type: str = ""  # rsa, ecdsa: two lineages for the same names are served as a pair
 
 

@@ -1,0 +1,518 @@
+"""DANE: TLSA matching, the lookups (against a real UDP DNS server in this process), and
+the gate's decisions on real certbot-shaped lineages (archive versions, live/ links)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+from certbot import errors
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from certbot_postfix_tls._internal import certs, dane
+from certbot_postfix_tls._internal.state import DeployedLineage, State
+
+NAME = "mail.example.org"
+NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+# --- a small CA: keys can be reused, intermediates swapped ----------------------------------
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
+          issuer_key: ec.EllipticCurvePrivateKey, ca: bool, names: tuple[str, ...] = (),
+          days: int = 90) -> x509.Certificate:
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@dataclass
+class CA:
+    root_key: ec.EllipticCurvePrivateKey
+    inter_key: ec.EllipticCurvePrivateKey
+    inter: x509.Certificate
+    name: str
+
+    @classmethod
+    def make(cls, name: str = "R10") -> CA:
+        root_key, inter_key = _key(), _key()
+        inter = _cert(name, inter_key, "Root", root_key, ca=True)
+        return cls(root_key, inter_key, inter, name)
+
+    def issue(self, key: ec.EllipticCurvePrivateKey, names: tuple[str, ...] = (NAME,),
+              days: int = 90) -> tuple[bytes, bytes]:
+        leaf = _cert(names[0], key, self.name, self.inter_key, ca=False, names=names,
+                     days=days)
+        pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, self.inter))
+        key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return key_pem, pem
+
+
+class Certbot:
+    """A lineage laid out as certbot does: archive/NAME/*N.pem, live/NAME/ links."""
+
+    def __init__(self, config_dir: Path, name: str = NAME) -> None:
+        self.config_dir, self.name, self.version = config_dir, name, 0
+        self.archive = config_dir / "archive" / name
+        self.live = config_dir / "live" / name
+        self.archive.mkdir(parents=True)
+        self.live.mkdir(parents=True)
+
+    def renew(self, key_pem: bytes, fullchain: bytes) -> None:
+        self.version += 1
+        n = self.version
+        (self.archive / f"privkey{n}.pem").write_bytes(key_pem)
+        (self.archive / f"fullchain{n}.pem").write_bytes(fullchain)
+        (self.archive / f"cert{n}.pem").write_bytes(certs.load_pem_chain(fullchain)[0]
+                                                    .public_bytes(serialization.Encoding.PEM))
+        for kind in ("privkey", "fullchain", "cert"):
+            link = self.live / f"{kind}.pem"
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(f"../../archive/{self.name}/{kind}{n}.pem")
+
+    @property
+    def lineage(self) -> certs.Lineage:
+        return certs.Lineage.from_live_dir(str(self.live), str(self.config_dir))
+
+    def material(self) -> certs.Material:
+        return certs.load_material(self.lineage)
+
+    def deployed(self) -> DeployedLineage:
+        """As the state records it right after a deploy of the current version."""
+        lineage = self.lineage
+        material = self.material()
+        return DeployedLineage(self.name, lineage.key_path, lineage.fullchain_path,
+                               lineage.chain_file, material.names,
+                               expected=material.fingerprints())
+
+
+def chain_of(fullchain: bytes) -> list[x509.Certificate]:
+    return certs.load_pem_chain(fullchain)
+
+
+def secure(*records: dane.Record, ttl: int = 2, port: int = 25,
+           name: str = NAME) -> dane.Lookup:
+    return dane.Lookup(port, name, dane.SECURE, records, ttl)
+
+
+def choose(site: Certbot, deployed: DeployedLineage, lookups: list[dane.Lookup],
+           now: datetime.datetime = NOW) -> dane.Choice:
+    return dane.choose_material(site.lineage, deployed, site.material(), None,  # type: ignore[arg-type]
+                                lookups=lookups, now=now)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Certbot:
+    return Certbot(tmp_path / "config")
+
+
+# --- records ----------------------------------------------------------------------------
+
+
+def test_record_matching_every_usage_selector_and_matching_type() -> None:
+    ca = CA.make()
+    _, pem = ca.issue(_key())
+    leaf, inter = chain_of(pem)
+    for selector in (0, 1):
+        for mtype in (0, 1, 2):
+            assert dane.Record.for_cert(leaf, 3, selector, mtype).matches([leaf, inter])
+            assert dane.Record.for_cert(inter, 2, selector, mtype).matches([leaf, inter])
+            # Usage 3 is the leaf only; usage 2 a CA certificate of the chain only.
+            assert not dane.Record.for_cert(inter, 3, selector, mtype).matches([leaf, inter])
+            assert not dane.Record.for_cert(leaf, 2, selector, mtype).matches([leaf, inter])
+    spki = leaf.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    record = dane.Record.for_cert(leaf)
+    assert record.text() == "3 1 1 " + hashes_hex(spki)
+    assert dane.record_line(25, "Mail.Example.org.", record) == (
+        f"_25._tcp.mail.example.org. IN TLSA 3 1 1 {hashes_hex(spki)}")
+
+
+def hashes_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_unusable_records_bind_nothing() -> None:
+    ca = CA.make()
+    leaf, inter = chain_of(ca.issue(_key())[1])
+    good = dane.Record.for_cert(leaf)
+    pkix = [dane.Record(usage, 1, 1, good.data) for usage in (0, 1)]
+    broken = [dane.Record(3, 1, 1, good.data[:20]), dane.Record(3, 2, 1, good.data),
+              dane.Record(3, 1, 3, good.data), dane.Record(3, 1, 0, b"")]
+    for record in pkix + broken:
+        assert not record.usable and not record.matches([leaf, inter])
+    assert not secure(*pkix, *broken).binding
+    assert secure(good, *pkix).binding
+
+
+# --- lookups against a real DNS server ------------------------------------------------------
+
+
+class TinyDNS:
+    """A UDP DNS server on 127.0.0.1 answering TLSA from a table, AD bit as told."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.zone: dict[str, tuple[list[str], bool]] = {}  # owner -> (rdata texts, AD)
+        self.servfail: set[str] = set()
+        self.queries: list[dns.message.Message] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1@{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                wire, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(wire)
+            self.queries.append(query)
+            reply = dns.message.make_response(query)
+            qname = query.question[0].name.to_text().lower()
+            if qname in self.servfail:
+                reply.set_rcode(dns.rcode.SERVFAIL)
+            elif qname in self.zone:
+                texts, ad = self.zone[qname]
+                reply.answer.append(dns.rrset.from_text(qname, 300, "IN", "TLSA", *texts))
+                if ad:
+                    reply.flags |= dns.flags.AD
+            else:
+                reply.set_rcode(dns.rcode.NXDOMAIN)
+            self.sock.sendto(reply.to_wire(), peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def tiny_dns() -> Iterator[TinyDNS]:
+    server = TinyDNS()
+    yield server
+    server.close()
+
+
+def test_lookup_asks_for_dnssec_and_obeys_only_validated_answers(tiny_dns: TinyDNS) -> None:
+    record = "3 1 1 " + "ab" * 32
+    tiny_dns.zone["_25._tcp.mail.example.org."] = ([record], True)
+    tiny_dns.zone["_25._tcp.unsigned.example.org."] = ([record], False)
+    tiny_dns.servfail.add("_25._tcp.bogus.example.org.")
+    found = {f.name: f for f in dane.lookup(
+        ["mail.example.org", "unsigned.example.org", "bogus.example.org", "none.example.org",
+         "*.example.org"], [25], tiny_dns.address)}
+    assert set(found) == {"mail.example.org", "unsigned.example.org", "bogus.example.org",
+                          "none.example.org"}  # no lookup for a wildcard
+    assert found["mail.example.org"].status == dane.SECURE
+    assert found["mail.example.org"].binding and found["mail.example.org"].ttl == 300
+    assert [r.text() for r in found["mail.example.org"].records] == [record]
+    assert found["unsigned.example.org"].status == dane.INSECURE
+    assert not found["unsigned.example.org"].binding
+    assert found["bogus.example.org"].status == dane.ERROR
+    assert "SERVFAIL" in found["bogus.example.org"].error
+    assert found["none.example.org"].status == dane.NONE
+    for query in tiny_dns.queries:  # EDNS DO and AD set, as a DANE client sends them
+        assert query.ednsflags & dns.flags.DO and query.flags & dns.flags.AD
+        assert query.question[0].rdtype == dns.rdatatype.TLSA
+
+
+def test_silent_resolver_is_an_error_not_a_hold() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1@{silent.getsockname()[1]}"
+        [found] = dane.lookup([NAME], [25], address, timeout=0.5)
+    assert found.status == dane.ERROR and "timed out" in found.error
+
+
+def test_resolver_option_is_checked() -> None:
+    assert dane.parse_resolver("192.0.2.1") == ("192.0.2.1", 53)
+    assert dane.parse_resolver("::1@5353") == ("::1", 5353)
+    for bad in ("resolver.example", "127.0.0.1@99999", "127.0.0.1@x"):
+        with pytest.raises(errors.PluginError, match="--postfix-tls-dane-resolver"):
+            dane.parse_resolver(bad)
+
+
+# --- the gate ---------------------------------------------------------------------------
+
+
+def test_no_validated_records_serve_the_renewal(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    site.renew(*ca.issue(_key()))
+    old = dane.Record.for_cert(chain_of((site.archive / "fullchain1.pem").read_bytes())[0])
+    unsigned = dane.Lookup(25, NAME, dane.INSECURE, (old,), 300)
+    failed = dane.Lookup(587, NAME, dane.ERROR, error="no answer (timed out)")
+    choice = choose(site, deployed, [unsigned, failed, dane.Lookup(465, NAME, dane.NONE)])
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256
+    assert not deployed.held
+    assert "reported, not obeyed" in choice.notes[0] and "_25._tcp.mail.example.org." in \
+        choice.notes[0]
+    assert "_587._tcp.mail.example.org." in choice.warnings[0]
+    assert "without checking them" in choice.warnings[0]
+
+
+def test_new_key_is_held_until_its_record_has_been_seen_for_twice_the_ttl(
+        site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    old = dane.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))  # certbot's default: a new key
+    new = dane.Record.for_cert(site.material().leaf)
+
+    choice = choose(site, deployed, [secure(old)])
+    assert choice.material.leaf_sha256 == deployed.expected["leaf_sha256"]  # version 1 stays
+    assert deployed.held["version"] == 1 and deployed.held["new_version"] == 2
+    line = f"_25._tcp.mail.example.org. IN TLSA {new.text()}"
+    assert deployed.held["publish"] == [line]
+    assert line in choice.warnings[0] and "archive version 1" in choice.warnings[0]
+    assert os.path.exists(dane.flag_path(str(site.config_dir)))
+    deployed.expected = choice.material.fingerprints()  # what render records
+
+    # Published: seen now, TTL 2 s: still held for 4 s.
+    choice = choose(site, deployed, [secure(old, new)], NOW)
+    assert choice.material.leaf_sha256 == deployed.expected["leaf_sha256"]
+    assert deployed.held["publish"] == [] and deployed.held["seen"][line]["ttl"] == 2
+    assert "dane check activates it at 2030-01-01 00:00:04 UTC" in choice.warnings[0]
+    choice = choose(site, deployed, [secure(old, new)], NOW + datetime.timedelta(seconds=3))
+    assert deployed.held
+    choice = choose(site, deployed, [secure(old, new)], NOW + datetime.timedelta(seconds=4))
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256
+    assert not deployed.held and "activated" in choice.notes[0]
+
+
+def test_every_port_and_name_must_match(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key(), (NAME, "smtp.example.org")))
+    deployed = site.deployed()
+    old = dane.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key(), (NAME, "smtp.example.org")))
+    new = dane.Record.for_cert(site.material().leaf)
+    lookups = [secure(new, old), secure(old, port=587), secure(old, name="smtp.example.org")]
+    choose(site, deployed, lookups)
+    assert deployed.held["publish"] == [
+        f"_587._tcp.mail.example.org. IN TLSA {new.text()}",
+        f"_25._tcp.smtp.example.org. IN TLSA {new.text()}",
+    ]
+
+
+def test_reused_key_and_unchanged_intermediate_need_no_wait(site: Certbot) -> None:
+    ca = CA.make()
+    key = _key()
+    site.renew(*ca.issue(key))
+    deployed = site.deployed()
+    site.renew(*ca.issue(key))  # reuse_key: the same 3 1 1 record matches both
+    record = dane.Record.for_cert(site.material().leaf)
+    choice = choose(site, deployed, [secure(record)])
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
+
+    deployed = site.deployed()
+    site.renew(*ca.issue(_key()))  # a new key, same intermediate: 2 1 1 still matches
+    ta = dane.Record.for_cert(ca.inter, 2)
+    choice = choose(site, deployed, [secure(ta)])
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
+
+
+def test_new_intermediate_under_2_1_1_is_held_with_its_record(site: Certbot) -> None:
+    r10, r11 = CA.make("R10"), CA.make("R11")
+    site.renew(*r10.issue(_key()))
+    deployed = site.deployed()
+    site.renew(*r11.issue(_key()))
+    choose(site, deployed, [secure(dane.Record.for_cert(r10.inter, 2))])
+    assert deployed.held["publish"] == [
+        f"_25._tcp.mail.example.org. IN TLSA {dane.Record.for_cert(r11.inter, 2).text()}"]
+
+
+def test_a_record_set_that_trusts_nothing_served_does_not_hold(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    site.renew(*ca.issue(_key()))
+    new = dane.Record.for_cert(site.material().leaf)
+    stale = dane.Record.for_cert(chain_of(ca.issue(_key())[1])[0])
+    # The new key's record is fresh, but the old key was not trusted either: no wait.
+    choice = choose(site, deployed, [secure(stale, new)])
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
+
+
+def test_first_deploy_that_validated_records_reject_is_refused(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    lineage = site.lineage
+    fresh = DeployedLineage(NAME, lineage.key_path, lineage.fullchain_path, lineage.chain_file)
+    other = dane.Record.for_cert(chain_of(ca.issue(_key())[1])[0])
+    with pytest.raises(errors.PluginError, match="Nothing was changed: publish _25._tcp"):
+        choose(site, fresh, [secure(other)])
+    fresh.dane = dane.IGNORE
+    assert choose(site, fresh, [secure(other)]).material.leaf_sha256 == \
+        site.material().leaf_sha256
+
+
+def test_served_version_gone_from_the_archive_deploys_with_a_warning(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    old = dane.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))
+    (site.archive / "fullchain1.pem").unlink()
+    choice = choose(site, deployed, [secure(old)])
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256
+    assert "no longer in the archive" in choice.warnings[0] and not deployed.held
+
+
+def test_ignore_and_already_served_look_nothing_up(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    # No lookups given and none made: the material is already in service.
+    choice = dane.choose_material(site.lineage, deployed, site.material(), None)  # type: ignore[arg-type]
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256
+    site.renew(*ca.issue(_key()))
+    deployed.dane = dane.IGNORE
+    deployed.held = {"version": 1}
+    choice = dane.choose_material(site.lineage, deployed, site.material(), None)  # type: ignore[arg-type]
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
+
+
+def test_rollback_rebuilds_the_held_version(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    old = dane.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))
+    choose(site, deployed, [secure(old)])
+    held = dane.held_material(site.lineage, deployed)
+    assert held.leaf_sha256 != site.material().leaf_sha256
+    assert dane.served_chain(str(site.config_dir), deployed)[0] == held.leaf
+
+
+def test_verify_warns_while_held_and_is_critical_a_week_before_expiry(site: Certbot) -> None:
+    state = State()
+    ca = CA.make()
+    for days, status in ((60, "WARNING"), (5, "CRITICAL")):
+        site = Certbot(site.config_dir.parent / f"c{days}")
+        site.renew(*ca.issue(_key(), days=days))
+        deployed = site.deployed()
+        old = dane.Record.for_cert(site.material().leaf)
+        site.renew(*ca.issue(_key()))
+        choose(site, deployed, [secure(old)], datetime.datetime.now(datetime.timezone.utc))
+        state.lineages[NAME] = deployed
+        [check] = dane.verify_checks(state, [NAME])
+        assert check["status"] == status, check
+        assert deployed.held["publish"][0] in check["message"]
+    assert dane.verify_checks(State(), [NAME]) == []
+
+
+def test_records_for_a_rollover(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    current = dane.Record.for_cert(site.material().leaf)
+    renewal = site.config_dir / "renewal" / f"{NAME}.conf"
+    renewal.parent.mkdir()
+    renewal.write_text("version = 2.1.0\n[renewalparams]\nreuse_key = False\n")
+    lines = dane._lineage_records(str(site.config_dir), deployed, [25, 587])
+    text = "\n".join(lines)
+    assert f"_25._tcp.mail.example.org. IN TLSA {current.text()}" in lines
+    assert f"_587._tcp.mail.example.org. IN TLSA {current.text()}" in lines
+    assert "reuse_key is off" in text
+    assert f"_25._tcp.mail.example.org. IN TLSA {dane.Record.for_cert(ca.inter, 2).text()}" \
+        in lines and "rotates" in text
+    renewal.write_text("[renewalparams]\nreuse_key = True\n")
+    assert "reuse_key is on" in "\n".join(
+        dane._lineage_records(str(site.config_dir), deployed, [25]))
+
+    site.renew(*ca.issue(_key()))
+    choose(site, deployed, [secure(current)])
+    lines = dane._lineage_records(str(site.config_dir), deployed, [25])
+    upcoming = dane.Record.for_cert(site.material().leaf)
+    assert f"_25._tcp.mail.example.org. IN TLSA {current.text()}" in lines
+    assert f"_25._tcp.mail.example.org. IN TLSA {upcoming.text()}" in lines
+
+
+def test_reuse_key_read_from_the_renewal_configuration(tmp_path: Path) -> None:
+    (tmp_path / "renewal").mkdir()
+    assert dane.reuse_key(str(tmp_path), "a") is None
+    (tmp_path / "renewal" / "a.conf").write_text("[renewalparams]\nreuse_key = True\n")
+    assert dane.reuse_key(str(tmp_path), "a") is True
+    (tmp_path / "renewal" / "a.conf").write_text("[renewalparams]\nauthenticator = x\n")
+    assert dane.reuse_key(str(tmp_path), "a") is False
+
+
+def test_doctor_names_what_dns_and_renewals_will_break(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    chain = [site.material().leaf, *site.material().chain]
+    (site.config_dir / "renewal").mkdir()
+    (site.config_dir / "renewal" / f"{NAME}.conf").write_text("[renewalparams]\n")
+    stale = dane.Record.for_cert(chain_of(ca.issue(_key())[1])[0])
+
+    def statuses(*found: dane.Lookup) -> list[tuple[str, str]]:
+        return [(c.status, c.message) for c in dane._doctor_lineage(
+            str(site.config_dir), deployed, chain, found)]
+
+    [(status, message)] = statuses(secure(stale))
+    assert status == "CRITICAL" and "match nothing Postfix serves" in message
+    [(status, message)] = statuses(secure(dane.Record.for_cert(chain[0])))
+    assert status == "WARNING" and "reuse_key is off" in message
+    [(status, message)] = statuses(secure(dane.Record.for_cert(chain[1], 2)))
+    assert status == "WARNING" and "rotates" in message
+    [(status, _)] = statuses(secure(dane.Record.for_cert(chain[1], 2),
+                                    dane.Record.for_cert(chain[0])))
+    assert status == "OK"
+    [(status, message)] = statuses(dane.Lookup(25, NAME, dane.NONE))
+    assert status == "OK" and "no validated TLSA records" in message
+
+
+def test_flag_follows_the_states(tmp_path: Path) -> None:
+    config_dir = str(tmp_path)
+    state = State()
+    state.lineages["a"] = DeployedLineage("a", "/k", "/f", "/c", held={"version": 1})
+    state.save(config_dir)
+    dane.sync_flag(config_dir)
+    assert os.path.exists(dane.flag_path(config_dir))
+    state.lineages["a"].held = {}
+    state.save(config_dir)
+    dane.sync_flag(config_dir)
+    assert not os.path.exists(dane.flag_path(config_dir))
