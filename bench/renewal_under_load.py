@@ -4,19 +4,26 @@ Run as root from the repository: ``.venv/bin/python bench/renewal_under_load.py`
 
 Everything runs in the lab's private mount + network namespace (tests/lab):
 a local Pebble, Postfix and Dovecot with Debian's stock configuration, the real certbot.
-For each lineage count N and for two strategies, a handshake load runs on 25, 587
-(SMTP STARTTLS) and 993 (IMAP implicit TLS) and ~10 established IMAP sessions are held
-open on 143 while ``certbot renew --force-renewal`` renews all N lineages:
+For each lineage count N and each strategy, a handshake load runs on 25, 587
+(SMTP STARTTLS) and 993 (IMAP implicit TLS) and logged-in IMAP (993) and POP3 (995)
+sessions are held open, half NOOP-ing every second, half silent (IMAP in IDLE), while
+``certbot renew --force-renewal`` renews all N lineages:
 
 A) this plugin: lineages issued with ``certonly`` and deployed with
    ``certbot install -i postfix-tls``; renewal goes through the plugin's deploy hook
    (rebuilds the combined key+chain files) and post hook (reloads each service once,
    then verifies every endpoint).
+K) the same with ``--postfix-tls-dovecot-sessions keep`` (``shutdown_clients = no`` in
+   the plugin's Dovecot file), set by one more ``certbot install`` before measuring.
 B) the article: the same lineages, Postfix and Dovecot reading live/ files, the plugin's
    hooks removed and ``renewal-hooks/deploy/restart`` doing what
    ``systemctl restart postfix; systemctl restart dovecot`` does (without systemd):
    ``postfix stop; postfix start``, stop Dovecot's master and start it again. certbot
    runs deploy hooks once per renewed lineage, so N lineages mean N restarts.
+
+``--dovecot24 ROOT`` runs Debian 13's Dovecot 2.4 from that chroot instead
+(tests/lab/dovecot24.py: the real certbot and the plugin see it at the usual paths;
+Postfix stays Debian 12's, deployed with ``--postfix-tls-sasl none``).
 
 The table (Markdown) goes to stdout; progress goes to stderr.
 """
@@ -25,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import imaplib
 import os
 import platform
+import poplib
 import re
 import shutil
 import subprocess
@@ -46,12 +55,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import lab  # noqa: E402
 from lab import load as lab_load  # noqa: E402
 from lab.dovecot import DovecotLab  # noqa: E402
+from lab.dovecot24 import ChrootDovecot  # noqa: E402
+from lab.sessions import MailSessions, SessionReport  # noqa: E402
 
 from certbot_postfix_tls._internal import hooks, process, verify  # noqa: E402
 from certbot_postfix_tls._internal.state import State  # noqa: E402
 
 LOAD_PORTS = (25, 587, 993)
-SESSION_PORT = 143
+IMAP_PORT, POP3_PORT = 993, 995  # sessions over implicit TLS, as mail clients hold them
 POSTFIX_RELOAD = "reload -- version"
 POSTFIX_START = "daemon started -- version"
 DOVECOT_RELOAD = "SIGHUP received"
@@ -59,10 +70,13 @@ DOVECOT_START = "starting up for"
 WARMUP_SECONDS = 2.0
 RESTART_HOOK = "restart"
 POSTFIX_THROTTLE = "-- throttling"
-MAIL_USER = ("bench", "bench-password")  # a system user inside the namespace only
+# System users inside the namespace only (homes under /var, an overlay there); two, so
+# that no user has more than Dovecot's 10 connections per address and protocol.
+MAIL_USERS = (("bench-noop", "bench-password"), ("bench-idle", "bench-password"))
 
 STRATEGIES = {
     "A": "A: postfix-tls hooks",
+    "K": "A, --postfix-tls-dovecot-sessions keep",
     "B": "B: article, restart hook",
 }
 
@@ -87,7 +101,7 @@ class Row:
     postfix_fatal: list[str] = field(default_factory=list)  # distinct "fatal:" messages
     dovecot_reloads: int = 0
     dovecot_starts: int = 0
-    sessions: Optional[lab_load.ImapSessionResults] = None
+    sessions: Optional[SessionReport] = None
     session_cut_offsets: list[float] = field(default_factory=list)  # vs certbot exit
     renew_seconds: float = 0.0
     renew_error: str = ""
@@ -120,22 +134,49 @@ class Bench:
         self.scratch = scratch
         self.pebble = lab.Pebble(scratch / "pebble")
         self.postfix = lab.PostfixLab()
-        self.dovecot = DovecotLab()
+        self.chroot: Optional[ChrootDovecot] = None
+        self.dovecot: DovecotLab = DovecotLab()
+        if args.dovecot24:
+            self.chroot = ChrootDovecot(root=args.dovecot24, scratch=scratch / "dovecot24",
+                                        shared=[str(scratch)])
+            self.dovecot = self.chroot
 
     # -- lab -----------------------------------------------------------------------------
 
     def start(self) -> None:
         lab.enter_private_namespace(self.scratch / "namespace")
+        if self.chroot is not None:
+            self.chroot.enter()
         self.pebble.start()
-        # /etc is an overlay inside the namespace: this user exists nowhere else.
-        user, password = MAIL_USER
-        process.run(["useradd", "--create-home", user], what="useradd")
-        process.run(["chpasswd"], what="chpasswd", input_text=f"{user}:{password}\n")
+        # /etc and /var are overlays inside the namespace: these users exist nowhere else.
+        for user, password in MAIL_USERS:
+            if self.chroot is not None:
+                self.chroot.add_user(user, password)
+                continue
+            process.run(["useradd", "--create-home", "--home-dir",
+                         f"/var/lib/bench-home/{user}", user], what="useradd")
+            process.run(["chpasswd"], what="chpasswd", input_text=f"{user}:{password}\n")
 
     def stop(self) -> None:
-        self.dovecot.stop()
-        self.postfix.stop()
-        self.pebble.stop()
+        try:
+            self.dovecot.stop()
+            self.postfix.stop()
+            self.pebble.stop()
+        finally:
+            if self.chroot is not None:
+                self.chroot.leave()
+
+    def deploy_args(self) -> list[str]:
+        # The chroot's Dovecot would put Postfix's SASL socket in its own spool.
+        return ["--postfix-tls-sasl", "none"] if self.chroot is not None else []
+
+    def set_sessions(self, certbot: lab.Certbot, default: str, mode: str) -> None:
+        """--postfix-tls-dovecot-sessions for every lineage (one more install)."""
+        certbot.run("install", "-i", "postfix-tls", "--cert-name", default,
+                    "--postfix-tls-dovecot-sessions", mode, *self.deploy_args())
+        recorded = State.load(str(certbot.config_dir)).dovecot_sessions
+        if recorded != mode:
+            raise lab.LabError(f"the plugin recorded dovecot_sessions {recorded}, not {mode}")
 
     def fresh_daemons(self, tag: str) -> None:
         """Stock Postfix and Dovecot, started, with empty logs (the previous ones are
@@ -163,7 +204,8 @@ class Bench:
             # endpoint; skip it until the last install (which sets verify back to yes in
             # the plugin's state, so renewal verifies as it would in production).
             extra = ["--postfix-tls-verify", "no"] if index < len(names) - 1 else []
-            certbot.run("install", "-i", "postfix-tls", "--cert-name", name, *extra)
+            certbot.run("install", "-i", "postfix-tls", "--cert-name", name, *extra,
+                        *self.deploy_args())
         default = State.load(str(certbot.config_dir)).default
         if default is None:
             raise lab.LabError("the plugin recorded no default lineage")
@@ -233,16 +275,20 @@ class Bench:
             lab_load.mail_endpoints(ports=LOAD_PORTS), default, threads=self.args.threads,
             timeout=3.0, client=self.args.client, max_seconds=240,
         )
-        sessions = lab_load.ImapSessions(port=SESSION_PORT, count=self.args.sessions,
-                                         max_seconds=240, login=MAIL_USER)
+        sessions = MailSessions()
         say(f"  {STRATEGIES[strategy]}, {count} lineage(s): load on "
-            f"{', '.join(map(str, LOAD_PORTS))}, {self.args.sessions} IMAP sessions, renewing")
+            f"{', '.join(map(str, LOAD_PORTS))}, {self.args.sessions} IMAP and "
+            f"{self.args.pop3_sessions} POP3 sessions, renewing")
         with load:
             time.sleep(WARMUP_SECONDS)
             for port in LOAD_PORTS:
                 if load.first_time_serving(old_sha, port) is None:
                     say(f"  warning: port {port} did not serve the current leaf during warm-up")
-            sessions.open()
+            noop, idle = MAIL_USERS
+            for protocol, port, total in (("imap", IMAP_PORT, self.args.sessions),
+                                          ("pop3", POP3_PORT, self.args.pop3_sessions)):
+                sessions.open(protocol, total - total // 2, port, noop, "noop")
+                sessions.open(protocol, total // 2, port, idle, "idle")
             started = time.monotonic()
             proc = certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew",
                                *certbot.acme_args(), check=False)
@@ -265,7 +311,7 @@ class Bench:
         row.stale_after_new = sum(
             s.served_other_after(new_sha) for s in load_results.stats.values()
         )
-        row.session_cut_offsets = [t - ended for t in row.sessions.cut_times]
+        row.session_cut_offsets = [t - ended for t in row.sessions.cut_times()]
         for port, stats in load_results.stats.items():
             if stats.failed_at:
                 row.failure_offsets[port] = (stats.failed_at[0] - ended,
@@ -288,6 +334,7 @@ class Bench:
     def run(self, counts: list[int]) -> tuple[list[Row], dict[str, dict[int, float]]]:
         rows: list[Row] = []
         rates: dict[str, dict[int, float]] = {}
+        strategies = self.args.strategy_list
         for count in counts:
             say(f"== {count} lineage(s)")
             self.fresh_daemons(f"{count}-lineages")
@@ -295,9 +342,15 @@ class Bench:
             if not rates and self.args.rate_seconds:
                 say("  client rates, one thread per port")
                 rates = self.client_rates(self.args.rate_seconds)
-            rows.append(self.measure("A", certbot, default, count))
-            self.to_article(certbot, default)
-            rows.append(self.measure("B", certbot, default, count))
+            if "A" in strategies:
+                rows.append(self.measure("A", certbot, default, count))
+            if "K" in strategies:
+                self.set_sessions(certbot, default, "keep")
+                rows.append(self.measure("K", certbot, default, count))
+                self.set_sessions(certbot, default, "cut")  # B is the stock Dovecot
+            if "B" in strategies:
+                self.to_article(certbot, default)
+                rows.append(self.measure("B", certbot, default, count))
         return rows, rates
 
     def client_rates(self, seconds: float) -> dict[str, dict[int, float]]:
@@ -325,7 +378,8 @@ def markdown(rows: list[Row]) -> str:
         ["strategy", "lineages"]
         + [f"{port}: attempted / failed" for port in LOAD_PORTS]
         + ["new cert on every port (s after certbot exit)", "Postfix reloads / restarts",
-           "Dovecot reloads / restarts", "IMAP sessions cut", "certbot renew (s)"]
+           "Dovecot reloads / restarts", "IMAP sessions cut", "POP3 sessions cut",
+           "certbot renew (s)"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -338,7 +392,8 @@ def markdown(rows: list[Row]) -> str:
             fmt_seconds(row.new_cert_after_exit),
             f"{row.postfix_reloads} / {row.postfix_starts}",
             f"{row.dovecot_reloads} / {row.dovecot_starts}",
-            f"{row.sessions.cut} of {row.sessions.opened}",
+            f"{row.sessions.cut('imap')} of {row.sessions.opened('imap')}",
+            f"{row.sessions.cut('pop3')} of {row.sessions.opened('pop3')}",
             f"{row.renew_seconds:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -363,13 +418,15 @@ def details(rows: list[Row]) -> str:
             notes.append(f"{row.stale_after_new} handshake(s) still got the old leaf after the"
                          " new one was first served; only the new one from"
                          f" {fmt_seconds(row.only_new_after_exit)} s")
-        if row.session_cut_offsets:
+        report = row.sessions
+        if report.cut():
+            by_mode = ", ".join(f"{protocol} {mode} {report.cut(protocol, mode)}/"
+                                f"{report.opened(protocol, mode)}"
+                                for protocol in ("imap", "pop3") for mode in ("noop", "idle")
+                                if report.opened(protocol, mode))
             offsets = row.session_cut_offsets
-            notes.append(f"IMAP sessions cut between {offsets[0]:+.2f} s and {offsets[-1]:+.2f} s"
-                         f" ({'; '.join(row.sessions.messages[:3])})")
-        probed = row.sessions.cut - len(row.session_cut_offsets)
-        if probed:
-            notes.append(f"{probed} IMAP session(s) found dead by the final NOOP")
+            notes.append(f"sessions cut ({by_mode}) between {offsets[0]:+.2f} s and"
+                         f" {offsets[-1]:+.2f} s ({'; '.join(report.reasons())})")
         if row.postfix_throttled:
             notes.append(f"Postfix logged 'throttling' {row.postfix_throttled} time(s)")
         if row.postfix_fatal:
@@ -405,7 +462,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2,
                         help="client threads per port (default 2)")
     parser.add_argument("--sessions", type=int, default=10,
-                        help="established IMAP sessions held open on 143 (default 10)")
+                        help="logged-in IMAP sessions held open on 993, half NOOP-ing every"
+                             " second, half in IDLE (default 10)")
+    parser.add_argument("--pop3-sessions", type=int, default=4,
+                        help="logged-in POP3 sessions held open on 995, half NOOP-ing every"
+                             " second, half silent (default 4)")
+    parser.add_argument("--strategies", default="A,K,B",
+                        help="comma list of A (plugin), K (plugin, sessions keep), B (article)"
+                             " (default A,K,B)")
+    parser.add_argument("--dovecot24", metavar="ROOT",
+                        help="run Dovecot 2.4 from this Debian 13 chroot "
+                             "(sh tools/debian13-chroot --check --suite trixie prints it)")
     parser.add_argument("--client", choices=("light", "verify"), default="light",
                         help="handshake client: light (default) or verify.handshake")
     parser.add_argument("--rate-seconds", type=float, default=1.5,
@@ -423,8 +490,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         parser.error("--threads: between 1 and 8")
     if not 0 <= args.seconds <= 60 or not 0 <= args.rate_seconds <= 10:
         parser.error("--seconds: 0 to 60; --rate-seconds: 0 to 10")
-    if not 0 <= args.sessions <= 50:
-        parser.error("--sessions: 0 to 50")
+    if not 0 <= args.sessions <= 20 or not 0 <= args.pop3_sessions <= 20:
+        parser.error("--sessions, --pop3-sessions: 0 to 20 (two users, 10 each)")
+    args.strategy_list = [s.strip().upper() for s in args.strategies.split(",") if s.strip()]
+    if not args.strategy_list or set(args.strategy_list) - set(STRATEGIES):
+        parser.error("--strategies: a comma list of A, K, B")
+    if args.dovecot24 and not os.path.exists(f"{args.dovecot24}/usr/sbin/dovecot"):
+        parser.error(f"--dovecot24: {args.dovecot24} has no /usr/sbin/dovecot")
     return args
 
 
@@ -435,9 +507,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     began = time.monotonic()
     try:
         bench.start()
-        certbot_version = lab.Certbot(bench.pebble, scratch / "unused").version()
+        # While Dovecot 2.4's chroot is in place: `dovecot --version` names the one measured.
+        about = machine(lab.Certbot(bench.pebble, scratch / "unused").version())
         rows, rates = bench.run(args.counts)
-    except (lab.LabError, lab_load.LoadError, verify.VerifyError, OSError) as exc:
+    except (lab.LabError, lab_load.LoadError, verify.VerifyError, OSError,
+            imaplib.IMAP4.error, poplib.error_proto, subprocess.CalledProcessError) as exc:
         say(f"benchmark failed: {exc}")
         return 2
     finally:
@@ -446,9 +520,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             say(f"scratch directory kept: {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
-    print(machine(certbot_version))
+    print(about)
     print(f"Load: {args.threads} thread(s) per port, {args.client} client, "
-          f"{args.sessions} logged-in IMAP sessions on {SESSION_PORT},"
+          f"{args.sessions} logged-in IMAP sessions on {IMAP_PORT} and {args.pop3_sessions}"
+          f" POP3 sessions on {POP3_PORT} (half NOOP every second, half IDLE/silent),"
           f" {WARMUP_SECONDS:g} s warm-up, "
           f"{args.seconds:g} s after certbot exits.\n")
     print(markdown(rows))
