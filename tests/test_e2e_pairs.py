@@ -99,7 +99,7 @@ def test_rsa_and_ecdsa_side_by_side(
 
     # Renewing the RSA member alone, under load: both still served, RSA is the new one.
     load = lab_load.HandshakeLoad(lab_load.mail_endpoints(ports=(25, 587, 993)), HOST,
-                                  threads=1, max_seconds=120)
+                                  threads=1, timeout=10.0, max_seconds=120)
     load.start()
     try:
         old_rsa = leaf(certbot, RSA)
