@@ -68,7 +68,7 @@ def run_deploy_hook(config_dir: str, renewed_lineage: Optional[str]) -> HookResu
                 failed.append(f"{_where(state)}: {exc}")
                 continue
             done.append(f"{_where(state)} pending reload: {', '.join(state.pending)}")
-            notes += desired.warnings
+            notes += desired.warnings + [n for n in desired.notes if n.startswith("DANE:")]
     if failed:
         return HookResult(2, f"postfix-tls: renewed {name} could not be deployed to "
                              + "; ".join(failed))
