@@ -321,6 +321,23 @@ def test_new_key_is_held_until_its_record_has_been_seen_for_twice_the_ttl(
     assert not deployed.held and "activated" in choice.notes[0]
 
 
+def test_a_failed_lookup_neither_holds_nor_releases(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    old = dane.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))
+    choice = choose(site, deployed, [secure(old)])
+    deployed.expected = choice.material.fingerprints()
+    failed = dane.Lookup(25, NAME, dane.ERROR, error="no answer (timed out)")
+    choice = choose(site, deployed, [failed], NOW + datetime.timedelta(days=1))
+    assert deployed.held and choice.material.leaf_sha256 == deployed.expected["leaf_sha256"]
+    assert any("is held" in warning for warning in choice.warnings)
+    # The records went away (validated NXDOMAIN): nothing pins the key any more.
+    choice = choose(site, deployed, [dane.Lookup(25, NAME, dane.NONE)])
+    assert not deployed.held and choice.material.leaf_sha256 == site.material().leaf_sha256
+
+
 def test_every_port_and_name_must_match(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key(), (NAME, "smtp.example.org")))
@@ -503,6 +520,8 @@ def test_doctor_names_what_dns_and_renewals_will_break(site: Certbot) -> None:
     assert status == "OK"
     [(status, message)] = statuses(dane.Lookup(25, NAME, dane.NONE))
     assert status == "OK" and "no validated TLSA records" in message
+    [(status, message)] = statuses(dane.Lookup(25, NAME, dane.ERROR, error="timed out"))
+    assert status == "OK" and message.startswith("not checked: the TLSA lookups of _25._tcp")
 
 
 def test_flag_follows_the_states(tmp_path: Path) -> None:

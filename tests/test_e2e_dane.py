@@ -9,6 +9,7 @@ Every TTL is 2 s: the plugin's wait of twice the TTL is 4 s.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 import time
@@ -77,6 +78,9 @@ def test_new_key_is_held_until_its_record_is_published_then_activated(
     old = chain(certbot)
     dns_lab.set_tlsa(25, "mail", tlsa(old[0]))
     assert VERIFIED in finger()
+    doctor = json.loads(run_cli(certbot, "doctor", "--json").stdout)
+    [found] = [c for c in doctor["checks"] if c["name"] == f"dane {NAME}"]
+    assert found["status"] == "WARNING" and "reuse_key is off" in found["message"]
 
     # 1. A renewal with a new key (certbot's default): port 25 keeps the old one.
     renewed = renew(certbot)

@@ -183,11 +183,16 @@ def test_package_contents(built: Built) -> None:
         assert f"\n.SH {section}\n" in page, section
     assert "certbot\\-postfix\\-tls doctor" in page
     # Only the module, its metadata, the script and docs: no tests, caches or build leftovers.
+    # DANE: `dane check` hourly while a renewal is held (systemd timer, else cron).
+    dane_check = ["./lib/systemd/system/certbot-postfix-tls-dane.service",
+                  "./lib/systemd/system/certbot-postfix-tls-dane.timer",
+                  "./etc/cron.d/certbot-postfix-tls-dane"]
+    assert not [path for path in dane_check if path not in files]
     strays = [path for path in files
               if not path.startswith((f"{site}/certbot_postfix_tls/",
                                       f"{site}/certbot_postfix_tls-", "./usr/share/doc/",
                                       "./usr/share/man/"))
-              and path != "./usr/bin/certbot-postfix-tls"]
+              and path != "./usr/bin/certbot-postfix-tls" and path not in dane_check]
     assert not strays
     assert not [path for path in files if path.endswith(".pyc") or "/tests/" in path]
 

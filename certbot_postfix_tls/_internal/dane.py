@@ -413,6 +413,12 @@ def choose_material(lineage: certs.Lineage, deployed: DeployedLineage,
     binding = [found for found in lookups if found.binding]
     was_held = dict(deployed.held)
     new_chain = _chain(material)
+    if was_held and any(found.status == ERROR for found in lookups):
+        # A failed lookup never releases a hold either: only validated evidence does.
+        served = _served(lineage, deployed, material)
+        if served is not None:
+            warnings.append(held_message(lineage.name, was_held, now))
+            return Choice(served[1], notes, warnings)
     if not binding:
         deployed.held = {}
         if was_held:
@@ -736,7 +742,14 @@ def _doctor_lineage(config_dir: str, deployed: DeployedLineage,
     name = deployed.name
     checks: list[Check] = []
     notes, warnings = _lookup_notes(found, deployed.dane_resolver)
-    checks += [Check(f"dane {name}", "WARNING", warning) for warning in warnings]
+    # Lookups that failed leave those names unchecked: said, not counted as a problem (a
+    # machine without DNS has its own findings; renewals are never blocked by it).
+    failed = sorted({f.error for f in found if f.status == ERROR})
+    if failed:
+        checks.append(Check(f"dane {name}", "OK", "not checked: the TLSA lookups of "
+                            f"{', '.join(f.owner for f in found if f.status == ERROR)} failed "
+                            f"through {resolver_label(deployed.dane_resolver)} "
+                            f"({'; '.join(failed)})"))
     checks += [Check(f"dane {name}", "OK", note) for note in notes]
     binding = [f for f in found if f.binding]
     for item in binding:
@@ -761,7 +774,7 @@ def _doctor_lineage(config_dir: str, deployed: DeployedLineage,
         else:
             checks.append(Check(f"dane {name}", "OK",
                                 f"{item.owner}: validated TLSA records match what is served"))
-    if not binding and not warnings:
+    if not binding and not failed:
         checks.append(Check(f"dane {name}", "OK",
                             "no validated TLSA records: DANE senders do not pin this certificate"))
     if deployed.held:

@@ -18,6 +18,7 @@ from typing import Optional
 from certbot import errors
 
 from certbot_postfix_tls._internal import (
+    dane,
     diagnose,
     dovecot,
     hooks,
@@ -87,6 +88,7 @@ def _plugin_checks(config_dir: str, state: State) -> list[Check]:
             "successfully: run certbot-postfix-tls hook post and read its error"))
     checks += _hook_checks(config_dir)
     checks += _key_checks(state)
+    checks += dane.doctor_checks(config_dir, state)  # TLSA records against what is served
     return checks
 
 

@@ -240,6 +240,25 @@ remote-control:
         owner = f"_{port}._tcp.{host}"
         self.update(add=tuple((owner, "TLSA", record) for record in records),
                     delete=((owner, "TLSA"),))
+        if "unbound" in self.procs:
+            self.wait_answered(port, host, *records)
+
+    def wait_answered(self, port: int, host: str, *records: str, timeout: float = 10.0) -> None:
+        """Until both resolvers answer exactly ``records`` (the validating one with the AD
+        bit): their cached copies of the previous set have expired."""
+        owner = f"_{port}._tcp.{host}.{ZONE}."
+        wanted = {record.replace(" ", "").lower() for record in records}
+        deadline = time.monotonic() + timeout
+        for server in (RESOLVER, UNVALIDATING):
+            while True:
+                reply = self.query(server, owner, "TLSA")
+                found = {rdata.to_text().replace(" ", "").lower() for rrset in reply.answer
+                         if rrset.rdtype == dns.rdatatype.TLSA for rdata in rrset}
+                if found == wanted and (server != RESOLVER or reply.flags & dns.flags.AD):
+                    break
+                if time.monotonic() > deadline:
+                    raise LabError(f"{server} does not answer {owner} TLSA {records}")
+                time.sleep(0.2)
 
     def use_as_system_resolver(self) -> None:
         """/etc/resolv.conf (the lab's overlay) -> the validating Unbound, AD trusted."""
