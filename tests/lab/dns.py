@@ -79,6 +79,9 @@ class DnsLab:
 
     workdir: Path
     hosts: dict[str, str] = field(default_factory=lambda: {"mail": "127.0.0.1"})
+    # Where the resolvers send their queries: Knot, or a proxy in front of it (the
+    # benchmark's round-trip delay).
+    upstream: str = AUTHORITATIVE
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
     _resolv_conf: Optional[bytes] = None
@@ -181,7 +184,7 @@ zone:
     qname-minimisation: no
 stub-zone:
     name: "{ZONE}"
-    stub-addr: {AUTHORITATIVE}
+    stub-addr: {self.upstream}
 remote-control:
     control-enable: no
 """)
