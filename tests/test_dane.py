@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certbot_postfix_tls._internal import certs, dane
+from certbot_postfix_tls._internal import certs, dane, postfix
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 NAME = "mail.example.org"
@@ -132,7 +132,7 @@ def secure(*records: dane.Record, ttl: int = 2, port: int = 25,
 
 def choose(site: Certbot, deployed: DeployedLineage, lookups: list[dane.Lookup],
            now: datetime.datetime = NOW) -> dane.Choice:
-    return dane.choose_material(site.lineage, deployed, site.material(), None,  # type: ignore[arg-type]
+    return dane.choose_material(site.lineage, deployed, site.material(), None,
                                 lookups=lookups, now=now)
 
 
@@ -392,6 +392,19 @@ def test_a_record_set_that_trusts_nothing_served_does_not_hold(site: Certbot) ->
     assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
 
 
+def test_postfix_before_3_4_cannot_hold(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    old = dane.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))
+    config = postfix.PostfixConfig({"mail_version": "3.3.0"}, {}, [], set())
+    choice = dane.choose_material(site.lineage, deployed, site.material(), config,
+                                  lookups=[secure(old)], now=NOW)
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
+    assert "reads live/ directly" in choice.warnings[0]
+
+
 def test_first_deploy_that_validated_records_reject_is_refused(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key()))
@@ -422,12 +435,12 @@ def test_ignore_and_already_served_look_nothing_up(site: Certbot) -> None:
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
     # No lookups given and none made: the material is already in service.
-    choice = dane.choose_material(site.lineage, deployed, site.material(), None)  # type: ignore[arg-type]
+    choice = dane.choose_material(site.lineage, deployed, site.material(), None)
     assert choice.material.leaf_sha256 == site.material().leaf_sha256
     site.renew(*ca.issue(_key()))
     deployed.dane = dane.IGNORE
     deployed.held = {"version": 1}
-    choice = dane.choose_material(site.lineage, deployed, site.material(), None)  # type: ignore[arg-type]
+    choice = dane.choose_material(site.lineage, deployed, site.material(), None)
     assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
 
 

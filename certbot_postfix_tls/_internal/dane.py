@@ -388,7 +388,7 @@ def _lookup_notes(lookups: Sequence[Lookup], resolver: Optional[str]) -> tuple[l
 
 
 def choose_material(lineage: certs.Lineage, deployed: DeployedLineage,
-                    material: certs.Material, config: postfix.PostfixConfig,
+                    material: certs.Material, config: Optional[postfix.PostfixConfig],
                     lookups: Optional[Sequence[Lookup]] = None,
                     now: Optional[datetime.datetime] = None) -> Choice:
     """The material to put into service for ``lineage`` (its live files: ``material``).
@@ -408,7 +408,8 @@ def choose_material(lineage: certs.Lineage, deployed: DeployedLineage,
         return Choice(material)
     names = list(material.names) + list(deployed.names)
     if lookups is None:
-        lookups = lookup(names, smtp_ports(config), deployed.dane_resolver)
+        ports = smtp_ports(config) if config is not None else [25]
+        lookups = lookup(names, ports, deployed.dane_resolver)
     notes, warnings = _lookup_notes(lookups, deployed.dane_resolver)
     binding = [found for found in lookups if found.binding]
     was_held = dict(deployed.held)
@@ -471,6 +472,15 @@ def choose_material(lineage: certs.Lineage, deployed: DeployedLineage,
             f"DANE: the renewed certificate of {lineage.name} matches no validated TLSA record "
             f"and the one served before is no longer in the archive, so it is deployed: "
             f"publish {'; '.join(publish)}")
+        deployed.held = {}
+        return Choice(material, notes, warnings)
+    if config is not None and config.version < (3, 4):
+        # Without smtpd_tls_chain_files Postfix reads live/ itself: nothing can be held.
+        warnings.append(
+            f"DANE: Postfix {'.'.join(map(str, config.version))} reads live/ directly (no "
+            f"smtpd_tls_chain_files before 3.4), so the renewed certificate of {lineage.name} "
+            f"is served though validated TLSA records do not match it: publish "
+            f"{'; '.join(publish)}")
         deployed.held = {}
         return Choice(material, notes, warnings)
     version, held = served
