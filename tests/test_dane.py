@@ -338,6 +338,38 @@ def test_a_failed_lookup_neither_holds_nor_releases(site: Certbot) -> None:
     assert not deployed.held and choice.material.leaf_sha256 == site.material().leaf_sha256
 
 
+def test_dynamic_update_settings_and_the_retired_records(site: Certbot, tmp_path: Path) -> None:
+    credentials = tmp_path / "rfc2136.ini"
+    credentials.write_text("dns_rfc2136_server = 192.0.2.53\ndns_rfc2136_name = k\n")
+    with pytest.raises(errors.PluginError, match="does not set dns_rfc2136_secret"):
+        dane.Updater.from_file(str(credentials))
+    credentials.write_text("# comment\ndns_rfc2136_server = 192.0.2.53\ndns_rfc2136_port = 5353"
+                           "\ndns_rfc2136_name = k.\ndns_rfc2136_secret = c2VjcmV0\n")
+    updater = dane.Updater.from_file(str(credentials))
+    assert (updater.server, updater.port, updater.key_name, updater.algorithm) == (
+        "192.0.2.53", 5353, "k.", "hmac-sha512")
+    with pytest.raises(errors.PluginError, match="cannot be read"):
+        dane.Updater.from_file(str(tmp_path / "missing.ini"))
+
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    deployed.dane_update = str(tmp_path / "missing.ini")
+    old = dane.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))
+    new = dane.Record.for_cert(site.material().leaf)
+    choice = choose(site, deployed, [secure(old)])
+    assert any("dynamic update" in w and "publish the records by hand" in w
+               for w in choice.warnings)
+    deployed.expected = choice.material.fingerprints()
+    choose(site, deployed, [secure(old, new)], NOW)
+    choose(site, deployed, [secure(old, new)], NOW + datetime.timedelta(seconds=4))
+    assert not deployed.held
+    assert deployed.dane_retire == [{
+        "record": f"_25._tcp.mail.example.org. IN TLSA {old.text()}",
+        "after": (NOW + datetime.timedelta(seconds=8)).isoformat()}]
+
+
 def test_every_port_and_name_must_match(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key(), (NAME, "smtp.example.org")))

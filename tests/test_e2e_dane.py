@@ -13,9 +13,10 @@ import json
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dns.rdatatype
 import lab
 import pytest
 from conftest import need, once
@@ -168,3 +169,46 @@ def test_2_1_1_for_the_issuing_intermediate_survives_a_renewal(
     assert not held(certbot)
     assert VERIFIED in finger()
     assert run_cli(certbot, "verify").returncode == 0
+
+
+def test_dynamic_updates_roll_the_key_over_with_no_human_step(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dns_lab: labdns.DnsLab, tmp_path: Path
+) -> None:
+    once(request, "the DNS decisions do not depend on certbot's version")
+    credentials = tmp_path / "rfc2136.ini"
+    labdns.tsig_credentials(credentials)
+    issue(certbot, NAME)
+    install(certbot, NAME, "--postfix-tls-services", "postfix",
+            "--postfix-tls-dane-update", str(credentials))
+    old = chain(certbot)
+    dns_lab.set_tlsa(25, "mail", tlsa(old[0]))
+    renewed = renew(certbot)
+    new = chain(certbot)
+    assert f"published through {labdns.AUTHORITATIVE}" in renewed.stdout + renewed.stderr
+    assert served_leaf(25, NAME) == der(old[0]) and held(certbot)
+
+    # From here on only what the hourly timer runs: dane check.
+    def until(done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not done():
+            assert time.monotonic() < deadline, what
+            run_cli(certbot, "dane", "check")
+            time.sleep(1)
+
+    until(lambda: not held(certbot), "the renewal was not activated")
+    assert served_leaf(25, NAME) == der(new[0])
+    assert VERIFIED in finger()
+    owner = f"_25._tcp.{NAME}."
+
+    def published() -> set[str]:
+        reply = dns_lab.query(labdns.AUTHORITATIVE, owner, "TLSA")
+        return {rdata.to_text().replace(" ", "") for rrset in reply.answer
+                if rrset.rdtype == dns.rdatatype.TLSA for rdata in rrset}
+
+    until(lambda: published() == {tlsa(new[0]).replace(" ", "")},
+          "the retired key's record was not removed")
+    assert not State.load(str(certbot.config_dir)).lineages[NAME].dane_retire
+    assert not (certbot.config_dir / "postfix-tls" / dane.HELD_FLAG).exists()
+    dns_lab.wait_answered(25, "mail", tlsa(new[0]))
+    assert VERIFIED in finger()

@@ -98,6 +98,11 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         add("dane-resolver", default=None, metavar="ADDR",
             help="Validating resolver for the TLSA lookups (ADDR or ADDR@PORT; default: "
                  "what the last deploy recorded, else the system resolver).")
+        add("dane-update", default=None, metavar="FILE",
+            help="certbot-dns-rfc2136 credentials file: publish a held renewal's TLSA "
+                 "records by RFC 2136 dynamic update (TSIG), and remove the retired key's "
+                 "twice their TTL after the activation (default: what the last deploy "
+                 "recorded, else none: the records are printed).")
         add("verify-ports", default="auto", metavar="LIST",
             help="Comma list of the ports the check verifies (default: auto, every "
                  "public TLS port; loopback-only content-filter/proxy ports are skipped).")
@@ -311,6 +316,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         resolver = self.conf("dane-resolver") or (previous.dane_resolver if previous else None)
         if resolver:
             dane.parse_resolver(str(resolver))  # refused before any change
+        update = self.conf("dane-update") or (previous.dane_update if previous else None)
+        if update:
+            dane.Updater.from_file(os.path.abspath(str(update)))
         state.add(
             DeployedLineage(
                 name=lineage.name,
@@ -325,6 +333,8 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 held=previous.held if previous else {},
                 dane=str(self.conf("dane") or (previous.dane if previous else "auto")),
                 dane_resolver=str(resolver) if resolver else None,
+                dane_update=os.path.abspath(str(update)) if update else None,
+                dane_retire=previous.dane_retire if previous else [],
             ),
             pin=bool(self.conf("default")),
         )

@@ -40,9 +40,14 @@ from typing import Any, Optional
 
 import dns.exception
 import dns.flags
+import dns.message
 import dns.name
+import dns.query
+import dns.rcode
 import dns.rdatatype
 import dns.resolver
+import dns.tsigkeyring
+import dns.update
 from certbot import errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -458,6 +463,16 @@ def choose_material(lineage: certs.Lineage, deployed: DeployedLineage,
         if was_held:
             notes.append(f"DANE: activated the renewed certificate of {lineage.name}: validated "
                          "TLSA records match it and have been published for twice their TTL")
+            if deployed.dane_update and served_chain:
+                # The retired key's records go once no cache can hold a set without the
+                # new one any more: twice their TTL after the activation.
+                deployed.dane_retire += [
+                    {"record": found.line(r),
+                     "after": (now + datetime.timedelta(seconds=2 * found.ttl)).isoformat()}
+                    for found in binding for r in found.usable
+                    if r.matches(served_chain) and not r.matches(new_chain)]
+                if deployed.dane_retire:
+                    _raise_flag(lineage.config_dir)
         return Choice(material, notes, warnings)
     publish = _publish(binding, new_chain)
     if served is None:  # (then ready is False only when some validated set rejects it)
@@ -496,6 +511,10 @@ def choose_material(lineage: certs.Lineage, deployed: DeployedLineage,
     }
     _raise_flag(lineage.config_dir)
     warnings.append(held_message(lineage.name, deployed.held, now))
+    if deployed.dane_update and publish:
+        ttls = {found.owner: found.ttl for found in binding}
+        _send_update(deployed, [(line, ttls.get(line.split()[0], 0)) for line in publish], [],
+                     notes, warnings)
     return Choice(held, notes, warnings)
 
 
@@ -518,6 +537,115 @@ def held_message(name: str, held: dict[str, Any], now: Optional[datetime.datetim
             "twice their TTL after they were first seen")
 
 
+# --- publishing by RFC 2136 (--postfix-tls-dane-update) ------------------------------------
+
+_CREDENTIALS = {"server": "dns_rfc2136_server", "name": "dns_rfc2136_name",
+                "secret": "dns_rfc2136_secret"}
+
+
+@dataclass(frozen=True)
+class Updater:
+    """Dynamic updates with TSIG, configured like certbot-dns-rfc2136's credentials file."""
+
+    path: str
+    server: str
+    port: int
+    key_name: str
+    secret: str
+    algorithm: str
+
+    @classmethod
+    def from_file(cls, path: str) -> Updater:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise errors.PluginError(
+                f"--postfix-tls-dane-update {path} cannot be read ({exc.strerror}): give a "
+                "certbot-dns-rfc2136 credentials file (server, port, name, secret, algorithm)."
+            ) from None
+        values = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.strip().startswith("#"):
+                values[key.strip()] = value.strip()
+        missing = [key for key in _CREDENTIALS.values() if not values.get(key)]
+        if missing:
+            raise errors.PluginError(
+                f"--postfix-tls-dane-update {path} does not set {', '.join(missing)}: add "
+                "them as certbot-dns-rfc2136 does (dns_rfc2136_server = ADDRESS, ...).")
+        try:
+            port = int(values.get("dns_rfc2136_port", "53"))
+            ipaddress.ip_address(values[_CREDENTIALS["server"]])
+        except ValueError:
+            raise errors.PluginError(
+                f"--postfix-tls-dane-update {path}: dns_rfc2136_server must be an IP address "
+                "and dns_rfc2136_port a number.") from None
+        return cls(path, values[_CREDENTIALS["server"]], port, values[_CREDENTIALS["name"]],
+                   values[_CREDENTIALS["secret"]],
+                   values.get("dns_rfc2136_algorithm", "HMAC-SHA512").lower())
+
+    def _zone(self, owner: str) -> dns.name.Name:
+        """The zone the primary is authoritative for that holds ``owner`` (SOA walk, as
+        certbot-dns-rfc2136 does)."""
+        name = dns.name.from_text(owner)
+        while len(name.labels) > 1:
+            query = dns.message.make_query(name, dns.rdatatype.SOA)
+            reply = dns.query.udp(query, self.server, port=self.port, timeout=LOOKUP_TIMEOUT)
+            if reply.rcode() == dns.rcode.NOERROR and any(
+                    rrset.rdtype == dns.rdatatype.SOA and rrset.name == name
+                    for rrset in reply.answer):
+                return name
+            name = name.parent()
+        raise errors.PluginError(f"{self.server} is authoritative for no zone holding {owner}")
+
+    def send(self, add: Sequence[tuple[str, int]], delete: Sequence[str]) -> None:
+        """Add (record line, TTL) and delete record lines, one update per zone."""
+        keyring = dns.tsigkeyring.from_text({self.key_name: self.secret})
+        updates: dict[dns.name.Name, dns.update.UpdateMessage] = {}
+
+        def update_for(owner: str) -> dns.update.UpdateMessage:
+            zone = self._zone(owner)
+            if zone not in updates:
+                updates[zone] = dns.update.UpdateMessage(
+                    zone, keyring=keyring, keyalgorithm=dns.name.from_text(self.algorithm))
+            return updates[zone]
+
+        for line in delete:
+            owner, rdata = line.split(" IN TLSA ")
+            update_for(owner).delete(owner, "TLSA", rdata)
+        for line, ttl in add:
+            owner, rdata = line.split(" IN TLSA ")
+            update_for(owner).add(owner, ttl or 3600, "TLSA", rdata)
+        for zone, update in updates.items():
+            reply = dns.query.tcp(update, self.server, port=self.port, timeout=10)
+            if reply.rcode() != dns.rcode.NOERROR:
+                raise errors.PluginError(
+                    f"{self.server} refused the update of {zone} "
+                    f"({dns.rcode.to_text(reply.rcode())}): check the TSIG key and the "
+                    "server's update policy")
+
+
+def _send_update(deployed: DeployedLineage, add: Sequence[tuple[str, int]],
+                 delete: Sequence[str], notes: list[str], warnings: list[str]) -> bool:
+    """Publish or remove records as --postfix-tls-dane-update says; a failure is a warning
+    (the records are printed for a human to publish)."""
+    try:
+        updater = Updater.from_file(str(deployed.dane_update))
+        updater.send(add, delete)
+    except (errors.Error, dns.exception.DNSException, OSError, ValueError) as exc:
+        warnings.append(f"DANE: the dynamic update (--postfix-tls-dane-update "
+                        f"{deployed.dane_update}) failed: {exc}; publish the records by hand")
+        return False
+    if add:
+        notes.append(f"DANE: published through {updater.server}: "
+                     + "; ".join(line for line, _ in add))
+    if delete:
+        notes.append(f"DANE: removed through {updater.server} the retired key's records: "
+                     + "; ".join(delete))
+    return True
+
+
 # --- the Debian timer's condition ---------------------------------------------------------
 
 
@@ -531,8 +659,9 @@ def _raise_flag(config_dir: str) -> None:
 
 
 def sync_flag(config_dir: str) -> None:
-    """The flag exists exactly while some instance's state holds a lineage."""
-    held = any(lineage.held for state in State.load_all(config_dir)
+    """The flag exists exactly while some instance's state holds a lineage (or has a
+    retired record to remove)."""
+    held = any(lineage.held or lineage.dane_retire for state in State.load_all(config_dir)
                for lineage in state.lineages.values())
     if held:
         _raise_flag(config_dir)
@@ -562,8 +691,30 @@ def check(config_dir: str, warn: Warn, skip_renewed: bool = False) -> CheckResul
                           and not (skip_renewed and name in state.renewed))
             if held:
                 _check_state(config_dir, state, held, warn, result)
+            _retire(config_dir, State.load(config_dir, state.instance), result)
         sync_flag(config_dir)
     return result
+
+
+def _retire(config_dir: str, state: State, result: CheckResult) -> None:
+    """Remove (RFC 2136) the retired keys' records whose time has come."""
+    now = _now()
+    changed = False
+    for _, lineage in sorted(state.lineages.items()):
+        due = [entry for entry in lineage.dane_retire if _time(entry["after"]) <= now]
+        if not due or not lineage.dane_update:
+            continue
+        notes: list[str] = []
+        warnings: list[str] = []
+        if _send_update(lineage, [], [str(entry["record"]) for entry in due], notes, warnings):
+            lineage.dane_retire = [e for e in lineage.dane_retire if e not in due]
+            changed = True
+        result.lines += [f"OK: {line}" for line in notes]
+        result.lines += [f"WARNING: {line}" for line in warnings]
+        if warnings:
+            _worse(result, "WARNING")
+    if changed:
+        state.save(config_dir)
 
 
 def report(result: CheckResult, warn: Warn) -> str:

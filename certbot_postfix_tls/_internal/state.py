@@ -42,6 +42,10 @@ class DeployedLineage:
     # While a renewed key waits for its TLSA record: the archive version Postfix serves
     # instead, the records to publish, when matching records were first seen (dane.py).
     held: dict[str, Any] = field(default_factory=dict)
+    # --postfix-tls-dane-update: the RFC 2136 credentials file that publishes the held
+    # key's records, and the retired key's records to remove ({"record", "after"}).
+    dane_update: Optional[str] = None
+    dane_retire: list[dict[str, Any]] = field(default_factory=list)
     key_type: str = ""  # rsa, ecdsa: two lineages for the same names are served as a pair
 
 
