@@ -19,6 +19,7 @@ other than shutdown_clients, and no other command, keeps them.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,6 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         if chroot is not None:
             chroot.leave()
+        shutil.rmtree(scratch, ignore_errors=True)
     print(f"Dovecot {version}: {args.imap} IMAP NOOP + {args.imap} IMAP IDLE on 993, "
           f"{args.pop3} POP3 NOOP + {args.pop3} POP3 silent on 995; reload {args.idle:g} s "
           f"after login, watched {args.watch:g} s.\n")
