@@ -839,7 +839,11 @@ def records(config_dir: str, cert_name: Optional[str] = None) -> list[str]:
         for name in sorted(state.lineages):
             if cert_name is not None and name != cert_name:
                 continue
-            lines += _lineage_records(config_dir, state.lineages[name], ports)
+            try:
+                lines += _lineage_records(config_dir, state.lineages[name], ports)
+            except OSError as exc:
+                raise errors.Error(f"The certificates of {name} cannot be read ({exc}): run "
+                                   "certbot-postfix-tls dane records as root.") from None
     return lines
 
 
@@ -890,6 +894,11 @@ def doctor_checks(config_dir: str, state: State) -> list[Check]:
             continue
         try:
             chain = served_chain(config_dir, deployed)
+        except PermissionError:
+            checks.append(Check(f"dane {name}", "OK",
+                                f"skipped: the certificates under {config_dir}/live are read by "
+                                "root only; run doctor as root to check them against TLSA"))
+            continue
         except (OSError, ValueError, errors.Error) as exc:
             checks.append(Check(f"dane {name}", "UNKNOWN", f"cannot read what is served: {exc}"))
             continue
