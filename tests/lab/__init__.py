@@ -122,8 +122,31 @@ def enter_private_namespace(scratch: Path) -> Path:
         os.chmod(private, real.st_mode & 0o7777)
         _mount(str(private), directory, None, _MS_BIND)
     os.makedirs("/run/lock", exist_ok=True)
+    for path in {Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()}:
+        _let_others_traverse(path, scratch)
     _entered = scratch
     return scratch
+
+
+def _let_others_traverse(path: Path, scratch: Path) -> None:
+    """Overlay each ancestor of path that others may not traverse with one that they may.
+
+    Tests run the checkout's venv as unprivileged users; a clone in a 0700 home
+    (/root, /home/USER on Debian 12) would be closed to them. Only this namespace
+    sees the added o+x: the machine's directories keep their modes.
+    """
+    for directory in [*reversed(path.parents), path]:
+        real = os.stat(directory)
+        if real.st_mode & 0o001:
+            continue
+        name = "traverse" + str(directory).replace("/", "-")
+        upper, work = scratch / f"{name}-upper", scratch / f"{name}-work"
+        upper.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
+        os.chown(upper, real.st_uid, real.st_gid)
+        os.chmod(upper, (real.st_mode & 0o7777) | 0o001)
+        _mount("overlay", str(directory), "overlay", 0,
+               f"lowerdir={directory},upperdir={upper},workdir={work}")
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
