@@ -52,12 +52,7 @@ from certbot_postfix_tls._internal.state import State
 # (expanded: smtpd_tls_key_file defaults to $smtpd_tls_cert_file).
 TLS_PARAMS = (
     "smtpd_tls_chain_files",
-    "smtpd_tls_cert_file",
-    "smtpd_tls_key_file",
-    "smtpd_tls_eccert_file",
-    "smtpd_tls_eckey_file",
-    "smtpd_tls_dcert_file",
-    "smtpd_tls_dkey_file",
+    *postfix.LEGACY_CERT_PARAMS,
     "smtpd_tls_protocols",
     "smtpd_tls_mandatory_protocols",
     "smtpd_tls_auth_only",
