@@ -206,6 +206,8 @@ class TinyDNS:
                 wire, peer = self.sock.recvfrom(4096)
             except OSError:
                 return
+            if not wire:  # shut down by close()
+                return
             query = dns.message.from_wire(wire)
             self.queries.append(query)
             reply = dns.message.make_response(query)
@@ -222,6 +224,14 @@ class TinyDNS:
             self.sock.sendto(reply.to_wire(), peer)
 
     def close(self) -> None:
+        # Closing alone leaves the thread blocked in recvfrom, and while it runs the lab's
+        # namespaces cannot be entered (every later end-to-end test would be skipped):
+        # shutdown wakes it, even on an unconnected socket (which also says ENOTCONN).
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(timeout=5)
         self.sock.close()
 
 
