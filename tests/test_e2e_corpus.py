@@ -78,19 +78,10 @@ class Spec:
         return spec
 
 
-def files_under(directory: str) -> dict[str, bytes]:
-    found = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            found[os.path.relpath(path, directory)] = Path(path).read_bytes()
-    return found
-
-
 def snapshot() -> dict[str, bytes]:
     return {"main.cf": Path("/etc/postfix/main.cf").read_bytes(),
             "master.cf": Path("/etc/postfix/master.cf").read_bytes(),
-            **{f"dovecot/{k}": v for k, v in files_under("/etc/dovecot").items()}}
+            **{f"dovecot/{k}": v for k, v in lab.file_tree("/etc/dovecot").items()}}
 
 
 def service_options(postfix_lab: lab.PostfixLab) -> dict[str, dict[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -25,19 +24,9 @@ MAIL_ENDPOINTS = (
 )
 
 
-def tree(directory: str) -> dict[str, bytes]:
-    """Every file under a directory, by relative path (for byte-for-byte comparisons)."""
-    found = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            found[os.path.relpath(path, directory)] = Path(path).read_bytes()
-    return found
-
-
 def configs() -> dict[str, bytes]:
     return {
-        **{f"dovecot/{k}": v for k, v in tree("/etc/dovecot").items()},
+        **{f"dovecot/{k}": v for k, v in lab.file_tree("/etc/dovecot").items()},
         "main.cf": Path("/etc/postfix/main.cf").read_bytes(),
         "master.cf": Path("/etc/postfix/master.cf").read_bytes(),
     }
@@ -171,10 +160,10 @@ def test_services_option_leaves_dovecot_alone(
     dovecot_lab: DovecotLab,
 ) -> None:
     once(request, "option handling is the plugin's own")
-    before = tree("/etc/dovecot")
+    before = lab.file_tree("/etc/dovecot")
     certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", NAME,
                 "--postfix-tls-services", "postfix", *certbot.acme_args())
-    assert tree("/etc/dovecot") == before
+    assert lab.file_tree("/etc/dovecot") == before
     assert served_leaf("smtp", 25, "starttls") == leaf_of(certbot)
     assert served_leaf("imap", 993, "implicit") != leaf_of(certbot)
     bad = certbot.run("install", "-i", "postfix-tls", "--cert-name", NAME,

@@ -44,6 +44,14 @@ def key_bodies(certbot: lab.Certbot) -> list[bytes]:
     return bodies
 
 
+def assert_no_key_copies(certbot: lab.Certbot) -> None:
+    """No private key's bytes anywhere under certbot's work directory (its backups)."""
+    for body in key_bodies(certbot):
+        for path in (certbot.base / "work").rglob("*"):
+            if path.is_file():
+                assert body[:64] not in path.read_bytes(), path
+
+
 def test_rollback_after_renewal_serves_current_certificates(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
     dovecot_lab: DovecotLab,
@@ -63,11 +71,7 @@ def test_rollback_after_renewal_serves_current_certificates(
     for protocol, port, tls in PORTS:
         assert served(protocol, port, tls, HOST) == renewed, port
         assert served(protocol, port, tls, None) == renewed, port
-    backups = certbot.base / "work"
-    for body in key_bodies(certbot):
-        for path in backups.rglob("*"):
-            if path.is_file():
-                assert body[:64] not in path.read_bytes(), path
+    assert_no_key_copies(certbot)
     assert not (certbot.config_dir / "postfix-tls" / "lineages" / OTHER).exists()
 
 
@@ -87,10 +91,7 @@ def test_old_key_copies_are_purged_from_backups(
 
     proc = certbot.run("install", "-i", "postfix-tls", "--cert-name", HOST)
     assert "removed copies of private keys from 1 checkpoint" in proc.stdout + proc.stderr
-    for body in key_bodies(certbot):
-        for path in (certbot.base / "work").rglob("*"):
-            if path.is_file():
-                assert body[:64] not in path.read_bytes(), path
+    assert_no_key_copies(certbot)
     certbot.run("rollback", "--installer", "postfix-tls", "--checkpoints", "2")
     assert not os.path.exists(State.path(str(certbot.config_dir)))
 

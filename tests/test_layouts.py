@@ -63,15 +63,6 @@ def install_rhel_tree(instance: DovecotLab) -> None:
     write_self_signed(RHEL_CERT, RHEL_KEY, "localhost.localdomain")
 
 
-def files_under(directory: str) -> dict[str, bytes]:
-    found = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            found[os.path.relpath(path, directory)] = Path(path).read_bytes()
-    return found
-
-
 def leaf_of(certbot: lab.Certbot) -> bytes:
     pem = (certbot.config_dir / "live" / NAME / "fullchain.pem").read_bytes()
     return certs.load_pem_chain(pem)[0].public_bytes(certs.serialization.Encoding.DER)
@@ -169,7 +160,7 @@ def test_rhel_dovecot_deploy_renew_rollback(
     assert dovecot_config is not None
     install_rhel_tree(dovecot_config)
     dovecot_config.start()
-    before = files_under("/etc/dovecot")
+    before = lab.file_tree("/etc/dovecot")
 
     output = run_certbot(certbot)
     assert "commented out ssl_cert in /etc/dovecot/conf.d/10-ssl.conf" in output
@@ -186,7 +177,7 @@ def test_rhel_dovecot_deploy_renew_rollback(
     assert served(993, "implicit") == served(143, "starttls") == leaf_of(certbot)
 
     certbot.run("rollback", "--installer", "postfix-tls", "--checkpoints", "1")
-    assert files_under("/etc/dovecot") == before
+    assert lab.file_tree("/etc/dovecot") == before
 
 
 @pytest.fixture

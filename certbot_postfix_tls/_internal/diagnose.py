@@ -1113,7 +1113,8 @@ _SASL_LOG = re.compile(r"SASL|sasl")
 
 
 def _socket_problem(path: str) -> tuple[str, bool]:
-    """(what is wrong with a unix socket, whether it could be checked at all)."""
+    """(what is wrong with a unix socket, whether it could be checked at all); the
+    reason starts with the path, so that callers can write "... socket {reason}"."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -1129,7 +1130,7 @@ def _socket_problem(path: str) -> tuple[str, bool]:
         except PermissionError:
             return "", False
         except OSError as exc:
-            return f"nothing listens on {path} ({exc.strerror or exc})", True
+            return f"{path} has nothing listening on it ({exc.strerror or exc})", True
     return "", True
 
 

@@ -143,8 +143,8 @@ def render(
     state.default = sni.choose_default(served, config.main.get("myhostname", ""))
     served.default = state.default
 
-    desired.remove_dirs = _stale_dirs(site.config_dir, state)
     others = [s for s in State.load_all(site.config_dir) if s.instance != state.instance]
+    desired.remove_dirs = _stale_dirs(site.config_dir, [*others, state])
 
     if not served.lineages:
         if state.lineages:
@@ -196,13 +196,12 @@ def _lineage(config_dir: str, deployed: DeployedLineage) -> certs.Lineage:
                                     config_dir)
 
 
-def _stale_dirs(config_dir: str, state: State) -> list[str]:
-    """Derived-file directories of lineages no instance's state has any more (``state``
-    replaces the recorded state of its own instance)."""
+def _stale_dirs(config_dir: str, states: Sequence[State]) -> list[str]:
+    """Derived-file directories of lineages none of ``states`` (every instance's, as
+    they are about to be saved) has any more."""
     lineages_dir = os.path.join(config_dir, constants.PLUGIN_DIR, constants.LINEAGES_DIR)
     if not os.path.isdir(lineages_dir):
         return []
-    states = [s for s in State.load_all(config_dir) if s.instance != state.instance] + [state]
     wanted = {os.path.basename(os.path.dirname(lin.chain_file))
               for s in states for lin in s.lineages.values()}
     return sorted(os.path.join(lineages_dir, entry)
@@ -521,7 +520,7 @@ def regenerate(config_dir: str, warn: Warn) -> None:
     those no restored state refers to. Writes no Postfix or Dovecot configuration."""
     states = State.load_all(config_dir)
     for state in states:
-        desired = Desired(state=state, remove_dirs=_stale_dirs(config_dir, state))
+        desired = Desired(state=state, remove_dirs=_stale_dirs(config_dir, states))
         for name in sorted(state.lineages):
             lineage = state.lineages[name]
             try:
@@ -554,7 +553,7 @@ def regenerate(config_dir: str, warn: Warn) -> None:
                 if os.path.lexists(path):
                     os.unlink(path)
     if not states:
-        for directory in _stale_dirs(config_dir, State()):
+        for directory in _stale_dirs(config_dir, []):
             shutil.rmtree(directory)
 
 

@@ -431,3 +431,13 @@ class PostfixLab:
             return Path(self.log_file).read_text(errors="replace")
         except OSError:
             return ""
+
+
+def file_tree(directory: str) -> dict[str, bytes]:
+    """Every file under a directory, by relative path (for byte-for-byte comparisons)."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, directory)] = Path(path).read_bytes()
+    return found

@@ -93,9 +93,10 @@ def _renew_under_load(certbot: lab.Certbot, mta: lab.PostfixLab, imap: DovecotLa
     if served_at is None:
         _say("  the new certificate was NOT served on every port")
     else:
-        _say(f"  new certificate served on every port {served_at - ended:+.2f} s after certbot "
-             f"exited (certbot renew took {ended - started:.1f} s, its post hook verifies "
-             "before it returns)")
+        lead = ended - served_at
+        when = f"{lead:.2f} s before" if lead >= 0 else f"{-lead:.2f} s after"
+        _say(f"  new certificate served on every port {when} certbot exited (certbot renew "
+             f"took {ended - started:.1f} s, its post hook verifies before it returns)")
     _say(f"  reloads: Postfix {mta.log().count('reload -- version') - postfix_reloads}"
          + (f", Dovecot {imap.log().count('SIGHUP received') - dovecot_reloads}" if imap else "")
          + f"; master pids {mta.master_pid()}"
