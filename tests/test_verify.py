@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certbot_postfix_tls._internal import verify
+from certbot_postfix_tls._internal import findings, verify
 from certbot_postfix_tls._internal.verify import Endpoint, ExpectedCert, VerifyError
 
 NAME = "mail.example.com"
@@ -633,9 +633,9 @@ def test_expected_from_bad_file(tmp_path):
 
 
 def test_worst_and_exit_codes():
-    assert verify.worst([]) == "OK"
-    assert verify.worst(["OK", "WARNING", "OK"]) == "WARNING"
-    assert verify.worst(["CRITICAL", "WARNING"]) == "CRITICAL"
-    assert verify.worst(iter(["UNKNOWN", "CRITICAL"])) == "CRITICAL"
-    assert verify.worst(["WARNING", "UNKNOWN"]) == "UNKNOWN"
-    assert verify.EXIT_CODES == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
+    assert findings.worst([]) == "OK"
+    assert findings.worst(["OK", "WARNING", "OK"]) == "WARNING"
+    assert findings.worst(["CRITICAL", "WARNING"]) == "CRITICAL"
+    assert findings.worst(iter(["UNKNOWN", "CRITICAL"])) == "CRITICAL"
+    assert findings.worst(["WARNING", "UNKNOWN"]) == "UNKNOWN"
+    assert findings.EXIT_CODES == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}

@@ -22,6 +22,7 @@ from certbot_postfix_tls._internal import (
     dane,
     diagnose,
     doctor,
+    findings,
     metrics,
     postfix,
     renewal,
@@ -38,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(verify.EXIT_CODES["UNKNOWN"])
+        sys.exit(findings.EXIT_CODES["UNKNOWN"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def _report(status: str, summary: str, endpoints: list[verify.EndpointResult],
         for check in checks:
             print(f"{check['status']}: {check['name']}: {check['message']}")
         print(f"{status}: {summary}")
-    return verify.EXIT_CODES[status]
+    return findings.EXIT_CODES[status]
 
 
 def _lineages_to_check(args: argparse.Namespace, state: State) -> list[certs.Lineage]:
@@ -214,11 +215,11 @@ def _verify(args: argparse.Namespace) -> int:
             checks.append({"name": "configuration", "status": "UNKNOWN", "message": str(exc)})
     if not checked:
         return _verify_configured(args, snapshot)
-    status = verify.worst([r.status for r in results] + [c["status"] for c in checks])
+    status = findings.worst([r.status for r in results] + [c["status"] for c in checks])
     if args.prometheus:
         snapshot.status, snapshot.results = status, results
         _write_metrics(args.prometheus, snapshot, checks)
-        status = verify.worst([status] + [c["status"] for c in checks])
+        status = findings.worst([status] + [c["status"] for c in checks])
     bad = sum(1 for r in results if r.status != "OK")
     summary = (f"{len(results) - bad} of {len(results)} endpoint checks OK for "
                f"{', '.join(dict.fromkeys(checked))}")
@@ -231,20 +232,20 @@ def _verify_configured(args: argparse.Namespace, snapshot: metrics.Snapshot) -> 
     servers = diagnose.find(args.config_dir, State(), args.postfix_dir, args.dovecot_config)
     results = diagnose.endpoint_results(servers, diagnose.probe_all(servers))
     found = diagnose.running_checks(servers) + [
-        diagnose.Check("deployed", "OK",
+        findings.Finding("deployed", "OK",
                        f"not deployed by postfix-tls in {args.config_dir}: checked what the "
                        "configured Postfix and Dovecot serve (certbot-postfix-tls doctor "
                        "says what to fix)")]
-    found += [diagnose.Check("not-checked", "OK", f"{label}: {why}")
+    found += [findings.Finding("not-checked", "OK", f"{label}: {why}")
               for label, why in diagnose.unchecked(servers)]
     checks = [c.to_json() for c in found]
-    status = verify.worst([r.status for r in results] + [c["status"] for c in checks])
+    status = findings.worst([r.status for r in results] + [c["status"] for c in checks])
     if args.prometheus:
         snapshot.status, snapshot.results = status, results
         snapshot.services = [name for name, on in (("dovecot", servers.imap), ("postfix",
                                                                               servers.mta)) if on]
         _write_metrics(args.prometheus, snapshot, checks)
-        status = verify.worst([status] + [c["status"] for c in checks])
+        status = findings.worst([status] + [c["status"] for c in checks])
     bad = sum(1 for r in results if r.status != "OK")
     summary = (f"{len(results) - bad} of {len(results)} TLS ports OK (not deployed by "
                "postfix-tls)")
@@ -253,7 +254,7 @@ def _verify_configured(args: argparse.Namespace, snapshot: metrics.Snapshot) -> 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     results, checks = doctor.run(args.config_dir, args.postfix_dir, args.dovecot_config)
-    status = verify.worst([r.status for r in results] + [c.status for c in checks])
+    status = findings.worst([r.status for r in results] + [c.status for c in checks])
     failing = [c.name for c in checks if c.status != "OK"]
     failing += [f"{r.port}/{r.sni or 'no-SNI'}" for r in results if r.status != "OK"]
     summary = f"{len(checks) + len(results) - len(failing)} of {len(checks) + len(results)} " \
@@ -270,7 +271,7 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
                                  args.postfix_dir)
     for problem in problems:
         print(f"CRITICAL: {problem}", file=sys.stderr)
-    return verify.EXIT_CODES["CRITICAL" if problems else "OK"]
+    return findings.EXIT_CODES["CRITICAL" if problems else "OK"]
 
 
 def cmd_hook(args: argparse.Namespace) -> int:
@@ -288,7 +289,7 @@ def cmd_dane(args: argparse.Namespace) -> int:
     if args.action == "records":
         for line in dane.records(args.config_dir, args.cert_name):
             print(line)
-        return verify.EXIT_CODES["OK"]
+        return findings.EXIT_CODES["OK"]
     result = dane.check(args.config_dir, _warn)
     for line in result.lines or ["OK: no lineage is held back for its TLSA records"]:
         print(line)
@@ -310,5 +311,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_dane(args)
     except errors.Error as exc:
         print(f"UNKNOWN: {exc}", file=sys.stderr)
-        return verify.EXIT_CODES["UNKNOWN"]
-    return verify.EXIT_CODES["UNKNOWN"]
+        return findings.EXIT_CODES["UNKNOWN"]
+    return findings.EXIT_CODES["UNKNOWN"]

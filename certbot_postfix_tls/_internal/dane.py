@@ -52,8 +52,8 @@ from certbot import errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certbot_postfix_tls._internal import certs, constants, pipeline, postfix, verify
-from certbot_postfix_tls._internal.diagnose import Check
+from certbot_postfix_tls._internal import certs, constants, findings, pipeline, postfix
+from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
@@ -674,7 +674,7 @@ def sync_flag(config_dir: str) -> None:
 
 @dataclass
 class CheckResult:
-    code: int  # verify.EXIT_CODES
+    code: int  # findings.EXIT_CODES
     lines: list[str] = field(default_factory=list)
 
 
@@ -682,7 +682,7 @@ def check(config_dir: str, warn: Warn, skip_renewed: bool = False) -> CheckResul
     """Re-query every held lineage; activate those whose new certificate DNS now allows
     (rebuild, one Postfix reload per instance, verify). ``skip_renewed``: leave the
     lineages a pending reload is for to that reload (the post hook)."""
-    result = CheckResult(verify.EXIT_CODES["OK"])
+    result = CheckResult(findings.EXIT_CODES["OK"])
     if not State.instances(config_dir):
         return result
     with plugin_lock(config_dir):
@@ -730,7 +730,7 @@ def report(result: CheckResult, warn: Warn) -> str:
 
 
 def _worse(result: CheckResult, status: str) -> None:
-    result.code = max(result.code, verify.EXIT_CODES[status])
+    result.code = max(result.code, findings.EXIT_CODES[status])
 
 
 def _check_state(config_dir: str, state: State, held: list[str], warn: Warn,
@@ -880,27 +880,27 @@ def _lineage_records(config_dir: str, deployed: DeployedLineage, ports: list[int
     return lines
 
 
-def doctor_checks(config_dir: str, state: State) -> list[Check]:
+def doctor_checks(config_dir: str, state: State) -> list[Finding]:
     """DANE problems: validated records that match nothing served, usage-3 records on a
     lineage whose renewals change the key, records the next renewal would break."""
-    checks: list[Check] = []
+    checks: list[Finding] = []
     try:
         ports = smtp_ports(postfix.Postfix(state.postfix_dir).read())
     except errors.Error as exc:
-        return [Check("dane", "UNKNOWN", str(exc))]
+        return [Finding("dane", "UNKNOWN", str(exc))]
     for name, deployed in sorted(state.lineages.items()):
         if deployed.dane == IGNORE:
-            checks.append(Check(f"dane {name}", "OK", "--postfix-tls-dane ignore: not checked"))
+            checks.append(Finding(f"dane {name}", "OK", "--postfix-tls-dane ignore: not checked"))
             continue
         try:
             chain = served_chain(config_dir, deployed)
         except PermissionError:
-            checks.append(Check(f"dane {name}", "OK",
+            checks.append(Finding(f"dane {name}", "OK",
                                 f"skipped: the certificates under {config_dir}/live are read by "
                                 "root only; run doctor as root to check them against TLSA"))
             continue
         except (OSError, ValueError, errors.Error) as exc:
-            checks.append(Check(f"dane {name}", "UNKNOWN", f"cannot read what is served: {exc}"))
+            checks.append(Finding(f"dane {name}", "UNKNOWN", f"cannot read what is served: {exc}"))
             continue
         found = lookup(list(deployed.names), ports, deployed.dane_resolver)
         checks += _doctor_lineage(config_dir, deployed, chain, found)
@@ -908,45 +908,45 @@ def doctor_checks(config_dir: str, state: State) -> list[Check]:
 
 
 def _doctor_lineage(config_dir: str, deployed: DeployedLineage,
-                    chain: Sequence[x509.Certificate], found: Sequence[Lookup]) -> list[Check]:
+                    chain: Sequence[x509.Certificate], found: Sequence[Lookup]) -> list[Finding]:
     name = deployed.name
-    checks: list[Check] = []
+    checks: list[Finding] = []
     notes, warnings = _lookup_notes(found, deployed.dane_resolver)
     # Lookups that failed leave those names unchecked: said, not counted as a problem (a
     # machine without DNS has its own findings; renewals are never blocked by it).
     failed = sorted({f.error for f in found if f.status == ERROR})
     if failed:
-        checks.append(Check(f"dane {name}", "OK", "not checked: the TLSA lookups of "
+        checks.append(Finding(f"dane {name}", "OK", "not checked: the TLSA lookups of "
                             f"{', '.join(f.owner for f in found if f.status == ERROR)} failed "
                             f"through {resolver_label(deployed.dane_resolver)} "
                             f"({'; '.join(failed)})"))
-    checks += [Check(f"dane {name}", "OK", note) for note in notes]
+    checks += [Finding(f"dane {name}", "OK", note) for note in notes]
     binding = [f for f in found if f.binding]
     for item in binding:
         if not item.matching(chain):
             fix = "; ".join(_publish([item], chain))
-            checks.append(Check(
+            checks.append(Finding(
                 f"dane {name}", "CRITICAL",
                 f"{item.owner} has validated TLSA records ({_texts(item.usable)}) that match "
                 f"nothing Postfix serves: DANE senders refuse mail; publish {fix}"))
             continue
         kinds = {r.usage for r in item.matching(chain)}
         if kinds == {3} and not deployed.held and reuse_key(config_dir, name) is False:
-            checks.append(Check(
+            checks.append(Finding(
                 f"dane {name}", "WARNING",
                 f"{item.owner} matches the current key only (usage 3) and reuse_key is off: "
                 "the next renewal makes a new key, which is held until its record is "
                 f"published (certbot reconfigure --cert-name {name} --reuse-key avoids it; "
                 f"certbot-postfix-tls dane records --cert-name {name} lists the set)"))
         elif kinds == {2}:
-            checks.append(Check(f"dane {name}", "WARNING",
+            checks.append(Finding(f"dane {name}", "WARNING",
                                 f"{item.owner}: only 2 x x records match: {INTERMEDIATE_WARNING}"))
         else:
-            checks.append(Check(f"dane {name}", "OK",
+            checks.append(Finding(f"dane {name}", "OK",
                                 f"{item.owner}: validated TLSA records match what is served"))
     if not binding and not failed:
-        checks.append(Check(f"dane {name}", "OK",
+        checks.append(Finding(f"dane {name}", "OK",
                             "no validated TLSA records: DANE senders do not pin this certificate"))
     if deployed.held:
-        checks.append(Check(f"dane {name}", "WARNING", held_message(name, deployed.held)))
+        checks.append(Finding(f"dane {name}", "WARNING", held_message(name, deployed.held)))
     return checks

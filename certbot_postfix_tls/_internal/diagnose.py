@@ -7,7 +7,7 @@ restarts everything. Nothing here reads the plugin's state except to name its ow
 files; the checks look at what the daemons are told (postconf, doveconf, the files
 they name, certbot's renewal hooks and configs) and at what they do (one probe per
 TLS port: a handshake, the same pinned to TLS 1.2 and 1.3, and for SMTP what the port
-accepts before STARTTLS). Every problem is one ``Check``: what is wrong, where (file,
+accepts before STARTTLS). Every problem is one ``Finding``: what is wrong, where (file,
 setting, port), and the exact fix.
 
 Checks that need root (key files, Dovecot's full configuration check, SASL sockets in
@@ -46,6 +46,7 @@ from certbot_postfix_tls._internal import (
     services,
     verify,
 )
+from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.state import State
 
 # Every Postfix parameter the checks read, asked from ``postconf -x`` in one call
@@ -93,16 +94,6 @@ _MODERN = ("TLSv1.2", "TLSv1.3")
 _THROTTLE_NOTE = "its master retries the service within service_throttle_time, 60 s"
 
 
-@dataclass
-class Check:
-    """One finding: name, status (OK, WARNING, CRITICAL, UNKNOWN) and one sentence."""
-
-    name: str
-    status: str
-    message: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "message": self.message}
 
 
 # --- which servers ---------------------------------------------------------------------
@@ -124,7 +115,7 @@ class Servers:
     imap_settings: dict[str, str] = field(default_factory=dict)
     postfix_running: Optional[bool] = None
     dovecot_running: Optional[bool] = None
-    findings: list[Check] = field(default_factory=list)  # what finding them showed
+    findings: list[Finding] = field(default_factory=list)  # what finding them showed
     # Postfix's probed endpoints and the master.cf service each belongs to.
     services: dict[verify.Endpoint, postfix.MasterService] = field(default_factory=dict)
     endpoints: list[verify.Endpoint] = field(default_factory=list)
@@ -169,7 +160,7 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
         servers.postfix_running = mta.running()
         servers.mta = mta
     except errors.Error as exc:
-        servers.findings.append(Check("postfix", "UNKNOWN", str(exc)))
+        servers.findings.append(Finding("postfix", "UNKNOWN", str(exc)))
     path = dovecot_config or state.dovecot_config
     explicit = path is not None
     if path is None:
@@ -182,7 +173,7 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
             servers.dovecot_running = imap.running()
             servers.imap = imap
         except errors.Error as exc:
-            servers.findings.append(Check("dovecot", "UNKNOWN", str(exc)))
+            servers.findings.append(Finding("dovecot", "UNKNOWN", str(exc)))
     _find_endpoints(servers)
     return servers
 
@@ -201,7 +192,7 @@ def _find_endpoints(servers: Servers) -> None:
         try:
             found = imap.endpoints(servers.verify_address)
         except errors.Error as exc:
-            servers.findings.append(Check("dovecot", "UNKNOWN", str(exc)))
+            servers.findings.append(Finding("dovecot", "UNKNOWN", str(exc)))
             return
         names = "/".join(_dovecot_cert_names(imap))
         log_path = servers.imap_settings.get("log_path", "")
@@ -660,7 +651,7 @@ def _fullchain_fix(servers: Servers, setting: CertSetting) -> str:
             f"{setting.name} at the CA's full-chain file), then {setting.reload}{install}")
 
 
-def chain_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
+def chain_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     groups: dict[Optional[CertSetting], list[Probe]] = {}
     for item in probes:
         if item.shake is not None and not chain_complete(item.shake):
@@ -670,19 +661,19 @@ def chain_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
         issuer = _issuer(members[0].shake.leaf_der) if members[0].shake else "its issuer"
         ports = _ports(members)
         if setting is None:
-            checks.append(Check(
+            checks.append(Finding(
                 "chain", "CRITICAL",
                 f"{ports} serve{'s' if len(members) == 1 else ''} the certificate without its "
                 f"intermediate ({issuer}): clients that check certificates cannot verify it; "
                 "fix: configure the full chain (fullchain.pem)"))
             continue
-        checks.append(Check(
+        checks.append(Finding(
             "chain", "CRITICAL",
             f"{setting.describe()} holds the certificate without its intermediate ({issuer}), "
             f"so clients that check certificates cannot verify what {ports} "
             f"serve{'s' if len(members) == 1 else ''}; fix: {_fullchain_fix(servers, setting)}"))
     if not checks and any(p.shake for p in probes):
-        checks.append(Check("chain", "OK", "every TLS port serves its intermediate certificates"))
+        checks.append(Finding("chain", "OK", "every TLS port serves its intermediate certificates"))
     return checks
 
 
@@ -720,9 +711,9 @@ def _dovecot_start_problem(servers: Servers) -> str:
     return ""
 
 
-def file_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
+def file_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     if not _is_root():
-        return [Check("certificate-files", "OK",
+        return [Finding("certificate-files", "OK",
                       "skipped: the certificate and key files Postfix and Dovecot load are "
                       "readable by root only; run doctor as root to check them")]
     settings: list[CertSetting] = postfix_cert_settings(servers, None)
@@ -743,13 +734,13 @@ def file_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             where = verify._where(failed[0].endpoint)
             seen = f"; {_ports(failed)}: {detail.replace(where + ' ', '')}"
         cause = log_says(servers, setting.service) if failed else ""
-        checks.append(Check(
+        checks.append(Finding(
             "certificate-files", "CRITICAL",
             f"{setting.describe(which)}: {problem}{seen}"
             f"{_log_phrase(servers, setting.service, cause)}"
             f"; fix: {_pair_fix(servers, setting)}"))
     if not checks:
-        checks.append(Check("certificate-files", "OK",
+        checks.append(Finding("certificate-files", "OK",
                             "every certificate and key file Postfix and Dovecot name exists and "
                             "each key matches its certificate"))
     return checks
@@ -758,38 +749,38 @@ def file_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
 # --- running ---------------------------------------------------------------------------
 
 
-def running_checks(servers: Servers) -> list[Check]:
+def running_checks(servers: Servers) -> list[Finding]:
     checks = list(servers.findings)
     mta = servers.mta
     if mta is not None:
         if servers.postfix_running is False:
-            checks.append(Check("postfix-running", "CRITICAL",
+            checks.append(Finding("postfix-running", "CRITICAL",
                                 f"Postfix ({mta.config_dir}) is not running: start it "
                                 "(postfix start)"))
         elif servers.postfix_running is None:
-            checks.append(Check("postfix-running", "OK",
+            checks.append(Finding("postfix-running", "OK",
                                 "skipped: this user cannot read Postfix's pid file; the "
                                 "handshakes show whether it answers"))
     imap = servers.imap
     if imap is not None and not _is_root():
-        checks.append(Check("dovecot-config", "OK",
+        checks.append(Finding("dovecot-config", "OK",
                             "skipped: Dovecot's full configuration check (doveconf -x) reads "
                             "its key files, which only root can; run doctor as root"))
     if imap is not None and servers.dovecot_running is False:
         problem = _dovecot_start_problem(servers)
         if problem:
-            checks.append(Check("dovecot-running", "CRITICAL",
+            checks.append(Finding("dovecot-running", "CRITICAL",
                                 f"Dovecot ({imap.config_file}) is not running and cannot start: "
                                 f"{problem}"))
         else:
             status = "CRITICAL" if servers.state.dovecot_config else "WARNING"
-            checks.append(Check("dovecot-running", status,
+            checks.append(Finding("dovecot-running", status,
                                 f"Dovecot ({imap.config_file}) is not running: start it "
                                 "(dovecot), or remove its configuration if it is not used"))
     elif imap is not None and servers.dovecot_running:
         problem = _dovecot_start_problem(servers)
         if problem:
-            checks.append(Check("dovecot-config", "CRITICAL",
+            checks.append(Finding("dovecot-config", "CRITICAL",
                                 f"{problem} (the running Dovecot keeps its old configuration "
                                 "until then)"))
     return checks
@@ -835,7 +826,7 @@ def _day(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def stale_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
+def stale_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     checks = []
     skipped = False
     for item in probes:
@@ -864,17 +855,17 @@ def stale_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             fix = f"{setting.reload} (the configured file already holds the newest)"
         else:
             fix = setting.reload
-        checks.append(Check(
+        checks.append(Finding(
             "stale-certificate", "CRITICAL",
             f"{item.where} serves a certificate that expires {_day(served_end)}, older than "
             f"the newest of its lineage ({newest.path}, expires {_day(newest.not_after)}): "
             f"renewed but never loaded; fix: {fix}"))
     if skipped and not checks:
-        checks.append(Check("stale-certificate", "OK",
+        checks.append(Finding("stale-certificate", "OK",
                             "skipped: the lineages' newest certificates are readable by root "
                             "only; run doctor as root to compare them with what is served"))
     elif not checks and any(p.shake for p in probes):
-        checks.append(Check("stale-certificate", "OK",
+        checks.append(Finding("stale-certificate", "OK",
                             "no port serves an older certificate than its lineage's newest"))
     return checks
 
@@ -882,7 +873,7 @@ def stale_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
 # --- 8. expiry -------------------------------------------------------------------------
 
 
-def expiry_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
+def expiry_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     groups: dict[bytes, list[Probe]] = {}
     for item in probes:
         if item.shake is not None:
@@ -909,18 +900,18 @@ def expiry_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             fix = "install a current certificate"
         what = verify.describe_der(der)
         if days < 0:
-            checks.append(Check("expiry", "CRITICAL",
+            checks.append(Finding("expiry", "CRITICAL",
                                 f"{_ports(members)} serve{'s' if len(members) == 1 else ''} "
                                 f"{what}, which expired {_day(end)} "
                                 f"({(now - end).days} day(s) ago); "
                                 f"fix: {fix}"))
         else:
-            checks.append(Check("expiry", "WARNING",
+            checks.append(Finding("expiry", "WARNING",
                                 f"{_ports(members)} serve{'s' if len(members) == 1 else ''} "
                                 f"{what}, which expires {_day(end)} (in {days} day(s)); "
                                 f"fix: {fix}"))
     if not checks and groups:
-        checks.append(Check("expiry", "OK",
+        checks.append(Finding("expiry", "OK",
                             f"every served certificate is valid for {verify.WARN_DAYS} days "
                             "or more"))
     return checks
@@ -980,7 +971,7 @@ def _protocol_setting(servers: Servers, item: Probe) -> tuple[str, str, str]:
     return where, verdict, fix
 
 
-def protocol_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
+def protocol_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     """Ports that fail TLS 1.2 and 1.3 but speak an older version, or whose settings
     exclude both: CRITICAL; TLS 1.3 only: WARNING. One line per deciding setting."""
     groups: dict[tuple[str, str, str], list[Probe]] = {}
@@ -1001,10 +992,10 @@ def protocol_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             groups.setdefault(("WARNING", "only TLS 1.3 works: servers and clients limited "
                                           f"to TLS 1.2 cannot use TLS here; decided by "
                                           f"{where}", fix), []).append(item)
-    checks = [Check("tls-protocols", status, f"{_ports(members)}: {what}; fix: {fix}")
+    checks = [Finding("tls-protocols", status, f"{_ports(members)}: {what}; fix: {fix}")
               for (status, what, fix), members in groups.items()]
     if not checks and any(p.versions for p in probes):
-        checks.append(Check("tls-protocols", "OK",
+        checks.append(Finding("tls-protocols", "OK",
                             "every TLS port completes a TLS 1.2 and a TLS 1.3 handshake"))
     return checks
 
@@ -1030,7 +1021,7 @@ def _probes_of(probes: Sequence[Probe], servers: Servers, service: postfix.Maste
     return [p for p in probes if servers.services.get(p.endpoint) is service]
 
 
-def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
+def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     config = servers.config
     if config is None:
         return []
@@ -1038,7 +1029,7 @@ def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
     submission = config.services_on_port(postfix.SUBMISSION_PORT)
     if not submission:
         template = "submission inet n - y - - smtpd"
-        checks.append(Check(
+        checks.append(Finding(
             "submission-service", "WARNING",
             f"master.cf ({servers.mta.master_cf if servers.mta else 'master.cf'}) has no service "
             "on port 587: mail clients cannot submit mail with STARTTLS; fix: "
@@ -1056,14 +1047,14 @@ def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
                 if accepted and accepted[0].plain else "")
         mandatory = level.lower() in ("encrypt", "verify", "secure")
         if mandatory and accepted:
-            checks.append(Check(
+            checks.append(Finding(
                 "submission-tls", "CRITICAL",
                 f"{seen}, although master.cf service {service.key} has "
                 f"smtpd_tls_security_level={level}: something else answers on 587 (a proxy in "
                 "front of Postfix?); fix: make 587 reach this service, or require TLS there"))
         elif not mandatory:
             seen = f"; {seen}" if seen else ""
-            checks.append(Check(
+            checks.append(Finding(
                 "submission-tls", "CRITICAL",
                 f"master.cf service {service.key} (port 587) runs with "
                 f"smtpd_tls_security_level={level}: mail clients may log in and submit "
@@ -1071,7 +1062,7 @@ def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
                 f"{_set_service(service, [('smtpd_tls_security_level', 'encrypt')])}, "
                 "then postfix reload"))
         else:
-            checks.append(Check("submission-tls", "OK",
+            checks.append(Finding("submission-tls", "OK",
                                 f"master.cf service {service.key} (port 587) requires TLS before "
                                 "MAIL and AUTH"))
     for item in probes:
@@ -1084,23 +1075,23 @@ def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             source = ("-o smtpd_tls_auth_only" if "smtpd_tls_auth_only" in owner.overrides
                       else f"smtpd_tls_auth_only = {servers.main('smtpd_tls_auth_only') or 'no'} "
                            f"in {servers.main_cf}")
-            checks.append(Check(
+            checks.append(Finding(
                 "submission-auth", "CRITICAL",
                 f"{item.where} offers AUTH before STARTTLS ({source}): passwords can cross the "
                 f"network in clear; fix: {_set_service(owner, [('smtpd_tls_auth_only', 'yes')])}"
                 ", then postfix reload"))
         elif item.endpoint.port == postfix.SUBMISSION_PORT and item.shake is not None:
             if _has_auth(item.shake.capabilities_after_tls):
-                checks.append(Check("submission-auth", "OK",
+                checks.append(Finding("submission-auth", "OK",
                                     f"{item.where} offers AUTH only after STARTTLS"))
             elif _yes(_param(servers, owner, "smtpd_sasl_auth_enable")[0]):
-                checks.append(Check(
+                checks.append(Finding(
                     "submission-auth", "WARNING",
                     f"{item.where} offers no AUTH after STARTTLS although master.cf service "
                     f"{owner.key} enables SASL: its backend offers no mechanism, so nobody can "
                     "log in to send mail; fix: what sasl-backend says"))
             else:
-                checks.append(Check(
+                checks.append(Finding(
                     "submission-auth", "WARNING",
                     f"{item.where} offers no AUTH after STARTTLS, so nobody can log in to send "
                     f"mail: SASL is off for master.cf service {owner.key}; fix: "
@@ -1165,7 +1156,7 @@ def _cyrus_problem(servers: Servers, app: str, chroot: bool) -> tuple[str, str]:
     return "", ""
 
 
-def sasl_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
+def sasl_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     """SASL enabled on an smtpd service without a backend that works."""
     config = servers.config
     if config is None:
@@ -1218,15 +1209,15 @@ def sasl_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             chroot = any(s.chroot == "y" or (s.chroot == "-" and old) for s in members)
             problem, fix = _cyrus_problem(servers, path, chroot)
         if skipped:
-            checks.append(Check("sasl-backend", "OK",
+            checks.append(Finding("sasl-backend", "OK",
                                 f"skipped: {enabled}; this user cannot see Postfix's private "
                                 "queue directory: run doctor as root to check the socket"))
             continue
         if not problem:
-            checks.append(Check("sasl-backend", "OK", f"{enabled}, and its backend answers"))
+            checks.append(Finding("sasl-backend", "OK", f"{enabled}, and its backend answers"))
             continue
         cause = log_says(servers, "postfix", _SASL_LOG)
-        checks.append(Check(
+        checks.append(Finding(
             "sasl-backend", "CRITICAL",
             f"{enabled}, but {problem}{_log_phrase(servers, 'postfix', cause)}; fix: {fix}, then "
             f"postfix reload ({_THROTTLE_NOTE})"))
@@ -1236,7 +1227,7 @@ def sasl_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
 # --- 9. port 25 ------------------------------------------------------------------------
 
 
-def port25_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
+def port25_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     config = servers.config
     if config is None:
         return []
@@ -1249,7 +1240,7 @@ def port25_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
         refused = [p for p in _probes_of(probes, servers, service)
                    if p.plain is not None and p.plain.mail_code != 250]
         if wrapper:
-            checks.append(Check(
+            checks.append(Finding(
                 "port25-plaintext", "CRITICAL",
                 f"master.cf service {service.key} (port 25) has smtpd_tls_wrappermode=yes: "
                 "other mail servers connect in plaintext and use STARTTLS on 25, so none can "
@@ -1264,13 +1255,13 @@ def port25_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
             seen = (f"; MAIL FROM before STARTTLS was answered "
                     f"{refused[0].plain.mail_code} {refused[0].plain.mail_reply}"
                     if refused and refused[0].plain else "")
-            checks.append(Check(
+            checks.append(Finding(
                 "port25-plaintext", "WARNING",
                 f"port 25 (master.cf service {service.key}) requires TLS ({source}){seen}: "
                 "servers that cannot do TLS cannot deliver to you (RFC 3207 forbids this on a "
                 f"public MX); fix: {fix}, then postfix reload"))
         else:
-            checks.append(Check("port25-plaintext", "OK",
+            checks.append(Finding("port25-plaintext", "OK",
                                 f"port 25 (master.cf service {service.key}) accepts plaintext "
                                 "and offers STARTTLS"))
     return checks
@@ -1279,7 +1270,7 @@ def port25_checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
 # --- 7. outbound -----------------------------------------------------------------------
 
 
-def outbound_checks(servers: Servers) -> list[Check]:
+def outbound_checks(servers: Servers) -> list[Finding]:
     config = servers.config
     if config is None:
         return []
@@ -1289,18 +1280,18 @@ def outbound_checks(servers: Servers) -> list[Check]:
     source = (f"smtp_tls_security_level = {explicit} in {servers.main_cf}" if explicit
               else f"smtp_tls_security_level unset in {servers.main_cf} (so: {level})")
     if level == "none":
-        checks.append(Check(
+        checks.append(Finding(
             "outbound-tls", "WARNING",
             f"{source}: Postfix sends outgoing mail in clear even to servers that offer "
             "STARTTLS; fix: postconf -e smtp_tls_security_level=may, then postfix reload"))
     elif level == "encrypt":
-        checks.append(Check(
+        checks.append(Finding(
             "outbound-tls", "WARNING",
             f"{source}: mail to domains whose servers do not offer TLS is deferred, then "
             "bounced; fix: postconf -e smtp_tls_security_level=may (require TLS per domain "
             "with smtp_tls_policy_maps), then postfix reload"))
     else:
-        checks.append(Check("outbound-tls", "OK",
+        checks.append(Finding("outbound-tls", "OK",
                             f"{source}: outgoing mail uses TLS when the other side offers it"))
     client = [("smtp_tls_chain_files", p) for p in _split(servers.main("smtp_tls_chain_files"))]
     if not client and servers.main("smtp_tls_cert_file").strip():
@@ -1309,7 +1300,7 @@ def outbound_checks(servers: Servers) -> list[Check]:
         leaf = _leaf_of(path)
         if leaf is None:
             if not os.access(path, os.R_OK) and not _is_root():
-                checks.append(Check("client-certificate", "OK",
+                checks.append(Finding("client-certificate", "OK",
                                     f"skipped: {name} = {path} is readable by root only"))
             continue
         try:
@@ -1321,7 +1312,7 @@ def outbound_checks(servers: Servers) -> list[Check]:
             continue
         clear = " ".join(f"{n}=" for n in ("smtp_tls_chain_files", "smtp_tls_cert_file",
                                            "smtp_tls_key_file") if servers.main(n).strip())
-        checks.append(Check(
+        checks.append(Finding(
             "client-certificate", "WARNING",
             f"{name} = {path} in {servers.main_cf}: Postfix presents this certificate when it "
             "sends mail, but its extended key usage lacks clientAuth (Let's Encrypt's default "
@@ -1395,7 +1386,7 @@ def _reload_for(daemons: set[str]) -> str:
     return "; ".join(_RELOADS[d] for d in ("postfix", "dovecot") if d in daemons)
 
 
-def hook_file_checks(servers: Servers) -> list[Check]:
+def hook_file_checks(servers: Servers) -> list[Finding]:
     """Scripts under renewal-hooks/ and hooks in renewal/*.conf that restart or stop
     Postfix or Dovecot (WARNING), and hook scripts certbot skips (CRITICAL)."""
     config_dir = servers.config_dir
@@ -1414,7 +1405,7 @@ def hook_file_checks(servers: Servers) -> list[Check]:
             if path in ours or name.endswith("~") or not os.path.isfile(path):
                 continue
             if not os.stat(path).st_mode & 0o111:
-                checks.append(Check(
+                checks.append(Finding(
                     "renewal-hook-skipped", "CRITICAL",
                     f"{path} is not executable, so certbot skips it at every renewal; fix: "
                     f"chmod 755 {path} (or delete it if it is not needed)"))
@@ -1432,7 +1423,7 @@ def hook_file_checks(servers: Servers) -> list[Check]:
                 fix = ", ".join(f"replace `{command}` by `{_reload_for(daemons)}`"
                                 for command, daemons in commands)
                 fix += f" in {path} ({replacement})"
-            checks.append(Check("restart-hook", "WARNING", f"{path} runs {runs}: {_COST}; "
+            checks.append(Finding("restart-hook", "WARNING", f"{path} runs {runs}: {_COST}; "
                                                            f"fix: {fix}"))
     for conf in sorted(glob.glob(os.path.join(config_dir, "renewal", "*.conf"))):
         try:
@@ -1446,13 +1437,13 @@ def hook_file_checks(servers: Servers) -> list[Check]:
             for command, daemons in commands:
                 new = new.replace(command, _reload_for(daemons))
             if commands:
-                checks.append(Check(
+                checks.append(Finding(
                     "restart-hook", "WARNING",
                     f"{conf} has `{key} = {value}`: {_COST}; fix: set `{key} = {new}` in {conf}"
                     + ("" if not servers.deployed else
                        " (or remove the line: the postfix-tls hooks already reload)")))
     if not checks:
-        checks.append(Check("restart-hook", "OK",
+        checks.append(Finding("restart-hook", "OK",
                             "no renewal hook restarts or stops Postfix or Dovecot, and certbot "
                             "can run every hook script"))
     return checks
@@ -1461,7 +1452,7 @@ def hook_file_checks(servers: Servers) -> list[Check]:
 # --- everything ------------------------------------------------------------------------
 
 
-def checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
+def checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     """Every check of the configured servers, in the order an administrator fixes them."""
     found = running_checks(servers)
     found += file_checks(servers, probes)
@@ -1471,13 +1462,13 @@ def checks(servers: Servers, probes: Sequence[Probe]) -> list[Check]:
     found += protocol_checks(servers, probes)
     found += submission_checks(servers, probes)
     if servers.config is not None:
-        found += [Check("submission-wrappermode", "CRITICAL", problem)
+        found += [Finding("submission-wrappermode", "CRITICAL", problem)
                   for problem in postfix.submission_wrappermode(servers.config)]
     found += sasl_checks(servers, probes)
     found += port25_checks(servers, probes)
     found += outbound_checks(servers)
     found += hook_file_checks(servers)
-    found += [Check("not-checked", "OK", f"not checked: {label}: {why}")
+    found += [Finding("not-checked", "OK", f"not checked: {label}: {why}")
               for label, why in unchecked(servers)]
     return found
 

@@ -26,15 +26,15 @@ from certbot_postfix_tls._internal import (
     services,
     verify,
 )
-from certbot_postfix_tls._internal.diagnose import Check
+from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.state import State
 
-__all__ = ["Check", "run"]
+__all__ = ["Finding", "run"]
 
 
-def _key_checks(state: State) -> list[Check]:
+def _key_checks(state: State) -> list[Finding]:
     if os.geteuid() != 0:
-        return [Check(f"key-permissions {name}", "OK",
+        return [Finding(f"key-permissions {name}", "OK",
                       f"skipped: {lineage.key_path} is examined by root only (certbot's live/ "
                       "is closed to others); run doctor as root to check it")
                 for name, lineage in sorted(state.lineages.items())]
@@ -46,43 +46,43 @@ def _key_checks(state: State) -> list[Check]:
         message = "; ".join(problems) or (
             f"{lineage.key_path}: root and group {lineage.key_group} only"
         )
-        result.append(Check(f"key-permissions {name}", status, message))
+        result.append(Finding(f"key-permissions {name}", status, message))
     return result
 
 
-def _exposure_checks(config_dir: str, state: State) -> list[Check]:
+def _exposure_checks(config_dir: str, state: State) -> list[Finding]:
     """Every private key under archive/ that others, or a key group it was not
     deployed for, can read: one check each, with the chmod that fixes it."""
     deployed = {name: lineage.key_group for name, lineage in state.lineages.items()}
     exposures = permissions.exposed_keys(config_dir, deployed)
     checks = [
-        Check("key-exposure", "CRITICAL" if exposure.world else "WARNING", exposure.sentence())
+        Finding("key-exposure", "CRITICAL" if exposure.world else "WARNING", exposure.sentence())
         for exposure in exposures
     ]
     if not checks:
-        checks.append(Check(
+        checks.append(Finding(
             "key-exposure", "OK",
             f"no private key under {config_dir}/archive is readable beyond root and the key "
             "group of the lineages deployed with it"))
     return checks
 
 
-def _hook_checks(config_dir: str) -> list[Check]:
+def _hook_checks(config_dir: str) -> list[Finding]:
     problems = hooks.problems(config_dir)
     if not problems:
-        return [Check("renewal-hooks", "OK",
+        return [Finding("renewal-hooks", "OK",
                       "deploy and post hooks installed, root-owned, isolated, and their "
                       "interpreter runs this plugin")]
-    return [Check("renewal-hooks", "WARNING", problem) for problem in problems]
+    return [Finding("renewal-hooks", "WARNING", problem) for problem in problems]
 
 
-def _plugin_checks(config_dir: str, state: State) -> list[Check]:
+def _plugin_checks(config_dir: str, state: State) -> list[Finding]:
     """What only a deployment by this plugin has: state, its hooks, its key group."""
-    checks = [Check("deployed", "OK",
+    checks = [Finding("deployed", "OK",
                     f"deployed by postfix-tls ({State.path(config_dir)}): "
                     f"{', '.join(sorted(state.lineages))}")]
     if state.pending:
-        checks.append(Check(
+        checks.append(Finding(
             "pending-reload", "CRITICAL",
             f"a renewal was deployed but {', '.join(state.pending)} was not reloaded "
             "successfully: run certbot-postfix-tls hook post and read its error"))
@@ -92,7 +92,7 @@ def _plugin_checks(config_dir: str, state: State) -> list[Check]:
     return checks
 
 
-def _session_checks(servers: diagnose.Servers) -> list[Check]:
+def _session_checks(servers: diagnose.Servers) -> list[Finding]:
     """How many established IMAP/POP3 sessions Dovecot's next reload (the next renewal)
     cuts, and which --postfix-tls-dovecot-sessions mode is in effect."""
     imap, state = servers.imap, servers.state
@@ -101,7 +101,7 @@ def _session_checks(servers: diagnose.Servers) -> list[Check]:
     try:
         mode = imap.session_mode()
     except errors.Error as exc:
-        return [Check("dovecot-sessions", "UNKNOWN", str(exc))]
+        return [Finding("dovecot-sessions", "UNKNOWN", str(exc))]
     keep = mode == dovecot.SESSIONS_KEEP
     where = f"shutdown_clients = {'no' if keep else 'yes'} in {imap.config_file}"
     if state.dovecot_config and state.dovecot_sessions != mode:
@@ -124,12 +124,12 @@ def _session_checks(servers: diagnose.Servers) -> list[Check]:
     else:
         message = (f"mode cut ({where}): the next reload (renewal) cuts {counted}, and "
                    "their clients reconnect; --postfix-tls-dovecot-sessions keep keeps them")
-    return [Check("dovecot-sessions", "OK", message)]
+    return [Finding("dovecot-sessions", "OK", message)]
 
 
 def run(config_dir: str, postfix_dir: Optional[str] = None,
         dovecot_config: Optional[str] = None
-        ) -> tuple[list[verify.EndpointResult], list[Check]]:
+        ) -> tuple[list[verify.EndpointResult], list[Finding]]:
     """Every check. Endpoint results are ``verify``'s per lineage and name when the
     plugin deployed something, else one verdict per TLS port of what is configured."""
     state = State.load(config_dir)
@@ -137,7 +137,7 @@ def run(config_dir: str, postfix_dir: Optional[str] = None,
     # Probed first, one port at a time: a process still holding a renewed
     # certificate's predecessor answers the first connection, not later parallel ones.
     probes = diagnose.probe_all(servers)
-    checks: list[Check] = []
+    checks: list[Finding] = []
     results: list[verify.EndpointResult] = []
     if state.lineages:
         checks += _plugin_checks(config_dir, state)
@@ -145,9 +145,9 @@ def run(config_dir: str, postfix_dir: Optional[str] = None,
             results = services.check_all(state, endpoints_to_check=servers.endpoints,
                                          retry_seconds=0)
         except (errors.Error, verify.VerifyError) as exc:
-            checks.append(Check("configuration", "UNKNOWN", str(exc)))
+            checks.append(Finding("configuration", "UNKNOWN", str(exc)))
     else:
-        checks.append(Check(
+        checks.append(Finding(
             "deployed", "OK",
             f"not deployed by postfix-tls (no lineage in {State.path(config_dir)}): its own "
             "checks (state, the hooks it installs, key group, pending reloads) are skipped; "

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import certs, verify
+from certbot_postfix_tls._internal import certs, findings, verify
 
 PREFIX = "certbot_postfix_tls_"
 
@@ -108,7 +108,7 @@ def render(snapshot: Snapshot) -> str:
     for service in snapshot.services:
         add("pending_reload", [("service", service)], 1 if service in snapshot.pending else 0)
     add("last_verify_timestamp_seconds", [], snapshot.timestamp)
-    add("verify_status", [], verify.EXIT_CODES[snapshot.status])
+    add("verify_status", [], findings.EXIT_CODES[snapshot.status])
 
     lines: list[str] = []
     for family, help_text in FAMILIES.items():

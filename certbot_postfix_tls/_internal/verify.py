@@ -41,7 +41,6 @@ from certbot_postfix_tls._internal.tls_client import (  # noqa: F401 - re-export
 )
 
 __all__ = [
-    "EXIT_CODES",
     "Endpoint",
     "EndpointResult",
     "ExpectedCert",
@@ -57,13 +56,8 @@ __all__ = [
     "log_cause",
     "smtp_before_tls",
     "summarize",
-    "worst",
 ]
 
-EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
-# CRITICAL outranks UNKNOWN: a known failure (say, a pending reload) must not be
-# hidden by a check that could not run.
-_SEVERITY = ("OK", "WARNING", "UNKNOWN", "CRITICAL")
 
 WARN_DAYS = 14
 """A served certificate with fewer days left than this is a WARNING."""
@@ -158,10 +152,6 @@ class EndpointResult:
             "algorithm": self.algorithm or None,
         }
 
-
-def worst(statuses: Iterable[str]) -> str:
-    """The most severe status (OK < WARNING < UNKNOWN < CRITICAL); OK when empty."""
-    return max(statuses, key=_SEVERITY.index, default="OK")
 
 
 # --- addresses ----------------------------------------------------------------------------
