@@ -10,7 +10,7 @@ with a new key: it is held. Then the new records are published and timed:
 
 - ``dane check`` while the records are new (lookups only: still held),
 - ``dane check`` twice their TTL later (lookups, rebuild, one reload, verify),
-- the lookups alone (``dane.lookup``), one at a time and side by side.
+- the lookups alone (``dane.lookup.lookup``), one at a time and side by side.
 
 Every measurement starts with the resolver's cache expired (TTL 2 s).
 
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import lab  # noqa: E402
 from lab import dns as labdns  # noqa: E402
 
-from certbot_postfix_tls._internal import certs, dane, postfix  # noqa: E402
+from certbot_postfix_tls._internal import certs, postfix  # noqa: E402
+from certbot_postfix_tls._internal.dane import lookup, records  # noqa: E402
 from certbot_postfix_tls._internal.state import State  # noqa: E402
 
 RELAY = "127.0.0.52"
@@ -72,7 +73,7 @@ class Relay:
 
 def tlsa_of(config_dir: Path, name: str) -> str:
     chain = certs.load_pem_chain((config_dir / "live" / name / "fullchain.pem").read_bytes())
-    return dane.Record.for_cert(chain[0]).text()
+    return records.Record.for_cert(chain[0]).text()
 
 
 def cli(certbot: lab.Certbot, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -125,7 +126,7 @@ def main() -> int:
         new = tlsa_of(certbot.config_dir, names[0])
         dnslab.update(add=tuple((f"_25._tcp.{h}", "TLSA", r) for h in hosts for r in (old, new)),
                       delete=tuple((f"_25._tcp.{h}", "TLSA") for h in hosts))
-        ports = dane.smtp_ports(postfix.Postfix().read())
+        ports = records.smtp_ports(postfix.Postfix().read())
         lookups = len(names) * len(ports)
         cache_expires()
         waiting, first = cli(certbot, "dane", "check")
@@ -137,13 +138,13 @@ def main() -> int:
         if second.returncode != 0 or "activated" not in second.stdout:
             raise SystemExit(f"dane check did not activate: {second.stdout}{second.stderr}")
         alone = {}
-        for parallel in (1, dane.PARALLEL_LOOKUPS):
-            dane.PARALLEL_LOOKUPS = parallel
+        for parallel in (1, lookup.PARALLEL_LOOKUPS):
+            lookup.PARALLEL_LOOKUPS = parallel
             cache_expires()
             started = time.monotonic()
-            found = dane.lookup(names, ports)
+            found = lookup.lookup(names, ports)
             alone[parallel] = time.monotonic() - started
-            if sum(1 for f in found if f.status == dane.SECURE) != len(names):
+            if sum(1 for f in found if f.status == lookup.SECURE) != len(names):
                 raise SystemExit("the lookups did not all come back validated")
         print(f"{len(names)} names x ports {', '.join(map(str, ports))} = {lookups} TLSA "
               f"lookups, resolver <-> authoritative RTT {args.rtt:.0f} ms")
@@ -153,8 +154,8 @@ def main() -> int:
         print(f"| `dane check`, 2 x TTL later (activates: rebuild, reload, verify) | "
               f"{activating:.2f} |")
         print(f"| lookups alone, one at a time | {alone[1]:.2f} |")
-        print(f"| lookups alone, {dane.PARALLEL_LOOKUPS} side by side | "
-              f"{alone[dane.PARALLEL_LOOKUPS]:.2f} |")
+        print(f"| lookups alone, {lookup.PARALLEL_LOOKUPS} side by side | "
+              f"{alone[lookup.PARALLEL_LOOKUPS]:.2f} |")
     finally:
         dnslab.stop()
         relay.sock.close()

@@ -24,7 +24,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certbot_postfix_tls._internal import certs, dane, postfix
+from certbot_postfix_tls._internal import certs, postfix
+from certbot_postfix_tls._internal.dane import (
+    archive,
+    flag,
+    gate,
+    lookup,
+    records,
+    report,
+    update,
+)
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 NAME = "mail.example.org"
@@ -125,14 +134,14 @@ def chain_of(fullchain: bytes) -> list[x509.Certificate]:
     return certs.load_pem_chain(fullchain)
 
 
-def secure(*records: dane.Record, ttl: int = 2, port: int = 25,
-           name: str = NAME) -> dane.Lookup:
-    return dane.Lookup(port, name, dane.SECURE, records, ttl)
+def secure(*tlsa: records.Record, ttl: int = 2, port: int = 25,
+           name: str = NAME) -> lookup.Lookup:
+    return lookup.Lookup(port, name, lookup.SECURE, tlsa, ttl)
 
 
-def choose(site: Certbot, deployed: DeployedLineage, lookups: list[dane.Lookup],
-           now: datetime.datetime = NOW) -> dane.Choice:
-    return dane.choose_material(site.lineage, deployed, site.material(), None,
+def choose(site: Certbot, deployed: DeployedLineage, lookups: list[lookup.Lookup],
+           now: datetime.datetime = NOW) -> gate.Choice:
+    return gate.choose_material(site.lineage, deployed, site.material(), None,
                                 lookups=lookups, now=now)
 
 
@@ -150,16 +159,16 @@ def test_record_matching_every_usage_selector_and_matching_type() -> None:
     leaf, inter = chain_of(pem)
     for selector in (0, 1):
         for mtype in (0, 1, 2):
-            assert dane.Record.for_cert(leaf, 3, selector, mtype).matches([leaf, inter])
-            assert dane.Record.for_cert(inter, 2, selector, mtype).matches([leaf, inter])
+            assert records.Record.for_cert(leaf, 3, selector, mtype).matches([leaf, inter])
+            assert records.Record.for_cert(inter, 2, selector, mtype).matches([leaf, inter])
             # Usage 3 is the leaf only; usage 2 a CA certificate of the chain only.
-            assert not dane.Record.for_cert(inter, 3, selector, mtype).matches([leaf, inter])
-            assert not dane.Record.for_cert(leaf, 2, selector, mtype).matches([leaf, inter])
+            assert not records.Record.for_cert(inter, 3, selector, mtype).matches([leaf, inter])
+            assert not records.Record.for_cert(leaf, 2, selector, mtype).matches([leaf, inter])
     spki = leaf.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    record = dane.Record.for_cert(leaf)
+    record = records.Record.for_cert(leaf)
     assert record.text() == "3 1 1 " + hashes_hex(spki)
-    assert dane.record_line(25, "Mail.Example.org.", record) == (
+    assert records.record_line(25, "Mail.Example.org.", record) == (
         f"_25._tcp.mail.example.org. IN TLSA 3 1 1 {hashes_hex(spki)}")
 
 
@@ -170,10 +179,10 @@ def hashes_hex(data: bytes) -> str:
 def test_unusable_records_bind_nothing() -> None:
     ca = CA.make()
     leaf, inter = chain_of(ca.issue(_key())[1])
-    good = dane.Record.for_cert(leaf)
-    pkix = [dane.Record(usage, 1, 1, good.data) for usage in (0, 1)]
-    broken = [dane.Record(3, 1, 1, good.data[:20]), dane.Record(3, 2, 1, good.data),
-              dane.Record(3, 1, 3, good.data), dane.Record(3, 1, 0, b"")]
+    good = records.Record.for_cert(leaf)
+    pkix = [records.Record(usage, 1, 1, good.data) for usage in (0, 1)]
+    broken = [records.Record(3, 1, 1, good.data[:20]), records.Record(3, 2, 1, good.data),
+              records.Record(3, 1, 3, good.data), records.Record(3, 1, 0, b"")]
     for record in pkix + broken:
         assert not record.usable and not record.matches([leaf, inter])
     assert not secure(*pkix, *broken).binding
@@ -247,19 +256,19 @@ def test_lookup_asks_for_dnssec_and_obeys_only_validated_answers(tiny_dns: TinyD
     tiny_dns.zone["_25._tcp.mail.example.org."] = ([record], True)
     tiny_dns.zone["_25._tcp.unsigned.example.org."] = ([record], False)
     tiny_dns.servfail.add("_25._tcp.bogus.example.org.")
-    found = {f.name: f for f in dane.lookup(
+    found = {f.name: f for f in lookup.lookup(
         ["mail.example.org", "unsigned.example.org", "bogus.example.org", "none.example.org",
          "*.example.org"], [25], tiny_dns.address)}
     assert set(found) == {"mail.example.org", "unsigned.example.org", "bogus.example.org",
                           "none.example.org"}  # no lookup for a wildcard
-    assert found["mail.example.org"].status == dane.SECURE
+    assert found["mail.example.org"].status == lookup.SECURE
     assert found["mail.example.org"].binding and found["mail.example.org"].ttl == 300
     assert [r.text() for r in found["mail.example.org"].records] == [record]
-    assert found["unsigned.example.org"].status == dane.INSECURE
+    assert found["unsigned.example.org"].status == lookup.INSECURE
     assert not found["unsigned.example.org"].binding
-    assert found["bogus.example.org"].status == dane.ERROR
+    assert found["bogus.example.org"].status == lookup.ERROR
     assert "SERVFAIL" in found["bogus.example.org"].error
-    assert found["none.example.org"].status == dane.NONE
+    assert found["none.example.org"].status == lookup.NONE
     for query in tiny_dns.queries:  # EDNS DO and AD set, as a DANE client sends them
         assert query.ednsflags & dns.flags.DO and query.flags & dns.flags.AD
         assert query.question[0].rdtype == dns.rdatatype.TLSA
@@ -269,16 +278,16 @@ def test_silent_resolver_is_an_error_not_a_hold() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         address = f"127.0.0.1@{silent.getsockname()[1]}"
-        [found] = dane.lookup([NAME], [25], address, timeout=0.5)
-    assert found.status == dane.ERROR and "timed out" in found.error
+        [found] = lookup.lookup([NAME], [25], address, timeout=0.5)
+    assert found.status == lookup.ERROR and "timed out" in found.error
 
 
 def test_resolver_option_is_checked() -> None:
-    assert dane.parse_resolver("192.0.2.1") == ("192.0.2.1", 53)
-    assert dane.parse_resolver("::1@5353") == ("::1", 5353)
+    assert lookup.parse_resolver("192.0.2.1") == ("192.0.2.1", 53)
+    assert lookup.parse_resolver("::1@5353") == ("::1", 5353)
     for bad in ("resolver.example", "127.0.0.1@99999", "127.0.0.1@x"):
         with pytest.raises(errors.PluginError, match="--postfix-tls-dane-resolver"):
-            dane.parse_resolver(bad)
+            lookup.parse_resolver(bad)
 
 
 # --- the gate ---------------------------------------------------------------------------
@@ -289,10 +298,10 @@ def test_no_validated_records_serve_the_renewal(site: Certbot) -> None:
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
     site.renew(*ca.issue(_key()))
-    old = dane.Record.for_cert(chain_of((site.archive / "fullchain1.pem").read_bytes())[0])
-    unsigned = dane.Lookup(25, NAME, dane.INSECURE, (old,), 300)
-    failed = dane.Lookup(587, NAME, dane.ERROR, error="no answer (timed out)")
-    choice = choose(site, deployed, [unsigned, failed, dane.Lookup(465, NAME, dane.NONE)])
+    old = records.Record.for_cert(chain_of((site.archive / "fullchain1.pem").read_bytes())[0])
+    unsigned = lookup.Lookup(25, NAME, lookup.INSECURE, (old,), 300)
+    failed = lookup.Lookup(587, NAME, lookup.ERROR, error="no answer (timed out)")
+    choice = choose(site, deployed, [unsigned, failed, lookup.Lookup(465, NAME, lookup.NONE)])
     assert choice.material.leaf_sha256 == site.material().leaf_sha256
     assert not deployed.held
     assert "reported, not obeyed" in choice.notes[0] and "_25._tcp.mail.example.org." in \
@@ -306,9 +315,9 @@ def test_new_key_is_held_until_its_record_has_been_seen_for_twice_the_ttl(
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
-    old = dane.Record.for_cert(site.material().leaf)
+    old = records.Record.for_cert(site.material().leaf)
     site.renew(*ca.issue(_key()))  # certbot's default: a new key
-    new = dane.Record.for_cert(site.material().leaf)
+    new = records.Record.for_cert(site.material().leaf)
 
     choice = choose(site, deployed, [secure(old)])
     assert choice.material.leaf_sha256 == deployed.expected["leaf_sha256"]  # version 1 stays
@@ -316,7 +325,7 @@ def test_new_key_is_held_until_its_record_has_been_seen_for_twice_the_ttl(
     line = f"_25._tcp.mail.example.org. IN TLSA {new.text()}"
     assert deployed.held["publish"] == [line]
     assert line in choice.warnings[0] and "archive version 1" in choice.warnings[0]
-    assert os.path.exists(dane.flag_path(str(site.config_dir)))
+    assert choice.flag  # the operation raises the held flag (dane check's timer)
     deployed.expected = choice.material.fingerprints()  # what render records
 
     # Published: seen now, TTL 2 s: still held for 4 s.
@@ -335,16 +344,16 @@ def test_a_failed_lookup_neither_holds_nor_releases(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
-    old = dane.Record.for_cert(site.material().leaf)
+    old = records.Record.for_cert(site.material().leaf)
     site.renew(*ca.issue(_key()))
     choice = choose(site, deployed, [secure(old)])
     deployed.expected = choice.material.fingerprints()
-    failed = dane.Lookup(25, NAME, dane.ERROR, error="no answer (timed out)")
+    failed = lookup.Lookup(25, NAME, lookup.ERROR, error="no answer (timed out)")
     choice = choose(site, deployed, [failed], NOW + datetime.timedelta(days=1))
     assert deployed.held and choice.material.leaf_sha256 == deployed.expected["leaf_sha256"]
     assert any("is held" in warning for warning in choice.warnings)
     # The records went away (validated NXDOMAIN): nothing pins the key any more.
-    choice = choose(site, deployed, [dane.Lookup(25, NAME, dane.NONE)])
+    choice = choose(site, deployed, [lookup.Lookup(25, NAME, lookup.NONE)])
     assert not deployed.held and choice.material.leaf_sha256 == site.material().leaf_sha256
 
 
@@ -352,29 +361,33 @@ def test_dynamic_update_settings_and_the_retired_records(site: Certbot, tmp_path
     credentials = tmp_path / "rfc2136.ini"
     credentials.write_text("dns_rfc2136_server = 192.0.2.53\ndns_rfc2136_name = k\n")
     with pytest.raises(errors.PluginError, match="does not set dns_rfc2136_secret"):
-        dane.Updater.from_file(str(credentials))
+        update.Updater.from_file(str(credentials))
     credentials.write_text("# comment\ndns_rfc2136_server = 192.0.2.53\ndns_rfc2136_port = 5353"
                            "\ndns_rfc2136_name = k.\ndns_rfc2136_secret = c2VjcmV0\n")
-    updater = dane.Updater.from_file(str(credentials))
+    updater = update.Updater.from_file(str(credentials))
     assert (updater.server, updater.port, updater.key_name, updater.algorithm) == (
         "192.0.2.53", 5353, "k.", "hmac-sha512")
     with pytest.raises(errors.PluginError, match="cannot be read"):
-        dane.Updater.from_file(str(tmp_path / "missing.ini"))
+        update.Updater.from_file(str(tmp_path / "missing.ini"))
 
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
     deployed.dane_update = str(tmp_path / "missing.ini")
-    old = dane.Record.for_cert(site.material().leaf)
+    old = records.Record.for_cert(site.material().leaf)
     site.renew(*ca.issue(_key()))
-    new = dane.Record.for_cert(site.material().leaf)
+    new = records.Record.for_cert(site.material().leaf)
     choice = choose(site, deployed, [secure(old)])
-    assert any("dynamic update" in w and "publish the records by hand" in w
-               for w in choice.warnings)
+    line = f"_25._tcp.mail.example.org. IN TLSA {new.text()}"
+    assert choice.publish == [(line, 2)]  # the operation sends it after render
+    notes: list[str] = []
+    warnings: list[str] = []
+    assert not update.send_update(deployed, choice.publish, [], notes, warnings)
+    assert any("dynamic update" in w and "publish the records by hand" in w for w in warnings)
     deployed.expected = choice.material.fingerprints()
     choose(site, deployed, [secure(old, new)], NOW)
-    choose(site, deployed, [secure(old, new)], NOW + datetime.timedelta(seconds=4))
-    assert not deployed.held
+    choice = choose(site, deployed, [secure(old, new)], NOW + datetime.timedelta(seconds=4))
+    assert not deployed.held and choice.flag  # dane check removes the retired record
     assert deployed.dane_retire == [{
         "record": f"_25._tcp.mail.example.org. IN TLSA {old.text()}",
         "after": (NOW + datetime.timedelta(seconds=8)).isoformat()}]
@@ -384,9 +397,9 @@ def test_every_port_and_name_must_match(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key(), (NAME, "smtp.example.org")))
     deployed = site.deployed()
-    old = dane.Record.for_cert(site.material().leaf)
+    old = records.Record.for_cert(site.material().leaf)
     site.renew(*ca.issue(_key(), (NAME, "smtp.example.org")))
-    new = dane.Record.for_cert(site.material().leaf)
+    new = records.Record.for_cert(site.material().leaf)
     lookups = [secure(new, old), secure(old, port=587), secure(old, name="smtp.example.org")]
     choose(site, deployed, lookups)
     assert deployed.held["publish"] == [
@@ -401,13 +414,13 @@ def test_reused_key_and_unchanged_intermediate_need_no_wait(site: Certbot) -> No
     site.renew(*ca.issue(key))
     deployed = site.deployed()
     site.renew(*ca.issue(key))  # reuse_key: the same 3 1 1 record matches both
-    record = dane.Record.for_cert(site.material().leaf)
+    record = records.Record.for_cert(site.material().leaf)
     choice = choose(site, deployed, [secure(record)])
     assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
 
     deployed = site.deployed()
     site.renew(*ca.issue(_key()))  # a new key, same intermediate: 2 1 1 still matches
-    ta = dane.Record.for_cert(ca.inter, 2)
+    ta = records.Record.for_cert(ca.inter, 2)
     choice = choose(site, deployed, [secure(ta)])
     assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
 
@@ -417,9 +430,9 @@ def test_new_intermediate_under_2_1_1_is_held_with_its_record(site: Certbot) -> 
     site.renew(*r10.issue(_key()))
     deployed = site.deployed()
     site.renew(*r11.issue(_key()))
-    choose(site, deployed, [secure(dane.Record.for_cert(r10.inter, 2))])
+    choose(site, deployed, [secure(records.Record.for_cert(r10.inter, 2))])
     assert deployed.held["publish"] == [
-        f"_25._tcp.mail.example.org. IN TLSA {dane.Record.for_cert(r11.inter, 2).text()}"]
+        f"_25._tcp.mail.example.org. IN TLSA {records.Record.for_cert(r11.inter, 2).text()}"]
 
 
 def test_a_record_set_that_trusts_nothing_served_does_not_hold(site: Certbot) -> None:
@@ -427,8 +440,8 @@ def test_a_record_set_that_trusts_nothing_served_does_not_hold(site: Certbot) ->
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
     site.renew(*ca.issue(_key()))
-    new = dane.Record.for_cert(site.material().leaf)
-    stale = dane.Record.for_cert(chain_of(ca.issue(_key())[1])[0])
+    new = records.Record.for_cert(site.material().leaf)
+    stale = records.Record.for_cert(chain_of(ca.issue(_key())[1])[0])
     # The new key's record is fresh, but the old key was not trusted either: no wait.
     choice = choose(site, deployed, [secure(stale, new)])
     assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
@@ -438,10 +451,10 @@ def test_postfix_before_3_4_cannot_hold(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
-    old = dane.Record.for_cert(site.material().leaf)
+    old = records.Record.for_cert(site.material().leaf)
     site.renew(*ca.issue(_key()))
     config = postfix.PostfixConfig({"mail_version": "3.3.0"}, {}, [], set())
-    choice = dane.choose_material(site.lineage, deployed, site.material(), config,
+    choice = gate.choose_material(site.lineage, deployed, site.material(), config,
                                   lookups=[secure(old)], now=NOW)
     assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
     assert "reads live/ directly" in choice.warnings[0]
@@ -452,10 +465,10 @@ def test_first_deploy_that_validated_records_reject_is_refused(site: Certbot) ->
     site.renew(*ca.issue(_key()))
     lineage = site.lineage
     fresh = DeployedLineage(NAME, lineage.key_path, lineage.fullchain_path, lineage.chain_file)
-    other = dane.Record.for_cert(chain_of(ca.issue(_key())[1])[0])
+    other = records.Record.for_cert(chain_of(ca.issue(_key())[1])[0])
     with pytest.raises(errors.PluginError, match="Nothing was changed: publish _25._tcp"):
         choose(site, fresh, [secure(other)])
-    fresh.dane = dane.IGNORE
+    fresh.dane = records.IGNORE
     assert choose(site, fresh, [secure(other)]).material.leaf_sha256 == \
         site.material().leaf_sha256
 
@@ -464,7 +477,7 @@ def test_served_version_gone_from_the_archive_deploys_with_a_warning(site: Certb
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
-    old = dane.Record.for_cert(site.material().leaf)
+    old = records.Record.for_cert(site.material().leaf)
     site.renew(*ca.issue(_key()))
     (site.archive / "fullchain1.pem").unlink()
     choice = choose(site, deployed, [secure(old)])
@@ -472,17 +485,27 @@ def test_served_version_gone_from_the_archive_deploys_with_a_warning(site: Certb
     assert "no longer in the archive" in choice.warnings[0] and not deployed.held
 
 
+def test_the_gate_asks_no_dns_itself(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    site.renew(*ca.issue(_key()))
+    assert gate.needs_lookup(deployed, site.material())
+    with pytest.raises(ValueError, match="not made before render"):
+        gate.choose_material(site.lineage, deployed, site.material(), None)
+
+
 def test_ignore_and_already_served_look_nothing_up(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
     # No lookups given and none made: the material is already in service.
-    choice = dane.choose_material(site.lineage, deployed, site.material(), None)
+    choice = gate.choose_material(site.lineage, deployed, site.material(), None)
     assert choice.material.leaf_sha256 == site.material().leaf_sha256
     site.renew(*ca.issue(_key()))
-    deployed.dane = dane.IGNORE
+    deployed.dane = records.IGNORE
     deployed.held = {"version": 1}
-    choice = dane.choose_material(site.lineage, deployed, site.material(), None)
+    choice = gate.choose_material(site.lineage, deployed, site.material(), None)
     assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
 
 
@@ -490,12 +513,12 @@ def test_rollback_rebuilds_the_held_version(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
-    old = dane.Record.for_cert(site.material().leaf)
+    old = records.Record.for_cert(site.material().leaf)
     site.renew(*ca.issue(_key()))
     choose(site, deployed, [secure(old)])
-    held = dane.held_material(site.lineage, deployed)
+    held = gate.held_material(site.lineage, deployed)
     assert held.leaf_sha256 != site.material().leaf_sha256
-    assert dane.served_chain(str(site.config_dir), deployed)[0] == held.leaf
+    assert archive.served_chain(str(site.config_dir), deployed)[0] == held.leaf
 
 
 def test_verify_warns_while_held_and_is_critical_a_week_before_expiry(site: Certbot) -> None:
@@ -505,50 +528,50 @@ def test_verify_warns_while_held_and_is_critical_a_week_before_expiry(site: Cert
         site = Certbot(site.config_dir.parent / f"c{days}")
         site.renew(*ca.issue(_key(), days=days))
         deployed = site.deployed()
-        old = dane.Record.for_cert(site.material().leaf)
+        old = records.Record.for_cert(site.material().leaf)
         site.renew(*ca.issue(_key()))
         choose(site, deployed, [secure(old)], datetime.datetime.now(datetime.timezone.utc))
         state.lineages[NAME] = deployed
-        [check] = dane.verify_checks(state, [NAME])
-        assert check["status"] == status, check
-        assert deployed.held["publish"][0] in check["message"]
-    assert dane.verify_checks(State(), [NAME]) == []
+        [check] = report.verify_checks(state, [NAME])
+        assert check.status == status, check
+        assert deployed.held["publish"][0] in check.message
+    assert report.verify_checks(State(), [NAME]) == []
 
 
 def test_records_for_a_rollover(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
-    current = dane.Record.for_cert(site.material().leaf)
+    current = records.Record.for_cert(site.material().leaf)
     renewal = site.config_dir / "renewal" / f"{NAME}.conf"
     renewal.parent.mkdir()
     renewal.write_text("version = 2.1.0\n[renewalparams]\nreuse_key = False\n")
-    lines = dane._lineage_records(str(site.config_dir), deployed, [25, 587])
+    lines = records._lineage_records(str(site.config_dir), deployed, [25, 587])
     text = "\n".join(lines)
     assert f"_25._tcp.mail.example.org. IN TLSA {current.text()}" in lines
     assert f"_587._tcp.mail.example.org. IN TLSA {current.text()}" in lines
     assert "reuse_key is off" in text
-    assert f"_25._tcp.mail.example.org. IN TLSA {dane.Record.for_cert(ca.inter, 2).text()}" \
+    assert f"_25._tcp.mail.example.org. IN TLSA {records.Record.for_cert(ca.inter, 2).text()}" \
         in lines and "rotates" in text
     renewal.write_text("[renewalparams]\nreuse_key = True\n")
     assert "reuse_key is on" in "\n".join(
-        dane._lineage_records(str(site.config_dir), deployed, [25]))
+        records._lineage_records(str(site.config_dir), deployed, [25]))
 
     site.renew(*ca.issue(_key()))
     choose(site, deployed, [secure(current)])
-    lines = dane._lineage_records(str(site.config_dir), deployed, [25])
-    upcoming = dane.Record.for_cert(site.material().leaf)
+    lines = records._lineage_records(str(site.config_dir), deployed, [25])
+    upcoming = records.Record.for_cert(site.material().leaf)
     assert f"_25._tcp.mail.example.org. IN TLSA {current.text()}" in lines
     assert f"_25._tcp.mail.example.org. IN TLSA {upcoming.text()}" in lines
 
 
 def test_reuse_key_read_from_the_renewal_configuration(tmp_path: Path) -> None:
     (tmp_path / "renewal").mkdir()
-    assert dane.reuse_key(str(tmp_path), "a") is None
+    assert records.reuse_key(str(tmp_path), "a") is None
     (tmp_path / "renewal" / "a.conf").write_text("[renewalparams]\nreuse_key = True\n")
-    assert dane.reuse_key(str(tmp_path), "a") is True
+    assert records.reuse_key(str(tmp_path), "a") is True
     (tmp_path / "renewal" / "a.conf").write_text("[renewalparams]\nauthenticator = x\n")
-    assert dane.reuse_key(str(tmp_path), "a") is False
+    assert records.reuse_key(str(tmp_path), "a") is False
 
 
 def test_doctor_names_what_dns_and_renewals_will_break(site: Certbot) -> None:
@@ -558,24 +581,24 @@ def test_doctor_names_what_dns_and_renewals_will_break(site: Certbot) -> None:
     chain = [site.material().leaf, *site.material().chain]
     (site.config_dir / "renewal").mkdir()
     (site.config_dir / "renewal" / f"{NAME}.conf").write_text("[renewalparams]\n")
-    stale = dane.Record.for_cert(chain_of(ca.issue(_key())[1])[0])
+    stale = records.Record.for_cert(chain_of(ca.issue(_key())[1])[0])
 
-    def statuses(*found: dane.Lookup) -> list[tuple[str, str]]:
-        return [(c.status, c.message) for c in dane._doctor_lineage(
+    def statuses(*found: lookup.Lookup) -> list[tuple[str, str]]:
+        return [(c.status, c.message) for c in report._doctor_lineage(
             str(site.config_dir), deployed, chain, found)]
 
     [(status, message)] = statuses(secure(stale))
     assert status == "CRITICAL" and "match nothing Postfix serves" in message
-    [(status, message)] = statuses(secure(dane.Record.for_cert(chain[0])))
+    [(status, message)] = statuses(secure(records.Record.for_cert(chain[0])))
     assert status == "WARNING" and "reuse_key is off" in message
-    [(status, message)] = statuses(secure(dane.Record.for_cert(chain[1], 2)))
+    [(status, message)] = statuses(secure(records.Record.for_cert(chain[1], 2)))
     assert status == "WARNING" and "rotates" in message
-    [(status, _)] = statuses(secure(dane.Record.for_cert(chain[1], 2),
-                                    dane.Record.for_cert(chain[0])))
+    [(status, _)] = statuses(secure(records.Record.for_cert(chain[1], 2),
+                                    records.Record.for_cert(chain[0])))
     assert status == "OK"
-    [(status, message)] = statuses(dane.Lookup(25, NAME, dane.NONE))
+    [(status, message)] = statuses(lookup.Lookup(25, NAME, lookup.NONE))
     assert status == "OK" and "no validated TLSA records" in message
-    [(status, message)] = statuses(dane.Lookup(25, NAME, dane.ERROR, error="timed out"))
+    [(status, message)] = statuses(lookup.Lookup(25, NAME, lookup.ERROR, error="timed out"))
     assert status == "OK" and message.startswith("not checked: the TLSA lookups of _25._tcp")
 
 
@@ -584,9 +607,9 @@ def test_flag_follows_the_states(tmp_path: Path) -> None:
     state = State()
     state.lineages["a"] = DeployedLineage("a", "/k", "/f", "/c", held={"version": 1})
     state.save(config_dir)
-    dane.sync_flag(config_dir)
-    assert os.path.exists(dane.flag_path(config_dir))
+    flag.sync_flag(config_dir)
+    assert os.path.exists(flag.flag_path(config_dir))
     state.lineages["a"].held = {}
     state.save(config_dir)
-    dane.sync_flag(config_dir)
-    assert not os.path.exists(dane.flag_path(config_dir))
+    flag.sync_flag(config_dir)
+    assert not os.path.exists(flag.flag_path(config_dir))

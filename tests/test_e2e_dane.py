@@ -25,7 +25,8 @@ from lab.dovecot import DovecotLab
 from test_e2e_renewal import POSTFIX_RELOAD, count, renew, run_cli, served_leaf, wait_for_count
 from test_e2e_sni import install, issue
 
-from certbot_postfix_tls._internal import certs, dane
+from certbot_postfix_tls._internal import certs
+from certbot_postfix_tls._internal.dane import flag, records
 from certbot_postfix_tls._internal.state import State
 
 NAME = lab.LAB_HOSTNAME  # mail.example.org, Postfix's myhostname in the lab
@@ -63,7 +64,7 @@ def der(cert: certs.x509.Certificate) -> bytes:
 
 
 def tlsa(cert: certs.x509.Certificate, usage: int = 3) -> str:
-    return dane.Record.for_cert(cert, usage).text()
+    return records.Record.for_cert(cert, usage).text()
 
 
 def held(certbot: lab.Certbot) -> dict[str, object]:
@@ -97,8 +98,8 @@ def test_new_key_is_held_until_its_record_is_published_then_activated(
     checked = run_cli(certbot, "verify")
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert f"WARNING: dane-held {NAME}: " in checked.stdout and line in checked.stdout
-    records = run_cli(certbot, "dane", "records")
-    assert line in records.stdout and f"IN TLSA {tlsa(old[0])}" in records.stdout
+    listed = run_cli(certbot, "dane", "records")
+    assert line in listed.stdout and f"IN TLSA {tlsa(old[0])}" in listed.stdout
 
     # 2. Published (Knot re-signs): activated twice the TTL after the record was first seen,
     # with one reload. `dane check` with the newest certbot, the post hook with Debian's.
@@ -209,6 +210,6 @@ def test_dynamic_updates_roll_the_key_over_with_no_human_step(
     until(lambda: published() == {tlsa(new[0]).replace(" ", "")},
           "the retired key's record was not removed")
     assert not State.load(str(certbot.config_dir)).lineages[NAME].dane_retire
-    assert not (certbot.config_dir / "postfix-tls" / dane.HELD_FLAG).exists()
+    assert not (certbot.config_dir / "postfix-tls" / flag.HELD_FLAG).exists()
     dns_lab.wait_answered(25, "mail", tlsa(new[0]))
     assert VERIFIED in finger()

@@ -19,17 +19,17 @@ from certbot import errors
 from certbot_postfix_tls._internal import (
     certs,
     constants,
-    dane,
     diagnose,
     doctor,
     findings,
     metrics,
     postfix,
-    renewal,
     services,
-    undeploy,
     verify,
 )
+from certbot_postfix_tls._internal.dane import records
+from certbot_postfix_tls._internal.dane import report as dane_report
+from certbot_postfix_tls._internal.ops import dane_check, renewal, undeploy
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 
@@ -184,7 +184,8 @@ def _verify(args: argparse.Namespace) -> int:
                            f"reloaded successfully{where}: run certbot-postfix-tls hook post "
                            "and read its error",
             })
-        checks += dane.verify_checks(state, [lineage.name for lineage in lineages])
+        checks += [finding.to_json() for finding in
+                   dane_report.verify_checks(state, [lineage.name for lineage in lineages])]
         snapshot.services = list(dict.fromkeys([*snapshot.services, *state.services()]))
         snapshot.pending = list(dict.fromkeys([*snapshot.pending, *state.pending]))
         try:
@@ -287,10 +288,10 @@ def cmd_hook(args: argparse.Namespace) -> int:
 def cmd_dane(args: argparse.Namespace) -> int:
     """``dane records`` prints zone file lines; ``dane check`` activates what is ready."""
     if args.action == "records":
-        for line in dane.records(args.config_dir, args.cert_name):
+        for line in records.rollover_set(args.config_dir, args.cert_name):
             print(line)
         return findings.EXIT_CODES["OK"]
-    result = dane.check(args.config_dir, _warn)
+    result = dane_check.check(args.config_dir, _warn)
     for line in result.lines or ["OK: no lineage is held back for its TLSA records"]:
         print(line)
     return result.code

@@ -21,16 +21,18 @@ from certbot.plugins import common
 from certbot_postfix_tls._internal import (
     certs,
     constants,
-    dane,
     dovecot,
     hooks,
     pipeline,
     postfix,
     process,
-    renewal,
     sni,
 )
+from certbot_postfix_tls._internal.dane import lookup, records
+from certbot_postfix_tls._internal.dane.update import Updater
 from certbot_postfix_tls._internal.lock import plugin_lock
+from certbot_postfix_tls._internal.ops import renewal
+from certbot_postfix_tls._internal.ops.render import render
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                  "is served (default: yes).")
         add("verify-address", default=constants.CLI_DEFAULTS["verify_address"], metavar="ADDR",
             help="Where the check connects when a service listens on all addresses.")
-        add("dane", default=None, choices=dane.MODES,
+        add("dane", default=None, choices=records.MODES,
             help="auto: never serve a renewed certificate that validated TLSA records "
                  "(_25._tcp.NAME) do not match; the previous one stays until the new record "
                  "is published and seen for twice its TTL. ignore: no TLSA checks for this "
@@ -272,8 +274,8 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             )
         dovecot_sasl = self._dovecot_sasl(config)
         self._prospective_state(state, lineage, material, config, dovecot_sasl)
-        desired = pipeline.render(site, state, config, rebuild=[lineage.name],
-                                  policy=self._options(dovecot_sasl))
+        desired = render(site, state, config, rebuild=[lineage.name],
+                         policy=self._options(dovecot_sasl))
         self._staged = _Staged(lineage, site, desired)
 
     def _dovecot_owner(self, state: State) -> Optional[State]:
@@ -315,10 +317,10 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         previous = state.lineages.get(lineage.name)
         resolver = self.conf("dane-resolver") or (previous.dane_resolver if previous else None)
         if resolver:
-            dane.parse_resolver(str(resolver))  # refused before any change
+            lookup.parse_resolver(str(resolver))  # refused before any change
         update = self.conf("dane-update") or (previous.dane_update if previous else None)
         if update:
-            dane.Updater.from_file(os.path.abspath(str(update)))
+            Updater.from_file(os.path.abspath(str(update)))
         state.add(
             DeployedLineage(
                 name=lineage.name,
@@ -328,7 +330,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 names=material.names,
                 renewable=lineage.in_live,
                 key_group=str(self.conf("key-group")),
-                # What is served now and a DANE hold outlive a re-install (dane.py).
+                # What is served now and a DANE hold outlive a re-install (dane/gate.py).
                 expected=previous.expected if previous else {},
                 held=previous.held if previous else {},
                 dane=str(self.conf("dane") or (previous.dane if previous else "auto")),

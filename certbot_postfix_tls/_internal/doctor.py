@@ -18,7 +18,6 @@ from typing import Optional
 from certbot import errors
 
 from certbot_postfix_tls._internal import (
-    dane,
     diagnose,
     dovecot,
     hooks,
@@ -26,6 +25,7 @@ from certbot_postfix_tls._internal import (
     services,
     verify,
 )
+from certbot_postfix_tls._internal.dane import report as dane_report
 from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.state import State
 
@@ -88,7 +88,7 @@ def _plugin_checks(config_dir: str, state: State) -> list[Finding]:
             "successfully: run certbot-postfix-tls hook post and read its error"))
     checks += _hook_checks(config_dir)
     checks += _key_checks(state)
-    checks += dane.doctor_checks(config_dir, state)  # TLSA records against what is served
+    checks += dane_report.doctor_checks(config_dir, state)  # TLSA records against what is served
     return checks
 
 

@@ -7,7 +7,9 @@ Dovecot configuration:
 - ``render`` turns the state (lineages, options, default rule) into the
   desired configuration: main.cf certificate settings (plus, on install, the
   TLS policy and master.cf overrides), each lineage's key+chain file, the SNI
-  table, the plugin's Dovecot file.
+  table, the plugin's Dovecot file. It is a decision only: the caller gathers
+  first what it needs beyond the files of the lineages (the other instances'
+  states, the TLSA lookups of the lineages it loads: ``ops/render.py``).
 - ``write`` puts it on disk in an order where every intermediate state is one
   Postfix and Dovecot accept, keeps an in-memory snapshot of every file it
   touches, runs ``postfix check`` and ``doveconf -x``, and restores the
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -35,7 +37,6 @@ from certbot import errors
 from certbot_postfix_tls._internal import (
     certs,
     constants,
-    dane,
     dovecot,
     hooks,
     permissions,
@@ -44,6 +45,7 @@ from certbot_postfix_tls._internal import (
     sni,
     verify,
 )
+from certbot_postfix_tls._internal.dane import gate
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -88,15 +90,29 @@ class Desired:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)  # lineages left out (unreadable files)
+    # DANE, carried out by the caller after render: (record line, TTL) to publish per
+    # lineage (--postfix-tls-dane-update), and whether to raise the held flag.
+    dane_publish: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    dane_flag: bool = False
 
 
 # --- render ---------------------------------------------------------------------------
+
+
+def to_load(state: State, rebuild: Iterable[str] = ()) -> list[str]:
+    """The lineages ``render`` loads from their files: those in ``rebuild``, and those
+    whose key+chain file is missing."""
+    required = set(rebuild)
+    return [name for name in sorted(state.lineages)
+            if name in required or not os.path.exists(state.lineages[name].chain_file)]
 
 
 def render(
     site: Site,
     state: State,
     config: postfix.PostfixConfig,
+    others: Sequence[State],
+    lookups: Mapping[str, gate.Lookups],
     rebuild: Iterable[str] = (),
     policy: Optional[postfix.Options] = None,
 ) -> Desired:
@@ -107,18 +123,19 @@ def render(
     when missing. A lineage in ``rebuild`` whose files are unusable is an error; any
     other is left out of the SNI table and Dovecot with a warning. ``policy`` (install
     only) adds the TLS policy and master.cf overrides; renewal and undeploy never
-    re-apply those over the operator's later edits.
+    re-apply those over the operator's later edits. ``others``: the other instances'
+    states; ``lookups``: the TLSA lookups of each lineage of ``to_load`` the DANE gate
+    decides on (``gate.needs_lookup``).
     """
     desired = Desired(state=state)
     required = set(rebuild)
-    for name in sorted(state.lineages):
+    for name in to_load(state, required):
         lineage = state.lineages[name]
-        if name not in required and os.path.exists(lineage.chain_file):
-            continue
         try:
             live = _lineage(site.config_dir, lineage)
             # DANE: the live files, or the version served now while TLSA records reject them.
-            choice = dane.choose_material(live, lineage, certs.load_material(live), config)
+            choice = gate.choose_material(live, lineage, certs.load_material(live), config,
+                                          lookups.get(name))
         except errors.Error as exc:
             if name in required:
                 raise
@@ -132,6 +149,9 @@ def render(
         material = choice.material
         desired.notes += choice.notes
         desired.warnings += choice.warnings
+        if choice.publish:
+            desired.dane_publish[name] = choice.publish
+        desired.dane_flag = desired.dane_flag or choice.flag
         desired.chain_files[lineage.chain_file] = material.combined()
         lineage.names = material.names
         lineage.expected = material.fingerprints()
@@ -143,7 +163,6 @@ def render(
     state.default = sni.choose_default(served, config.main.get("myhostname", ""))
     served.default = state.default
 
-    others = [s for s in State.load_all(site.config_dir) if s.instance != state.instance]
     desired.remove_dirs = _stale_dirs(site.config_dir, [*others, state])
 
     if not served.lineages:
@@ -525,7 +544,7 @@ def regenerate(config_dir: str, warn: Warn) -> None:
             lineage = state.lineages[name]
             try:
                 # A lineage held back by DANE keeps its held version (no DNS lookup here).
-                material = dane.held_material(_lineage(config_dir, lineage), lineage)
+                material = gate.held_material(_lineage(config_dir, lineage), lineage)
             except errors.Error as exc:
                 warn(f"lineage {name}: {exc}")
                 continue

@@ -76,7 +76,7 @@ def expected_cert(lineage: DeployedLineage, service: str = "postfix") -> verify.
     """What the lineage should serve: from its fullchain.pem when this user can read it
     (root), else from the fingerprints the state recorded at the last deploy (a
     monitoring user cannot traverse certbot's live/ directory)."""
-    # Held back by DANE (dane.py): Postfix serves the held version the state records;
+    # Held back by DANE (dane/gate.py): Postfix serves the held version the state records;
     # Dovecot reads live/ and serves the renewed one (recorded too, for monitoring users).
     held = bool(lineage.held) and service == "postfix"
     if not held and (os.access(lineage.fullchain_path, os.R_OK) or not lineage.expected):

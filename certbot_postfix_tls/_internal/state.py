@@ -35,12 +35,12 @@ class DeployedLineage:
     # The certificate as last deployed (SHA-256 of leaf and intermediates, names, expiry):
     # public data, so that verify needs no access to certbot's live/ directory.
     expected: dict[str, Any] = field(default_factory=dict)
-    # DANE (dane.py): "auto" obeys validated TLSA records, "ignore" (--postfix-tls-dane)
+    # DANE (dane/gate.py): "auto" obeys validated TLSA records, "ignore" (--postfix-tls-dane)
     # does not; the resolver to ask (--postfix-tls-dane-resolver; None: resolv.conf's).
     dane: str = "auto"
     dane_resolver: Optional[str] = None
     # While a renewed key waits for its TLSA record: the archive version Postfix serves
-    # instead, the records to publish, when matching records were first seen (dane.py).
+    # instead, the records to publish, when matching records were first seen (dane/gate.py).
     held: dict[str, Any] = field(default_factory=dict)
     # --postfix-tls-dane-update: the RFC 2136 credentials file that publishes the held
     # key's records, and the retired key's records to remove ({"record", "after"}).

@@ -21,6 +21,7 @@ from certbot import configuration, errors, reverter
 
 from certbot_postfix_tls._internal import permissions, pipeline, postfix
 from certbot_postfix_tls._internal.lock import plugin_lock
+from certbot_postfix_tls._internal.ops.render import render
 from certbot_postfix_tls._internal.state import State
 
 Say = Callable[[str], None]
@@ -114,7 +115,7 @@ def _undeploy_one(
     state.renewed = [n for n in state.renewed if n != name]
     site = pipeline.Site.from_state(config_dir, state)
     config = site.mta.read()
-    desired = pipeline.render(site, state, config)
+    desired = render(site, state, config)
     if not state.lineages:
         _refuse_dangling_sasl(config, desired, state)
     pipeline.write(site, desired, checkpoint)

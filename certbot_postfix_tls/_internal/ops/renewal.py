@@ -27,8 +27,10 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import dane, hooks, pipeline
+from certbot_postfix_tls._internal import hooks, pipeline
 from certbot_postfix_tls._internal.lock import plugin_lock
+from certbot_postfix_tls._internal.ops import dane_check
+from certbot_postfix_tls._internal.ops.render import render
 from certbot_postfix_tls._internal.state import State
 
 
@@ -57,7 +59,7 @@ def run_deploy_hook(config_dir: str, renewed_lineage: Optional[str]) -> HookResu
             _mark_pending(state, name)
             try:
                 site = pipeline.Site.from_state(config_dir, state)
-                desired = pipeline.render(site, state, site.mta.read(), rebuild=[name])
+                desired = render(site, state, site.mta.read(), rebuild=[name])
                 pipeline.write(site, desired)
             except (errors.Error, OSError) as exc:
                 # The snapshot put the previous files back; keep the mark so that
@@ -96,8 +98,8 @@ def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
     with plugin_lock(config_dir):
         # DANE: lineages held back for their TLSA records are looked up again on every run
         # (one this run renewed is decided by the pending reload's own render below).
-        held = dane.check(config_dir, warn, skip_renewed=True)
-        activated = dane.report(held, warn)
+        held = dane_check.check(config_dir, warn, skip_renewed=True)
+        activated = dane_check.report(held, warn)
         states = [s for s in State.load_all(config_dir) if s.pending]
         if not states:
             return HookResult(2 if held.code >= 2 else 0,
@@ -111,8 +113,7 @@ def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
                 if state.renewed:
                     # Idempotent when the deploy hooks succeeded; finishes their work when
                     # one failed (e.g. postfix check, since fixed by the operator).
-                    desired = pipeline.render(site, state, site.mta.read(),
-                                              rebuild=state.renewed)
+                    desired = render(site, state, site.mta.read(), rebuild=state.renewed)
                     pipeline.write(site, desired)
                 found = pipeline.activate(site, state, list(state.pending),
                                           state.renewed or None, warn)

@@ -1,0 +1,54 @@
+"""``pipeline.render`` as every operation calls it: what it needs gathered first (the
+other instances' states, the TLSA lookups of the lineages it loads), and what the DANE
+gate asked for carried out after (records published by RFC 2136, the held flag)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Optional
+
+from certbot import errors
+
+from certbot_postfix_tls._internal import certs, pipeline, postfix
+from certbot_postfix_tls._internal.dane import archive, flag, gate, lookup, records, update
+from certbot_postfix_tls._internal.state import State
+
+
+def render(
+    site: pipeline.Site,
+    state: State,
+    config: postfix.PostfixConfig,
+    rebuild: Iterable[str] = (),
+    policy: Optional[postfix.Options] = None,
+) -> pipeline.Desired:
+    """The configuration ``state`` calls for (``pipeline.render``), with DNS asked
+    before and the gate's RFC 2136 updates and held flag done after."""
+    rebuild = list(rebuild)
+    others = [s for s in State.load_all(site.config_dir) if s.instance != state.instance]
+    found = tlsa_lookups(site.config_dir, state, config, pipeline.to_load(state, rebuild))
+    desired = pipeline.render(site, state, config, others, found, rebuild, policy)
+    for name, add in desired.dane_publish.items():
+        update.send_update(state.lineages[name], add, [], desired.notes, desired.warnings)
+    if desired.dane_flag:
+        flag.raise_flag(site.config_dir)
+    return desired
+
+
+def tlsa_lookups(config_dir: str, state: State, config: postfix.PostfixConfig,
+                 names: Iterable[str]) -> dict[str, list[lookup.Lookup]]:
+    """The TLSA lookups of each lineage of ``names`` whose live files the gate decides on:
+    its names (the certificate's and the recorded ones) on Postfix's SMTP ports."""
+    found: dict[str, list[lookup.Lookup]] = {}
+    ports: Optional[list[int]] = None
+    for name in names:
+        deployed = state.lineages[name]
+        try:
+            material = certs.load_material(archive.lineage_of(config_dir, deployed))
+        except errors.Error:
+            continue  # render leaves it out, or refuses, and says why
+        if not gate.needs_lookup(deployed, material):
+            continue
+        ports = ports if ports is not None else records.smtp_ports(config)
+        found[name] = lookup.lookup([*material.names, *deployed.names], ports,
+                                    deployed.dane_resolver)
+    return found
