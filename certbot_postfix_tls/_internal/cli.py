@@ -27,6 +27,7 @@ from certbot_postfix_tls._internal import (
     postfix,
     renewal,
     services,
+    tls_client,
     undeploy,
     verify,
 )
@@ -211,7 +212,7 @@ def _verify(args: argparse.Namespace) -> int:
                 if args.prometheus else None)
             if not args.cert_name and not args.lineage:  # the operator's own SNI names too
                 results += services.check_foreign(args.config_dir, state, retry_seconds=0)
-        except (errors.Error, verify.VerifyError) as exc:
+        except (errors.Error, tls_client.VerifyError) as exc:
             checks.append({"name": "configuration", "status": "UNKNOWN", "message": str(exc)})
     if not checked:
         return _verify_configured(args, snapshot)

@@ -39,11 +39,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from certbot_postfix_tls._internal import (
     certs,
     constants,
+    dialogues,
     dovecot,
     hooks,
     postfix,
     process,
     services,
+    tls_client,
     verify,
 )
 from certbot_postfix_tls._internal.findings import Finding
@@ -117,8 +119,8 @@ class Servers:
     dovecot_running: Optional[bool] = None
     findings: list[Finding] = field(default_factory=list)  # what finding them showed
     # Postfix's probed endpoints and the master.cf service each belongs to.
-    services: dict[verify.Endpoint, postfix.MasterService] = field(default_factory=dict)
-    endpoints: list[verify.Endpoint] = field(default_factory=list)
+    services: dict[tls_client.Endpoint, postfix.MasterService] = field(default_factory=dict)
+    endpoints: list[tls_client.Endpoint] = field(default_factory=list)
     _logs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
@@ -264,7 +266,7 @@ def log_says(servers: Servers, service: str, pattern: Optional[re.Pattern[str]] 
                     if marker in last:
                         found = marker + last.split(marker, 1)[1].strip()
                         break
-                found = verify._printable(found or last, 240)
+                found = tls_client.printable(found or last, 240)
         if found or time.monotonic() >= deadline:
             # Dovecot appends the session's details: not part of the reason.
             return re.sub(r":? user=<[^>]*>, rip=.*$", "", found)
@@ -286,11 +288,11 @@ class Probe:
     (and TLS 1.0-1.1 when both fail), and for SMTP with STARTTLS, what it answers
     before TLS."""
 
-    endpoint: verify.Endpoint
-    shake: Optional[verify.Handshake] = None
-    error: Optional[verify.VerifyError] = None
+    endpoint: tls_client.Endpoint
+    shake: Optional[dialogues.Handshake] = None
+    error: Optional[tls_client.VerifyError] = None
     versions: dict[str, bool] = field(default_factory=dict)
-    plain: Optional[verify.PlaintextSmtp] = None
+    plain: Optional[dialogues.PlaintextSmtp] = None
 
     @property
     def where(self) -> str:
@@ -298,20 +300,20 @@ class Probe:
         return f"port {endpoint.port} ({endpoint.service} {endpoint.label or endpoint.protocol})"
 
 
-def _works(endpoint: verify.Endpoint, version: str) -> bool:
+def _works(endpoint: tls_client.Endpoint, version: str) -> bool:
     try:
-        verify.handshake(endpoint, None, _PROBE_TIMEOUT, tls_version=version)
-    except verify.VerifyError:
+        dialogues.handshake(endpoint, None, _PROBE_TIMEOUT, tls_version=version)
+    except tls_client.VerifyError:
         return False
     return True
 
 
-def probe(endpoint: verify.Endpoint) -> Probe:
+def probe(endpoint: tls_client.Endpoint) -> Probe:
     """Probe one port, connections one after the other (see _PARALLEL_PORTS)."""
     result = Probe(endpoint)
     try:
-        result.shake = verify.handshake(endpoint, None, _PROBE_TIMEOUT)
-    except verify.VerifyError as exc:
+        result.shake = dialogues.handshake(endpoint, None, _PROBE_TIMEOUT)
+    except tls_client.VerifyError as exc:
         result.error = exc
     # Nothing more to learn from a port that refuses, times out or closes: more
     # connections would only wait again (a throttled Postfix service does not answer).
@@ -330,8 +332,8 @@ def probe(endpoint: verify.Endpoint) -> Probe:
         result.versions["legacy"] = _works(endpoint, "legacy")
     if endpoint.protocol == "smtp" and endpoint.tls == "starttls":
         try:
-            result.plain = verify.smtp_before_tls(endpoint, _PROBE_TIMEOUT)
-        except verify.VerifyError:
+            result.plain = dialogues.smtp_before_tls(endpoint, _PROBE_TIMEOUT)
+        except tls_client.VerifyError:
             pass
     return result
 
@@ -466,7 +468,7 @@ def dovecot_cert_settings(servers: Servers) -> list[CertSetting]:
                         dovecot_23=not imap.uses_24_syntax, key_source=key_source)]
 
 
-def cert_settings(servers: Servers, endpoint: verify.Endpoint) -> list[CertSetting]:
+def cert_settings(servers: Servers, endpoint: tls_client.Endpoint) -> list[CertSetting]:
     if endpoint.service == "postfix":
         return postfix_cert_settings(servers, servers.services.get(endpoint))
     return dovecot_cert_settings(servers)
@@ -602,7 +604,7 @@ def _load_der(der: bytes) -> Optional[x509.Certificate]:
         return None
 
 
-def chain_complete(shake: verify.Handshake) -> bool:
+def chain_complete(shake: dialogues.Handshake) -> bool:
     """Whether the served chain lets a client reach a trust anchor: intermediates sent,
     or a self-issued leaf, or a leaf issued directly by a root the system trusts."""
     if any(der != shake.leaf_der for der in shake.chain_der[1:]):
@@ -731,7 +733,7 @@ def file_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
         seen = ""
         if failed:
             detail = str(failed[0].error).rstrip(".")
-            where = verify._where(failed[0].endpoint)
+            where = tls_client.where_of(failed[0].endpoint)
             seen = f"; {_ports(failed)}: {detail.replace(where + ' ', '')}"
         cause = log_says(servers, setting.service) if failed else ""
         checks.append(Finding(
@@ -814,7 +816,7 @@ def _newest(servers: Servers, setting: CertSetting) -> Optional[_Newest]:
     if deployed is not None:  # readable, or the fingerprints recorded at the last deploy
         try:
             expected = services.expected_cert(deployed)
-        except verify.VerifyError:
+        except tls_client.VerifyError:
             return None
         return _Newest(expected.leaf_sha256, expected.not_after, deployed.fullchain_path)
     path = os.path.join(live, "cert.pem")
@@ -1485,7 +1487,7 @@ def endpoint_results(servers: Servers, probes: Sequence[Probe]) -> list[verify.E
             service=endpoint.service, address=endpoint.address, port=endpoint.port,
             tls=endpoint.tls, sni=None, endpoint=endpoint)
         if item.shake is None:
-            error = item.error or verify.VerifyError("no handshake")
+            error = item.error or tls_client.VerifyError("no handshake")
             result = verify.EndpointResult(
                 **base, status="CRITICAL", served_sha256=None, expected_sha256="",
                 chain_complete=None, name_matches=None, days_left=None, message=str(error),
@@ -1510,7 +1512,7 @@ def endpoint_results(servers: Servers, probes: Sequence[Probe]) -> list[verify.E
                             f"(renewed, not loaded: {reload_of(endpoint)})")
         if days is not None and days < 0:
             problems.append(f"serves a certificate that expired {-days} day(s) ago")
-        where = verify._where(endpoint)
+        where = tls_client.where_of(endpoint)
         if problems:
             status, message = "CRITICAL", f"{where} {'; '.join(problems)}."
         elif days is not None and days < verify.WARN_DAYS:
@@ -1528,5 +1530,5 @@ def endpoint_results(servers: Servers, probes: Sequence[Probe]) -> list[verify.E
     return results
 
 
-def reload_of(endpoint: verify.Endpoint) -> str:
+def reload_of(endpoint: tls_client.Endpoint) -> str:
     return "postfix reload" if endpoint.service == "postfix" else "doveadm reload"

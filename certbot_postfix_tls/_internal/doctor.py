@@ -24,6 +24,7 @@ from certbot_postfix_tls._internal import (
     hooks,
     permissions,
     services,
+    tls_client,
     verify,
 )
 from certbot_postfix_tls._internal.findings import Finding
@@ -144,7 +145,7 @@ def run(config_dir: str, postfix_dir: Optional[str] = None,
         try:
             results = services.check_all(state, endpoints_to_check=servers.endpoints,
                                          retry_seconds=0)
-        except (errors.Error, verify.VerifyError) as exc:
+        except (errors.Error, tls_client.VerifyError) as exc:
             checks.append(Finding("configuration", "UNKNOWN", str(exc)))
     else:
         checks.append(Finding(

@@ -42,6 +42,7 @@ from certbot_postfix_tls._internal import (
     postfix,
     services,
     sni,
+    tls_client,
     verify,
 )
 from certbot_postfix_tls._internal.state import DeployedLineage, State
@@ -493,7 +494,7 @@ def activate(
     for name in sorted(state.lineages):
         try:
             results = services.check_all(state, [name])
-        except (verify.VerifyError, errors.Error) as exc:
+        except (tls_client.VerifyError, errors.Error) as exc:
             results = []
             failures = [f"lineage {name}: {exc}"]
         else:

@@ -18,10 +18,10 @@ from typing import Optional
 from certbot import errors
 
 from certbot_postfix_tls._internal import constants, process
+from certbot_postfix_tls._internal.tls_client import Endpoint
 from certbot_postfix_tls._internal.verify import (
     LOOPBACKS,
     WILDCARDS,
-    Endpoint,
     choose_address,
     ip_version,
     is_loopback,
