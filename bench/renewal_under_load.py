@@ -58,7 +58,7 @@ from lab.dovecot import DovecotLab  # noqa: E402
 from lab.dovecot24 import ChrootDovecot  # noqa: E402
 from lab.sessions import MailSessions, SessionReport  # noqa: E402
 
-from certbot_postfix_tls._internal import hooks, process, verify  # noqa: E402
+from certbot_postfix_tls._internal import hooks, process, tls_client  # noqa: E402
 from certbot_postfix_tls._internal.state import State  # noqa: E402
 
 LOAD_PORTS = (25, 587, 993)
@@ -474,7 +474,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="run Dovecot 2.4 from this Debian 13 chroot "
                              "(sh tools/debian13-chroot --check --suite trixie prints it)")
     parser.add_argument("--client", choices=("light", "verify"), default="light",
-                        help="handshake client: light (default) or verify.handshake")
+                        help="handshake client: light (default) or dialogues.handshake")
     parser.add_argument("--rate-seconds", type=float, default=1.5,
                         help="seconds per client and port for the client rate comparison"
                              " (0 to skip; default 1.5)")
@@ -510,7 +510,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # While Dovecot 2.4's chroot is in place: `dovecot --version` names the one measured.
         about = machine(lab.Certbot(bench.pebble, scratch / "unused").version())
         rows, rates = bench.run(args.counts)
-    except (lab.LabError, lab_load.LoadError, verify.VerifyError, OSError,
+    except (lab.LabError, lab_load.LoadError, tls_client.VerifyError, OSError,
             imaplib.IMAP4.error, poplib.error_proto, subprocess.CalledProcessError) as exc:
         say(f"benchmark failed: {exc}")
         return 2

@@ -22,9 +22,9 @@ from conftest import FIXTURES, need, need_lab
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certbot_postfix_tls._internal import dovecot, process, verify
+from certbot_postfix_tls._internal import dialogues, dovecot, process
 from certbot_postfix_tls._internal.dovecot import CertFiles, Dovecot
-from certbot_postfix_tls._internal.verify import Endpoint
+from certbot_postfix_tls._internal.tls_client import Endpoint
 
 FIX23 = FIXTURES / "dovecot23"
 FIX24 = FIXTURES / "dovecot24"
@@ -457,7 +457,7 @@ def sasl_dir() -> Iterator[str]:
 
 
 def served(endpoint: Endpoint, sni: str | None = None) -> bytes:
-    return verify.handshake(endpoint, sni).leaf_der
+    return dialogues.handshake(endpoint, sni).leaf_der
 
 
 def wait_served(endpoints: list[Endpoint], der: bytes, timeout: float = 10) -> None:

@@ -26,7 +26,7 @@ import pytest
 from conftest import need, once
 from lab.dovecot import DovecotLab, write_self_signed
 
-from certbot_postfix_tls._internal import certs, postfix, verify
+from certbot_postfix_tls._internal import certs, dialogues, postfix, tls_client
 
 NAME = lab.LAB_HOSTNAME
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -114,9 +114,9 @@ def assert_served(certbot: lab.Certbot, spec: Spec) -> None:
     expected = leaf_of(certbot)
     for port, tls in spec.ports:
         protocol = PORTS[port][0] if port in PORTS else "smtp"
-        endpoint = verify.Endpoint("corpus", protocol, "127.0.0.1", port, tls, str(port))
+        endpoint = tls_client.Endpoint("corpus", protocol, "127.0.0.1", port, tls, str(port))
         for sni in (None, NAME):
-            assert verify.handshake(endpoint, sni).leaf_der == expected, (port, sni)
+            assert dialogues.handshake(endpoint, sni).leaf_der == expected, (port, sni)
     report = subprocess.run(
         [sys.executable, "-m", "certbot_postfix_tls", "--config-dir", str(certbot.config_dir),
          "verify", "--json"], capture_output=True, text=True, timeout=300, check=False)

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls._internal import diagnose, verify
+from certbot_postfix_tls._internal import dialogues, tls_client
 
 NAME = lab.LAB_HOSTNAME
 MAIN_CF = "/etc/postfix/main.cf"
@@ -390,8 +390,8 @@ def test_renewed_but_never_loaded(
     postfix_certificate(postfix_lab, live / "fullchain.pem", live / "privkey.pem")
     reload_postfix()
     # An smtpd process loads the certificate and stays (max_idle) for the next client.
-    endpoint = verify.Endpoint("postfix", "smtp", "127.0.0.1", 25, "starttls", "smtp")
-    old = verify.handshake(endpoint, None).leaf_der
+    endpoint = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", 25, "starttls", "smtp")
+    old = dialogues.handshake(endpoint, None).leaf_der
     certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew", *certbot.acme_args())
 
     code, report = doctor(certbot.config_dir)
@@ -400,7 +400,7 @@ def test_renewed_but_never_loaded(
     assert f"older than the newest of its lineage ({live}/cert.pem, expires " in stale
     assert stale.endswith("fix: postfix reload (the configured file already holds the newest)")
     assert len(re.findall(r"expires \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", stale)) == 2
-    assert verify.handshake(endpoint, None).leaf_der == old  # still the old process
+    assert dialogues.handshake(endpoint, None).leaf_der == old  # still the old process
 
     reload_postfix()
     code, report = doctor(certbot.config_dir)
@@ -543,30 +543,3 @@ def test_port_25_requiring_tls(tmp_path: Path, postfix_lab: lab.PostfixLab) -> N
                        "--dovecot-config", "/etc/dovecot/missing.conf")
     assert only(report, "dovecot", "UNKNOWN").startswith("/etc/dovecot/missing.conf does not exist")
     assert only(report, "port25-plaintext", "WARNING")
-
-
-# --- the parsers, on the text administrators write ----------------------------------------
-
-
-def test_restart_commands_in_hooks() -> None:
-    script = ("#!/bin/sh\n# systemctl restart postfix (a comment)\n"
-              "systemctl reload postfix && /usr/bin/systemctl --quiet restart dovecot.service\n"
-              "service postfix restart; /etc/init.d/dovecot stop\n"
-              "postfix -c /etc/postfix-out stop || true\nFOO=1 sudo systemctl restart nginx\n")
-    assert [(command, sorted(daemons)) for command, daemons in
-            diagnose.restart_commands(script)] == [
-        ("/usr/bin/systemctl --quiet restart dovecot.service", ["dovecot"]),
-        ("service postfix restart", ["postfix"]),
-        ("/etc/init.d/dovecot stop", ["dovecot"]),
-        ("postfix -c /etc/postfix-out stop", ["postfix"]),
-    ]
-
-
-def test_postfix_protocol_lists() -> None:
-    enabled = diagnose.postfix_protocols
-    assert enabled(">=TLSv1.2") == {"TLSv1.2", "TLSv1.3"}
-    assert enabled("!SSLv2, !SSLv3, !TLSv1, !TLSv1.1") == {"TLSv1.2", "TLSv1.3"}
-    assert enabled("!SSLv2:!SSLv3:!TLSv1.2:!TLSv1.3") == {"TLSv1", "TLSv1.1"}
-    assert enabled("TLSv1") == {"TLSv1"}
-    assert enabled(">=TLSv1 <=TLSv1.1") == {"TLSv1", "TLSv1.1"}
-    assert enabled("") == set(diagnose._PROTOCOL_ORDER)

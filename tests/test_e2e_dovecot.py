@@ -10,7 +10,7 @@ import pytest
 from conftest import need, once
 from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls._internal import certs, verify
+from certbot_postfix_tls._internal import certs, dialogues, tls_client
 
 NAME = lab.LAB_HOSTNAME
 PLUGIN_FILE = Path("/etc/dovecot/conf.d/99-certbot-postfix-tls.conf")
@@ -39,8 +39,8 @@ def leaf_of(certbot: lab.Certbot) -> bytes:
 
 def served_leaf(protocol: str, port: int, tls: str) -> bytes:
     service = "postfix" if protocol == "smtp" else "dovecot"
-    endpoint = verify.Endpoint(service, protocol, "127.0.0.1", port, tls, str(port))
-    return verify.handshake(endpoint, NAME).leaf_der
+    endpoint = tls_client.Endpoint(service, protocol, "127.0.0.1", port, tls, str(port))
+    return dialogues.handshake(endpoint, NAME).leaf_der
 
 
 def make_mail_user(name: str, password: str) -> None:

@@ -22,7 +22,7 @@ from conftest import REPO, heavy, need, once
 from lab.dovecot import DovecotLab, write_self_signed
 from test_e2e_sni import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
 
-from certbot_postfix_tls._internal import verify
+from certbot_postfix_tls._internal import dialogues, tls_client, verify
 from certbot_postfix_tls._internal.state import State
 
 CLI = [sys.executable, "-m", "certbot_postfix_tls"]
@@ -351,8 +351,8 @@ def second_instance(request: pytest.FixtureRequest, postfix_lab: lab.PostfixLab,
 
 
 def served_at(address: str, name: str | None) -> bytes:
-    endpoint = verify.Endpoint("x", "smtp", address, 25, "starttls", "25")
-    return verify.handshake(endpoint, name).leaf_der
+    endpoint = tls_client.Endpoint("x", "smtp", address, 25, "starttls", "25")
+    return dialogues.handshake(endpoint, name).leaf_der
 
 
 def test_two_postfix_instances_each_serve_their_own(

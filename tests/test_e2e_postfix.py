@@ -14,7 +14,7 @@ from pathlib import Path
 import lab
 import pytest
 
-from certbot_postfix_tls._internal import certs, verify
+from certbot_postfix_tls._internal import certs, dialogues, tls_client
 
 NAME = lab.LAB_HOSTNAME
 
@@ -25,9 +25,9 @@ def files(postfix_lab: lab.PostfixLab) -> dict[str, bytes]:
     }
 
 
-def served(port: int, tls: str = "starttls", sni: str | None = NAME) -> verify.Handshake:
-    endpoint = verify.Endpoint("postfix", "smtp", "127.0.0.1", port, tls, str(port))
-    return verify.handshake(endpoint, sni)
+def served(port: int, tls: str = "starttls", sni: str | None = NAME) -> dialogues.Handshake:
+    endpoint = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", port, tls, str(port))
+    return dialogues.handshake(endpoint, sni)
 
 
 def lineage_chain(certbot: lab.Certbot, name: str = NAME) -> list[bytes]:

@@ -25,7 +25,7 @@ import pytest
 from conftest import need, need_lab, once
 from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls._internal import certs, postfix, verify
+from certbot_postfix_tls._internal import certs, dialogues, postfix, tls_client, verify
 
 NAME = lab.LAB_HOSTNAME
 SASL_SOCKET = "/var/spool/postfix/private/auth"
@@ -90,8 +90,8 @@ def test_postconf_warnings_are_notes(
                        "smtpd_tls_security_level", "smtp_tls_security_level"}, changed
     master = postfix_lab.postconf("-M")
     assert "smtpd_client_restrictions=$mua_client_restrictions" in master
-    endpoint = verify.Endpoint("postfix", "smtp", "127.0.0.1", 587, "starttls", "submission")
-    assert verify.handshake(endpoint, NAME).leaf_der == leaf_of(certbot)
+    endpoint = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", 587, "starttls", "submission")
+    assert dialogues.handshake(endpoint, NAME).leaf_der == leaf_of(certbot)
 
 
 def test_ipv6_only_postfix_and_dovecot_on_ipv6_loopback(

@@ -17,7 +17,7 @@ import pytest
 from conftest import once
 from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls._internal import certs, hooks, verify
+from certbot_postfix_tls._internal import certs, dialogues, hooks, tls_client
 from certbot_postfix_tls._internal.state import State
 
 NAMES = ("mail.example.org", "mail.a.example", "mail.b.example")
@@ -41,8 +41,8 @@ def wait_for_count(read: Callable[[], str], needle: str, expected: int, timeout:
 
 
 def served_leaf(port: int, name: str, protocol: str = "smtp", tls: str = "starttls") -> bytes:
-    endpoint = verify.Endpoint("x", protocol, "127.0.0.1", port, tls, str(port))
-    return verify.handshake(endpoint, name).leaf_der
+    endpoint = tls_client.Endpoint("x", protocol, "127.0.0.1", port, tls, str(port))
+    return dialogues.handshake(endpoint, name).leaf_der
 
 
 def current_leaf(certbot: lab.Certbot, name: str) -> bytes:

@@ -27,7 +27,7 @@ from lab.dovecot import DovecotLab
 from lab.dovecot24 import ChrootDovecot
 from lab.sessions import MailSessions, SessionReport
 
-from certbot_postfix_tls._internal import certs, dovecot, process, verify
+from certbot_postfix_tls._internal import certs, dialogues, dovecot, process, tls_client
 from certbot_postfix_tls._internal.state import State
 
 NAME = lab.LAB_HOSTNAME
@@ -130,8 +130,8 @@ def leaf(certbot: lab.Certbot, name: str = NAME) -> bytes:
 
 
 def served(protocol: str, port: int, tls: str, name: str = NAME) -> bytes:
-    endpoint = verify.Endpoint("dovecot", protocol, "127.0.0.1", port, tls, str(port))
-    return verify.handshake(endpoint, name).leaf_der
+    endpoint = tls_client.Endpoint("dovecot", protocol, "127.0.0.1", port, tls, str(port))
+    return dialogues.handshake(endpoint, name).leaf_der
 
 
 def doctor_sessions(certbot: lab.Certbot) -> str:

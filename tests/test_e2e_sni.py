@@ -13,7 +13,7 @@ import pytest
 from conftest import once
 from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls._internal import certs, hooks, sni, verify
+from certbot_postfix_tls._internal import certs, dialogues, hooks, sni, tls_client
 from certbot_postfix_tls._internal.state import State
 
 HOST = lab.LAB_HOSTNAME  # Postfix's myhostname in the lab
@@ -28,8 +28,8 @@ def leaf(certbot: lab.Certbot, name: str) -> bytes:
 
 
 def served(protocol: str, port: int, tls: str, name: str | None) -> bytes:
-    endpoint = verify.Endpoint("x", protocol, "127.0.0.1", port, tls, str(port))
-    return verify.handshake(endpoint, name).leaf_der
+    endpoint = tls_client.Endpoint("x", protocol, "127.0.0.1", port, tls, str(port))
+    return dialogues.handshake(endpoint, name).leaf_der
 
 
 def assert_serving(certbot: lab.Certbot, names: list[str], default: str) -> None:

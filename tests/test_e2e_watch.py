@@ -26,7 +26,7 @@ from lab.dovecot import DovecotLab, write_self_signed
 from test_e2e_sni import HOST, install, issue, leaf, served
 from test_metrics import node_exporter, parse, promtool_check, scrape, values
 
-from certbot_postfix_tls._internal import constants, verify
+from certbot_postfix_tls._internal import constants, dialogues, tls_client
 
 CLI = [sys.executable, "-m", "certbot_postfix_tls"]
 UNIT = "certbot-postfix-tls-verify"
@@ -278,8 +278,8 @@ def test_watchdog_units_run_verify_unprivileged(
 
 def lab_served(address: str, port: int, name: str) -> bytes:
     """The leaf a Postfix instance on address serves for name (STARTTLS)."""
-    endpoint = verify.Endpoint("postfix", "smtp", address, port, "starttls", str(port))
-    return verify.handshake(endpoint, name).leaf_der
+    endpoint = tls_client.Endpoint("postfix", "smtp", address, port, "starttls", str(port))
+    return dialogues.handshake(endpoint, name).leaf_der
 
 
 # --- the Ansible role ------------------------------------------------------------------

@@ -22,7 +22,7 @@ import lab
 import pytest
 from conftest import REPO, need, need_lab, once
 
-from certbot_postfix_tls._internal import certs, hooks, process, verify
+from certbot_postfix_tls._internal import certs, dialogues, hooks, process, tls_client
 from certbot_postfix_tls._internal.state import State
 
 MARKER_NAME = "PLANTED-MODULE-RAN"
@@ -300,8 +300,8 @@ def current_leaf(certbot: lab.Certbot, name: str) -> bytes:
 
 
 def served_leaf(port: int, name: str) -> bytes:
-    endpoint = verify.Endpoint("x", "smtp", "127.0.0.1", port, "starttls", str(port))
-    return verify.handshake(endpoint, name).leaf_der
+    endpoint = tls_client.Endpoint("x", "smtp", "127.0.0.1", port, "starttls", str(port))
+    return dialogues.handshake(endpoint, name).leaf_der
 
 
 def test_real_renew_from_a_planted_cwd(

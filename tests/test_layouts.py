@@ -28,7 +28,14 @@ import pytest
 from conftest import need, need_lab, once
 from lab.dovecot import DovecotLab, write_self_signed
 
-from certbot_postfix_tls._internal import certs, dovecot, permissions, process, verify
+from certbot_postfix_tls._internal import (
+    certs,
+    dialogues,
+    dovecot,
+    permissions,
+    process,
+    tls_client,
+)
 
 NAME = lab.LAB_HOSTNAME
 RHEL_CERT = "/etc/pki/dovecot/certs/dovecot.pem"
@@ -69,8 +76,8 @@ def leaf_of(certbot: lab.Certbot) -> bytes:
 
 
 def served(port: int, tls: str) -> bytes:
-    endpoint = verify.Endpoint("dovecot", "imap", "127.0.0.1", port, tls, str(port))
-    return verify.handshake(endpoint, NAME).leaf_der
+    endpoint = tls_client.Endpoint("dovecot", "imap", "127.0.0.1", port, tls, str(port))
+    return dialogues.handshake(endpoint, NAME).leaf_der
 
 
 # --- planning, without the lab ------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
-from certbot_postfix_tls._internal import dovecot, postfix, verify
+from certbot_postfix_tls._internal import dialogues, dovecot, postfix, tls_client, verify
 
 SASL = "/var/spool/postfix/private/auth"
 CERT = dovecot.CertFiles("/etc/letsencrypt/live/mail/fullchain.pem",
@@ -181,9 +181,10 @@ def test_verifier_speaks_ipv6() -> None:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    endpoint = verify.Endpoint("postfix", "smtp", "::1", port, "starttls", "smtp")
-    with pytest.raises(verify.VerifyError, match=rf"\[::1\]:{port} .*does not advertise STARTTLS"):
-        verify.handshake(endpoint, None, timeout=5)
+    endpoint = tls_client.Endpoint("postfix", "smtp", "::1", port, "starttls", "smtp")
+    refused = rf"\[::1\]:{port} .*does not advertise STARTTLS"
+    with pytest.raises(tls_client.VerifyError, match=refused):
+        dialogues.handshake(endpoint, None, timeout=5)
     thread.join(5)
     server.close()
 
@@ -312,7 +313,7 @@ def test_relative_and_24_path_listeners(tmp_path: Path) -> None:
 
 # --- 5. failure summaries --------------------------------------------------------------------
 
-def _result(endpoint: verify.Endpoint, sni: str | None, message: str, kind: str,
+def _result(endpoint: tls_client.Endpoint, sni: str | None, message: str, kind: str,
             status: str = "CRITICAL") -> verify.EndpointResult:
     return verify.EndpointResult(
         service=endpoint.service, address=endpoint.address, port=endpoint.port,
@@ -333,10 +334,10 @@ def test_summary_groups_sni_and_names_the_cause_from_the_log(tmp_path: Path) -> 
         f"{stamp} mail postfix/smtpd[41]: warning: TLS library problem: error:0A080002\n"
         f"{stamp} mail postfix/smtpd[41]: connect from localhost[127.0.0.1]\n"
     )
-    smtp = verify.Endpoint("postfix", "smtp", "127.0.0.1", 25, "starttls", "smtp",
+    smtp = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", 25, "starttls", "smtp",
                            setting="smtpd_tls_chain_files in /etc/postfix/main.cf",
                            log_file=str(log))
-    sub = verify.Endpoint("postfix", "smtp", "127.0.0.1", 587, "starttls", "submission",
+    sub = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", 587, "starttls", "submission",
                           setting="smtpd_tls_chain_files in /etc/postfix/main.cf",
                           log_file=str(log))
     where = "127.0.0.1:25 (postfix smtp)"
@@ -364,6 +365,6 @@ def test_summary_groups_sni_and_names_the_cause_from_the_log(tmp_path: Path) -> 
     assert "private key" not in lines[1]  # no cause guessed where none was shown
 
     # Without a log file, no cause is invented.
-    quiet = verify.Endpoint("postfix", "smtp", "127.0.0.1", 25, "starttls", "smtp")
+    quiet = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", 25, "starttls", "smtp")
     [line] = verify.summarize([_result(quiet, None, refused, "starttls-refused")])
     assert "private key" not in line and "maillog_file" in line

@@ -19,8 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certbot_postfix_tls._internal import findings, verify
-from certbot_postfix_tls._internal.verify import Endpoint, ExpectedCert, VerifyError
+from certbot_postfix_tls._internal import dialogues, findings, verify
+from certbot_postfix_tls._internal.tls_client import Endpoint, VerifyError
+from certbot_postfix_tls._internal.verify import ExpectedCert
 
 NAME = "mail.example.com"
 NOW = datetime.now(timezone.utc)
@@ -385,7 +386,7 @@ def test_no_sni_when_none(serve, pki):
 
 def test_no_sni_for_ip_address(serve, pki):
     server = serve(protocol="imap")
-    shake = verify.handshake(server.endpoint(), "127.0.0.1", timeout=3)
+    shake = dialogues.handshake(server.endpoint(), "127.0.0.1", timeout=3)
     assert server.sni == [None]
     assert hashlib.sha256(shake.leaf_der).hexdigest() == sha256_pem(pki.good)
     assert shake.chain_der[0] == shake.leaf_der and len(shake.chain_der) == 2
@@ -394,7 +395,7 @@ def test_no_sni_for_ip_address(serve, pki):
 @pytest.mark.parametrize("protocol", ["smtp", "imap", "pop3"])
 def test_auth_only_after_tls(serve, protocol):
     server = serve(protocol=protocol)
-    shake = verify.handshake(server.endpoint(), NAME, timeout=3)
+    shake = dialogues.handshake(server.endpoint(), NAME, timeout=3)
     auth = {"smtp": "AUTH PLAIN LOGIN", "imap": "AUTH=PLAIN", "pop3": "SASL PLAIN"}[protocol]
     assert auth not in shake.capabilities_before_tls
     assert auth in shake.capabilities_after_tls
@@ -402,7 +403,7 @@ def test_auth_only_after_tls(serve, protocol):
 
 
 def test_implicit_has_no_capabilities_before_tls(serve):
-    shake = verify.handshake(serve(implicit=True).endpoint(), NAME, timeout=3)
+    shake = dialogues.handshake(serve(implicit=True).endpoint(), NAME, timeout=3)
     assert shake.capabilities_before_tls == []
     assert "AUTH PLAIN LOGIN" in shake.capabilities_after_tls
 
@@ -448,7 +449,7 @@ def test_injected_bytes_in_same_write(serve, pki, protocol):
 def test_injected_bytes_in_later_write(serve, pki):
     server = serve(inject_later=b"250 INJECTED\r\n")
     with pytest.raises(VerifyError, match="before the TLS handshake"):
-        verify.handshake(server.endpoint(), NAME, timeout=3)
+        dialogues.handshake(server.endpoint(), NAME, timeout=3)
 
 
 def test_wrong_certificate(serve, pki):
@@ -581,26 +582,26 @@ def test_no_retry_on_protocol_failure(serve, pki):
 def test_bad_greeting(serve):
     server = serve(greeting="554 5.7.1 go away")
     with pytest.raises(VerifyError, match=r"greeted with '554 5.7.1 go away' instead of 220"):
-        verify.handshake(server.endpoint(), NAME, timeout=3)
+        dialogues.handshake(server.endpoint(), NAME, timeout=3)
 
 
 def test_not_an_smtp_reply(serve):
     server = serve(greeting="HTTP/1.1 400 Bad Request")
     with pytest.raises(VerifyError, match="not an SMTP reply"):
-        verify.handshake(server.endpoint(), NAME, timeout=3)
+        dialogues.handshake(server.endpoint(), NAME, timeout=3)
 
 
 def test_overlong_line(serve):
     server = serve(greeting="220 " + "x" * 20000)
     with pytest.raises(VerifyError, match="longer than"):
-        verify.handshake(server.endpoint(), NAME, timeout=3)
+        dialogues.handshake(server.endpoint(), NAME, timeout=3)
 
 
 def test_silent_server_times_out(serve):
     server = serve(silent=True)
     started = time.monotonic()
     with pytest.raises(VerifyError, match=r"did not answer within 0.3 s"):
-        verify.handshake(server.endpoint("smtp"), NAME, timeout=0.3)
+        dialogues.handshake(server.endpoint("smtp"), NAME, timeout=0.3)
     assert time.monotonic() - started < 1.5
 
 
@@ -608,7 +609,7 @@ def test_implicit_tls_port_speaking_plaintext(serve):
     server = serve()  # STARTTLS server, checked as if it were implicit TLS
     endpoint = Endpoint("postfix", "smtp", "127.0.0.1", server.port, "implicit", "smtps")
     with pytest.raises(VerifyError, match=r"TLS with 127\.0\.0\.1:\d+ \(postfix smtps\) failed"):
-        verify.handshake(endpoint, NAME, timeout=3)
+        dialogues.handshake(endpoint, NAME, timeout=3)
 
 
 # --- small pieces -----------------------------------------------------------------------

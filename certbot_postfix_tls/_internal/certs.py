@@ -176,10 +176,11 @@ def _read(path: str, what: str, domain: str) -> bytes:
         raise errors.PluginError(f"The {what} {path} cannot be read: {exc.strerror}.") from None
 
 
-def _public_der(key: Any) -> bytes:
-    return key.public_key().public_bytes(
+def public_der(key_or_cert: Any) -> bytes:
+    """The DER SubjectPublicKeyInfo of a private key or a certificate (to match them)."""
+    return bytes(key_or_cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    ))
 
 
 def load_material(lineage: Lineage) -> Material:
@@ -201,9 +202,7 @@ def load_material(lineage: Lineage) -> Material:
         raise errors.PluginError(
             f"The certificate chain {lineage.fullchain_path} holds no PEM certificate."
         ) from None
-    if _public_der(key) != certs[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
+    if public_der(key) != public_der(certs[0]):
         raise errors.PluginError(
             f"The private key {lineage.key_path} does not match the certificate in "
             f"{lineage.fullchain_path}: nothing was changed; renew the lineage "

@@ -19,16 +19,18 @@ from certbot import errors
 from certbot_postfix_tls._internal import (
     certs,
     constants,
-    diagnose,
     doctor,
     findings,
     metrics,
     postfix,
     services,
+    tls_client,
     verify,
 )
 from certbot_postfix_tls._internal.dane import records
 from certbot_postfix_tls._internal.dane import report as dane_report
+from certbot_postfix_tls._internal.doctor import ports, servers
+from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.ops import dane_check, renewal, undeploy
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
@@ -97,20 +99,20 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _report(status: str, summary: str, endpoints: list[verify.EndpointResult],
-            checks: list[dict[str, str]], as_json: bool) -> int:
+            checks: list[Finding], as_json: bool) -> int:
     if as_json:
         print(json.dumps({
             "status": status,
             "summary": summary,
             "endpoints": [e.to_json() for e in endpoints],
-            "checks": checks,
+            "checks": [c.to_json() for c in checks],
         }, indent=2))
     else:
         for result in endpoints:
             print(f"{result.status}: {result.service} {result.address}:{result.port} "
                   f"({result.tls}, SNI {result.sni or '-'}): {result.message}")
         for check in checks:
-            print(f"{check['status']}: {check['name']}: {check['message']}")
+            print(f"{check.status}: {check.name}: {check.message}")
         print(f"{status}: {summary}")
     return findings.EXIT_CODES[status]
 
@@ -132,12 +134,11 @@ def _lineages_to_check(args: argparse.Namespace, state: State) -> list[certs.Lin
     return result
 
 
-def _write_metrics(path: str, snapshot: metrics.Snapshot,
-                   checks: list[dict[str, str]]) -> None:
+def _write_metrics(path: str, snapshot: metrics.Snapshot, checks: list[Finding]) -> None:
     try:
         metrics.write(path, snapshot)
     except errors.Error as exc:
-        checks.append({"name": "prometheus", "status": "UNKNOWN", "message": str(exc)})
+        checks.append(Finding("prometheus", "UNKNOWN", str(exc)))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -146,10 +147,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _verify(args)
     except errors.Error:
         if args.prometheus:  # the watchdog's metrics say UNKNOWN too
-            failed: list[dict[str, str]] = []
+            failed: list[Finding] = []
             _write_metrics(args.prometheus, metrics.Snapshot("UNKNOWN", time.time()), failed)
             for check in failed:
-                print(f"UNKNOWN: {check['message']}", file=sys.stderr)
+                print(f"UNKNOWN: {check.message}", file=sys.stderr)
         raise
 
 
@@ -163,7 +164,7 @@ def _states(args: argparse.Namespace) -> list[State]:
 
 def _verify(args: argparse.Namespace) -> int:
     started = time.time()
-    checks: list[dict[str, str]] = []
+    checks: list[Finding] = []
     results: list[verify.EndpointResult] = []
     checked: list[str] = []
     snapshot = metrics.Snapshot("UNKNOWN", started)
@@ -177,21 +178,17 @@ def _verify(args: argparse.Namespace) -> int:
         checked += [lineage.name for lineage in lineages]
         where = f" (Postfix {state.postfix_dir})" if state.instance else ""
         if state.pending:
-            checks.append({
-                "name": "pending-reload",
-                "status": "CRITICAL",
-                "message": f"a renewal was deployed but {', '.join(state.pending)} was not "
-                           f"reloaded successfully{where}: run certbot-postfix-tls hook post "
-                           "and read its error",
-            })
-        checks += [finding.to_json() for finding in
-                   dane_report.verify_checks(state, [lineage.name for lineage in lineages])]
+            checks.append(Finding(
+                "pending-reload", "CRITICAL",
+                f"a renewal was deployed but {', '.join(state.pending)} was not reloaded "
+                f"successfully{where}: run certbot-postfix-tls hook post and read its error"))
+        checks += dane_report.verify_checks(state, [lineage.name for lineage in lineages])
         snapshot.services = list(dict.fromkeys([*snapshot.services, *state.services()]))
         snapshot.pending = list(dict.fromkeys([*snapshot.pending, *state.pending]))
         try:
-            checks += [{"name": name, "status": "CRITICAL", "message": message}
+            checks += [Finding(name, "CRITICAL", message)
                        for name, message in services.stopped(state)]
-            checks += [{"name": "not-checked", "status": "OK", "message": f"{label}: {why}"}
+            checks += [Finding("not-checked", "OK", f"{label}: {why}")
                        for label, why in services.unchecked(state)]
             for lineage in lineages:
                 if lineage.name not in state.lineages:  # --lineage DIR not recorded: check it
@@ -212,15 +209,15 @@ def _verify(args: argparse.Namespace) -> int:
                 if args.prometheus else None)
             if not args.cert_name and not args.lineage:  # the operator's own SNI names too
                 results += services.check_foreign(args.config_dir, state, retry_seconds=0)
-        except (errors.Error, verify.VerifyError) as exc:
-            checks.append({"name": "configuration", "status": "UNKNOWN", "message": str(exc)})
+        except (errors.Error, tls_client.VerifyError) as exc:
+            checks.append(Finding("configuration", "UNKNOWN", str(exc)))
     if not checked:
         return _verify_configured(args, snapshot)
-    status = findings.worst([r.status for r in results] + [c["status"] for c in checks])
+    status = findings.worst([r.status for r in results] + [c.status for c in checks])
     if args.prometheus:
         snapshot.status, snapshot.results = status, results
         _write_metrics(args.prometheus, snapshot, checks)
-        status = findings.worst([status] + [c["status"] for c in checks])
+        status = findings.worst([status] + [c.status for c in checks])
     bad = sum(1 for r in results if r.status != "OK")
     summary = (f"{len(results) - bad} of {len(results)} endpoint checks OK for "
                f"{', '.join(dict.fromkeys(checked))}")
@@ -230,23 +227,23 @@ def _verify(args: argparse.Namespace) -> int:
 def _verify_configured(args: argparse.Namespace, snapshot: metrics.Snapshot) -> int:
     """Nothing deployed by the plugin: what the configured Postfix and Dovecot serve on
     each TLS port (handshake, chain, expiry, renewed but not loaded)."""
-    servers = diagnose.find(args.config_dir, State(), args.postfix_dir, args.dovecot_config)
-    results = diagnose.endpoint_results(servers, diagnose.probe_all(servers))
-    found = diagnose.running_checks(servers) + [
-        findings.Finding("deployed", "OK",
-                       f"not deployed by postfix-tls in {args.config_dir}: checked what the "
-                       "configured Postfix and Dovecot serve (certbot-postfix-tls doctor "
-                       "says what to fix)")]
-    found += [findings.Finding("not-checked", "OK", f"{label}: {why}")
-              for label, why in diagnose.unchecked(servers)]
-    checks = [c.to_json() for c in found]
-    status = findings.worst([r.status for r in results] + [c["status"] for c in checks])
+    context = servers.find(args.config_dir, State(), args.postfix_dir, args.dovecot_config)
+    context.probes = servers.probe_all(context)
+    results = ports.endpoint_results(context)
+    checks = servers.running_checks(context) + [
+        Finding("deployed", "OK",
+                f"not deployed by postfix-tls in {args.config_dir}: checked what the "
+                "configured Postfix and Dovecot serve (certbot-postfix-tls doctor "
+                "says what to fix)")]
+    checks += [Finding("not-checked", "OK", f"{label}: {why}")
+               for label, why in servers.unchecked(context)]
+    status = findings.worst([r.status for r in results] + [c.status for c in checks])
     if args.prometheus:
         snapshot.status, snapshot.results = status, results
-        snapshot.services = [name for name, on in (("dovecot", servers.imap), ("postfix",
-                                                                              servers.mta)) if on]
+        snapshot.services = [name for name, on in (("dovecot", context.imap),
+                                                   ("postfix", context.mta)) if on]
         _write_metrics(args.prometheus, snapshot, checks)
-        status = findings.worst([status] + [c["status"] for c in checks])
+        status = findings.worst([status] + [c.status for c in checks])
     bad = sum(1 for r in results if r.status != "OK")
     summary = (f"{len(results) - bad} of {len(results)} TLS ports OK (not deployed by "
                "postfix-tls)")
@@ -260,7 +257,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     failing += [f"{r.port}/{r.sni or 'no-SNI'}" for r in results if r.status != "OK"]
     summary = f"{len(checks) + len(results) - len(failing)} of {len(checks) + len(results)} " \
         f"checks OK" + (f"; look at: {', '.join(failing)}" if failing else "")
-    return _report(status, summary, results, [c.to_json() for c in checks], args.json)
+    return _report(status, summary, results, checks, args.json)
 
 
 def _warn(message: str) -> None:

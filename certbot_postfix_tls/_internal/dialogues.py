@@ -16,9 +16,9 @@ from certbot_postfix_tls._internal.tls_client import (
     Connection,
     Endpoint,
     VerifyError,
-    _connect,
-    _printable,
-    _where,
+    connect,
+    printable,
+    where_of,
 )
 
 
@@ -60,7 +60,7 @@ class _Dialogue(Connection):
             line = self.read_line(what)
             if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
                 raise VerifyError(
-                    f"{self.where} sent {_printable(line)!r} {what}, which is not an SMTP reply."
+                    f"{self.where} sent {printable(line)!r} {what}, which is not an SMTP reply."
                 )
             if code and line[:3] != code:
                 raise VerifyError(
@@ -77,7 +77,7 @@ class _Dialogue(Connection):
         code, texts = self.smtp_reply("after EHLO")
         if code != 250:
             raise VerifyError(
-                f"{self.where} answered EHLO with {_printable(f'{code} {texts[0]}')!r}."
+                f"{self.where} answered EHLO with {printable(f'{code} {texts[0]}')!r}."
             )
         return texts[1:]
 
@@ -99,14 +99,14 @@ class _Dialogue(Connection):
             if line.startswith("* "):
                 if line[2:6].upper() == "BYE ":
                     raise VerifyError(
-                        f"{self.where} ended the session {what}: {_printable(line)!r}."
+                        f"{self.where} ended the session {what}: {printable(line)!r}."
                     )
                 untagged.append(line[2:])
                 continue
             head, _, rest = line.partition(" ")
             if head != tag:
                 raise VerifyError(
-                    f"{self.where} sent {_printable(line)!r} {what}, which is not an IMAP reply."
+                    f"{self.where} sent {printable(line)!r} {what}, which is not an IMAP reply."
                 )
             status, _, text = rest.partition(" ")
             return status.upper(), text, untagged
@@ -115,7 +115,7 @@ class _Dialogue(Connection):
         status, text, untagged = self.imap_command("CAPABILITY", "after CAPABILITY")
         if status != "OK":
             raise VerifyError(
-                f"{self.where} answered CAPABILITY with {_printable(status + ' ' + text)!r}."
+                f"{self.where} answered CAPABILITY with {printable(status + ' ' + text)!r}."
             )
         for line in untagged:
             words = line.split()
@@ -133,7 +133,7 @@ class _Dialogue(Connection):
             return []
         if not status.startswith("+OK"):
             raise VerifyError(
-                f"{self.where} sent {_printable(status)!r} after CAPA, which is not a POP3 reply."
+                f"{self.where} sent {printable(status)!r} after CAPA, which is not a POP3 reply."
             )
         lines: list[str] = []
         while True:
@@ -159,7 +159,7 @@ def _smtp(conv: _Dialogue, starttls: bool, sni: str | None) -> tuple[list[str], 
     code, texts = conv.smtp_reply("while waiting for the greeting")
     if code != 220:
         raise VerifyError(
-            f"{conv.where} greeted with {_printable(f'{code} {texts[0]}')!r} instead of 220.",
+            f"{conv.where} greeted with {printable(f'{code} {texts[0]}')!r} instead of 220.",
             kind="greeting",
         )
     name = conv.local_name()
@@ -175,7 +175,7 @@ def _smtp(conv: _Dialogue, starttls: bool, sni: str | None) -> tuple[list[str], 
         code, texts = conv.smtp_reply("after STARTTLS")
         if code != 220:
             raise VerifyError(
-                f"{conv.where} answered STARTTLS with {_printable(f'{code} {texts[0]}')!r}"
+                f"{conv.where} answered STARTTLS with {printable(f'{code} {texts[0]}')!r}"
                 " instead of 220.",
                 kind="starttls-refused",
             )
@@ -197,7 +197,7 @@ def _imap(conv: _Dialogue, starttls: bool, sni: str | None) -> tuple[list[str], 
     greeting = conv.read_line("while waiting for the greeting")
     if not greeting.upper().startswith("* OK"):
         raise VerifyError(
-            f"{conv.where} greeted with {_printable(greeting)!r} instead of * OK.", kind="greeting"
+            f"{conv.where} greeted with {printable(greeting)!r} instead of * OK.", kind="greeting"
         )
     caps = conv.imap_capability() or _imap_code_capabilities(greeting)
     before: list[str] = []
@@ -211,7 +211,7 @@ def _imap(conv: _Dialogue, starttls: bool, sni: str | None) -> tuple[list[str], 
         status, text, _ = conv.imap_command("STARTTLS", "after STARTTLS")
         if status != "OK":
             raise VerifyError(
-                f"{conv.where} answered STARTTLS with {_printable(status + ' ' + text)!r}"
+                f"{conv.where} answered STARTTLS with {printable(status + ' ' + text)!r}"
                 " instead of OK.",
                 kind="starttls-refused",
             )
@@ -228,7 +228,7 @@ def _pop3(conv: _Dialogue, starttls: bool, sni: str | None) -> tuple[list[str], 
     greeting = conv.read_line("while waiting for the greeting")
     if not greeting.startswith("+OK"):
         raise VerifyError(
-            f"{conv.where} greeted with {_printable(greeting)!r} instead of +OK.", kind="greeting"
+            f"{conv.where} greeted with {printable(greeting)!r} instead of +OK.", kind="greeting"
         )
     caps = conv.pop3_capa()
     before: list[str] = []
@@ -242,7 +242,7 @@ def _pop3(conv: _Dialogue, starttls: bool, sni: str | None) -> tuple[list[str], 
         reply = conv.read_line("after STLS")
         if not reply.startswith("+OK"):
             raise VerifyError(
-                f"{conv.where} answered STLS with {_printable(reply)!r} instead of +OK.",
+                f"{conv.where} answered STLS with {printable(reply)!r} instead of +OK.",
                 kind="starttls-refused",
             )
         conv.refuse_early_data("STLS")
@@ -273,10 +273,10 @@ def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0,
     run = _PROTOCOLS.get(endpoint.protocol)
     if run is None or endpoint.tls not in ("starttls", "implicit"):
         raise VerifyError(
-            f"Cannot check {_where(endpoint)}: unknown protocol {endpoint.protocol!r} "
+            f"Cannot check {where_of(endpoint)}: unknown protocol {endpoint.protocol!r} "
             f"or TLS mode {endpoint.tls!r}."
         )
-    sock = _connect(endpoint, timeout)
+    sock = connect(endpoint, timeout)
     try:
         conv = _Dialogue(endpoint, sock, timeout, tls_version, key_type)
         before, after = run(conv, endpoint.tls == "starttls", sni)
@@ -288,13 +288,13 @@ def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0,
 def smtp_before_tls(endpoint: Endpoint, timeout: float = 10.0) -> PlaintextSmtp:
     """What an SMTP STARTTLS port offers and accepts before TLS: EHLO, then
     ``MAIL FROM:<>`` (no RCPT follows, so nothing is ever sent), then QUIT."""
-    sock = _connect(endpoint, timeout)
+    sock = connect(endpoint, timeout)
     try:
         conv = _Dialogue(endpoint, sock, timeout)
         code, texts = conv.smtp_reply("while waiting for the greeting")
         if code != 220:
             raise VerifyError(
-                f"{conv.where} greeted with {_printable(f'{code} {texts[0]}')!r} instead of 220.",
+                f"{conv.where} greeted with {printable(f'{code} {texts[0]}')!r} instead of 220.",
                 kind="greeting",
             )
         keywords = conv.ehlo(conv.local_name())
@@ -306,6 +306,6 @@ def smtp_before_tls(endpoint: Endpoint, timeout: float = 10.0) -> PlaintextSmtp:
             conv.smtp_reply("after QUIT")
 
         conv.quit(bye)
-        return PlaintextSmtp(keywords, mail_code, _printable(" ".join(mail_texts)))
+        return PlaintextSmtp(keywords, mail_code, printable(" ".join(mail_texts)))
     finally:
         sock.close()

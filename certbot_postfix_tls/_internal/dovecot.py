@@ -33,7 +33,8 @@ from typing import Optional
 from certbot import errors
 
 from certbot_postfix_tls._internal import certs, constants, process
-from certbot_postfix_tls._internal.verify import Endpoint, choose_address
+from certbot_postfix_tls._internal.tls_client import Endpoint
+from certbot_postfix_tls._internal.verify import choose_address
 
 logger = logging.getLogger(__name__)
 

@@ -43,6 +43,7 @@ from certbot_postfix_tls._internal import (
     postfix,
     services,
     sni,
+    tls_client,
     verify,
 )
 from certbot_postfix_tls._internal.dane import gate
@@ -512,7 +513,7 @@ def activate(
     for name in sorted(state.lineages):
         try:
             results = services.check_all(state, [name])
-        except (verify.VerifyError, errors.Error) as exc:
+        except (tls_client.VerifyError, errors.Error) as exc:
             results = []
             failures = [f"lineage {name}: {exc}"]
         else:

@@ -18,10 +18,10 @@ from typing import Optional
 from certbot import errors
 
 from certbot_postfix_tls._internal import constants, process
+from certbot_postfix_tls._internal.tls_client import Endpoint
 from certbot_postfix_tls._internal.verify import (
     LOOPBACKS,
     WILDCARDS,
-    Endpoint,
     choose_address,
     ip_version,
     is_loopback,
@@ -106,7 +106,8 @@ SUBMISSION_OVERRIDES = (
 SUBMISSION_DEFAULTS = (("smtpd_relay_restrictions", "permit_sasl_authenticated,reject"),)
 
 
-def _yes(value: str) -> bool:
+def is_yes(value: str) -> bool:
+    """A Postfix boolean: yes, true or 1 (any case)."""
     return value.strip().lower() in ("yes", "true", "1")
 
 
@@ -249,7 +250,7 @@ class PostfixConfig:
     explicit: dict[str, str]  # only what main.cf sets (postconf -n)
     services: list[MasterService]
     map_types: set[str]
-    # inet_interfaces, inet_protocols and maillog_file with $names expanded (postconf -x).
+    # EXPANDED_PARAMS and those read(expand=...) names, $names expanded (postconf -x).
     expanded: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -262,6 +263,17 @@ class PostfixConfig:
     def value(self, name: str) -> str:
         """A main.cf value, expanded when postconf -x gave it."""
         return self.expanded.get(name, self.main.get(name, ""))
+
+    def in_force(self, service: Optional[MasterService], name: str) -> tuple[str, bool]:
+        """(the value in force for a master.cf service, main.cf's for ``None``, with
+        $name / ${name} taken from main.cf; whether a -o override sets it)."""
+        if service is None or name not in service.overrides:
+            return self.value(name), False
+
+        def lookup(match: re.Match[str]) -> str:
+            return self.value(match.group(1)) or match.group(0)
+
+        return re.sub(r"\$\{?(\w+)\}?", lookup, service.overrides[name]), True
 
 
 @dataclass(frozen=True)
@@ -318,9 +330,9 @@ def _effective_level(main: Mapping[str, str], side: str) -> str:
     ``*_enforce_tls``/``*_use_tls`` that ``*_tls_security_level`` replaced."""
     if main.get(f"{side}_tls_security_level", "").strip():
         return main[f"{side}_tls_security_level"].strip().lower()
-    if _yes(main.get(f"{side}_enforce_tls", "")):
+    if is_yes(main.get(f"{side}_enforce_tls", "")):
         return "encrypt"
-    if _yes(main.get(f"{side}_use_tls", "")):
+    if is_yes(main.get(f"{side}_use_tls", "")):
         return "may"
     return "none"
 
@@ -416,7 +428,7 @@ def _sasl_backend(config: PostfixConfig, service: Optional[MasterService]) -> bo
     """Is a SASL backend already enabled for this service (or globally)?"""
     overrides = service.overrides if service else {}
     enabled = overrides.get("smtpd_sasl_auth_enable", config.main.get("smtpd_sasl_auth_enable", ""))
-    return _yes(enabled)
+    return is_yes(enabled)
 
 
 def has_sasl_backend(config: PostfixConfig) -> bool:
@@ -439,7 +451,7 @@ def uses_dovecot_socket(config: PostfixConfig) -> bool:
     for service in config.services_on_port(SUBMISSION_PORT) + config.services_on_port(SMTPS_PORT):
         settings = {**config.main, **service.overrides}
         if (
-            _yes(settings.get("smtpd_sasl_auth_enable", ""))
+            is_yes(settings.get("smtpd_sasl_auth_enable", ""))
             and settings.get("smtpd_sasl_type") == "dovecot"
             and settings.get("smtpd_sasl_path") == DOVECOT_SASL_PATH
         ):
@@ -513,7 +525,8 @@ def plan_tls(config: PostfixConfig, files: CertificateFiles, options: Options) -
 # --- where the daemons listen, and what the deploy verifies ---------------------------
 
 
-def _split(value: str) -> list[str]:
+def split_list(value: str) -> list[str]:
+    """A Postfix list value (separated by whitespace or commas) as its items."""
     return [item for item in re.split(r"[\s,]+", value.strip()) if item]
 
 
@@ -521,7 +534,7 @@ def inet_families(config: PostfixConfig) -> list[int]:
     """The IP versions Postfix listens with (inet_protocols: all, ipv4, ipv6, lists)."""
     value = config.value("inet_protocols").lower() or "all"
     families: list[int] = []
-    for item in _split(value):
+    for item in split_list(value):
         if item == "all":
             families += [4, 6] if socket.has_ipv6 else [4]
         elif item in ("ipv4", "ipv6"):
@@ -551,7 +564,7 @@ def bound_addresses(config: PostfixConfig, service: MasterService) -> list[str]:
     inet_protocols. Wildcards are ``0.0.0.0`` and ``::`` (Postfix binds IPv6 sockets
     IPv6-only, so ``::`` does not accept IPv4)."""
     families = inet_families(config)
-    items = [service.host] if service.host else _split(config.value("inet_interfaces") or "all")
+    items = [service.host] if service.host else split_list(config.value("inet_interfaces") or "all")
     result: list[str] = []
     for item in items:
         item = item.strip("[]")
@@ -634,7 +647,7 @@ def listeners(config: PostfixConfig, verify_address: str) -> list[Listener]:
             continue
         overrides = service.overrides
         level = overrides.get("smtpd_tls_security_level") or effective_smtpd_level(config.main)
-        wrapper = _yes(_service_setting(config, service, "smtpd_tls_wrappermode") or "no")
+        wrapper = is_yes(_service_setting(config, service, "smtpd_tls_wrappermode") or "no")
         address = choose_address(bound_addresses(config, service), verify_address)
         endpoint = Endpoint(
             service="postfix",
@@ -697,7 +710,7 @@ def parse_ports(value: str) -> list[int]:
     if text in ("", "auto"):
         return []
     ports: list[int] = []
-    for item in _split(text):
+    for item in split_list(text):
         port = resolve_port(item)
         if port is None or not 0 < port < 65536:
             raise errors.PluginError(
@@ -714,7 +727,7 @@ def submission_wrappermode(config: PostfixConfig) -> list[str]:
     mail clients speak STARTTLS on 587 (RFC 6409) and cannot connect to it."""
     problems = []
     for service in config.services_on_port(SUBMISSION_PORT):
-        if _yes(_service_setting(config, service, "smtpd_tls_wrappermode") or "no"):
+        if is_yes(_service_setting(config, service, "smtpd_tls_wrappermode") or "no"):
             source = _setting_source(config, service, "smtpd_tls_wrappermode")
             fix = (f"postconf -PX {service.key}/smtpd_tls_wrappermode"
                    if "smtpd_tls_wrappermode" in service.overrides
@@ -789,14 +802,15 @@ class Postfix:
     def postconf(self, *args: str) -> str:
         return self._postconf_raw(list(args), self.config_dir)
 
-    def read(self) -> PostfixConfig:
-        """Read main.cf values, explicit settings, master.cf and map types."""
+    def read(self, expand: Sequence[str] = ()) -> PostfixConfig:
+        """Read main.cf values, explicit settings, master.cf and map types; ``expand``
+        names more parameters to read expanded (``PostfixConfig.value``)."""
         return PostfixConfig(
             main=parse_postconf(self.postconf(*MAIN_PARAMS)),
             explicit=parse_postconf(self.postconf("-n")),
             services=parse_master(self.postconf("-M")),
             map_types=set(self.postconf("-m").split()),
-            expanded=parse_postconf(self.postconf("-x", *EXPANDED_PARAMS)),
+            expanded=parse_postconf(self.postconf("-x", *EXPANDED_PARAMS, *expand)),
         )
 
     def warnings(self) -> list[str]:

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Optional
 
-from certbot_postfix_tls._internal import dovecot, postfix, sni, verify
+from certbot_postfix_tls._internal import dovecot, postfix, sni, tls_client, verify
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -28,11 +28,11 @@ def _dovecot(state: State) -> Optional[dovecot.Dovecot]:
     return dovecot.Dovecot(state.dovecot_config) if state.dovecot_config else None
 
 
-def endpoints(state: State, include_stopped: bool = False) -> list[verify.Endpoint]:
+def endpoints(state: State, include_stopped: bool = False) -> list[tls_client.Endpoint]:
     """Every TLS endpoint of the running services in the state (a stopped one has a
     WARNING of its own; its endpoints would only refuse), or of all of them with
     ``include_stopped`` (metrics keep a stopped service's ports, as down)."""
-    found: list[verify.Endpoint] = []
+    found: list[tls_client.Endpoint] = []
     mta = postfix.Postfix(state.postfix_dir)
     if include_stopped or mta.running() is not False:  # None (not root): handshakes tell
         found += postfix.endpoints(mta.read(), state.verify_address, state.verify_ports)
@@ -98,7 +98,7 @@ def served_lineages(state: State) -> list[str]:
 def check_all(
     state: State,
     lineage_names: Optional[Iterable[str]] = None,
-    endpoints_to_check: Optional[Sequence[verify.Endpoint]] = None,
+    endpoints_to_check: Optional[Sequence[tls_client.Endpoint]] = None,
     retry_seconds: float = 5.0,
 ) -> list[verify.EndpointResult]:
     """Handshake with every endpoint, with SNI for every name of every served lineage.
@@ -109,7 +109,7 @@ def check_all(
     targets = endpoints(state) if endpoints_to_check is None else list(endpoints_to_check)
     pairs = sni.partners(state)
     default_set = pairs.get(str(state.default), [])
-    jobs: list[tuple[verify.Endpoint, verify.ExpectedCert, Optional[str], Optional[str]]] = []
+    jobs: list[tuple[tls_client.Endpoint, verify.ExpectedCert, Optional[str], Optional[str]]] = []
     for name in sorted(lineage_names if lineage_names is not None else served_lineages(state)):
         lineage = state.lineages[name]
         expected = expected_cert(lineage)
@@ -143,11 +143,11 @@ def check_foreign(config_dir: str, state: State, retry_seconds: float = 5.0,
     entries = sni.foreign_entries(
         sni.foreign_tables(config.main.get("tls_server_sni_maps", ""), ours))
     targets = postfix.endpoints(config, state.verify_address, state.verify_ports)
-    jobs: list[tuple[verify.Endpoint, verify.ExpectedCert, Optional[str]]] = []
+    jobs: list[tuple[tls_client.Endpoint, verify.ExpectedCert, Optional[str]]] = []
     for name, path in sorted(entries.items()):
         try:
             expected = verify.ExpectedCert.from_fullchain(path)
-        except verify.VerifyError:
+        except tls_client.VerifyError:
             continue
         jobs += [(endpoint, expected, name) for endpoint in targets]
     with ThreadPoolExecutor(max_workers=PARALLEL_CHECKS) as pool:

@@ -70,7 +70,7 @@ class Endpoint:
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3", "legacy")
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value.strip("[]").split("%", 1)[0])
     except ValueError:
@@ -78,7 +78,7 @@ def _is_ip(value: str) -> bool:
     return True
 
 
-def _a_label(name: str) -> str:
+def a_label(name: str) -> str:
     """Lower-case ASCII form of a host name (IDNs as A-labels, as in certificates)."""
     name = name.rstrip(".").lower()
     if name.isascii():
@@ -89,7 +89,7 @@ def _a_label(name: str) -> str:
         return name
 
 
-def _printable(text: str, limit: int = 120) -> str:
+def printable(text: str, limit: int = 120) -> str:
     """Server-supplied text made safe for a one-line message."""
     clean = "".join(c if c.isprintable() else "?" for c in text)
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
@@ -102,7 +102,7 @@ def _hostport(endpoint: Endpoint) -> str:
     return f"{host}:{endpoint.port}"
 
 
-def _where(endpoint: Endpoint) -> str:
+def where_of(endpoint: Endpoint) -> str:
     return f"{_hostport(endpoint)} ({endpoint.service} {endpoint.label or endpoint.protocol})"
 
 
@@ -138,7 +138,7 @@ class Connection:
         self.tls_version = tls_version
         self.key_type = key_type
         self.protocol = ""
-        self.where = _where(endpoint)
+        self.where = where_of(endpoint)
         self.sock = sock
         self.timeout = timeout
         self.tls: SSL.Connection | None = None
@@ -285,9 +285,9 @@ class Connection:
         if self.key_type:
             _offer_only(ctx, self.key_type)
         conn = SSL.Connection(ctx, self.sock)
-        if sni and not _is_ip(sni):
+        if sni and not is_ip(sni):
             try:
-                conn.set_tlsext_host_name(_a_label(sni).encode("ascii"))
+                conn.set_tlsext_host_name(a_label(sni).encode("ascii"))
             except UnicodeError as err:
                 raise VerifyError(f"Cannot send {sni!r} as SNI to {self.where}.") from err
         conn.set_connect_state()
@@ -334,24 +334,24 @@ def _offer_only(ctx: SSL.Context, key_type: str) -> None:
         raise VerifyError(f"Cannot offer only {key_type} signature algorithms.")
 
 
-def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
+def connect(endpoint: Endpoint, timeout: float) -> socket.socket:
     try:
         sock = socket.create_connection((endpoint.address, endpoint.port), timeout=timeout)
     except ConnectionRefusedError as err:
         raise VerifyError(
-            f"Nothing listens on {_where(endpoint)}: connection refused"
+            f"Nothing listens on {where_of(endpoint)}: connection refused"
             " - is the service running and listening there?",
             retryable=True,
             kind="refused",
         ) from err
     except socket.timeout as err:
         raise VerifyError(
-            f"Connecting to {_where(endpoint)} timed out after {timeout:g} s"
+            f"Connecting to {where_of(endpoint)} timed out after {timeout:g} s"
             " - is a firewall dropping it?",
             kind="timeout",
         ) from err
     except OSError as err:
         raise VerifyError(
-            f"Cannot connect to {_where(endpoint)}: {err.strerror or err}.", kind="refused"
+            f"Cannot connect to {where_of(endpoint)}: {err.strerror or err}.", kind="refused"
         ) from err
     return sock

@@ -3,7 +3,7 @@
 What should be served (``ExpectedCert``), the verdict on what was (``check_endpoint``:
 fingerprint, chain, name, expiry; compared by SHA-256, no trust store), and one-line
 summaries of failures. The connection itself is ``tls_client`` (transport) and
-``dialogues`` (SMTP, IMAP, POP3); their public names are re-exported here.
+``dialogues`` (SMTP, IMAP, POP3).
 """
 
 from __future__ import annotations
@@ -22,39 +22,25 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certbot_postfix_tls._internal import certs
-from certbot_postfix_tls._internal.dialogues import (
-    Handshake,
-    PlaintextSmtp,
-    handshake,
-    smtp_before_tls,
-)
-from certbot_postfix_tls._internal.tls_client import (  # noqa: F401 - re-exported
-    SIGALGS,
-    TLS_VERSIONS,
+from certbot_postfix_tls._internal.dialogues import Handshake, handshake
+from certbot_postfix_tls._internal.tls_client import (
     Endpoint,
     VerifyError,
-    _a_label,
-    _hostport,
-    _is_ip,
-    _printable,
-    _where,
+    a_label,
+    is_ip,
+    printable,
+    where_of,
 )
 
 __all__ = [
-    "Endpoint",
     "EndpointResult",
     "ExpectedCert",
-    "Handshake",
-    "PlaintextSmtp",
-    "VerifyError",
     "certificate_covers",
     "check_endpoint",
     "choose_address",
     "dns_name_matches",
-    "handshake",
     "key_algorithm",
     "log_cause",
-    "smtp_before_tls",
     "summarize",
 ]
 
@@ -212,7 +198,7 @@ def dns_name_matches(pattern: str, hostname: str) -> bool:
     label: ``*.example.com`` matches ``mail.example.com`` but neither ``example.com`` nor
     ``a.mail.example.com``. Wildcards directly under a TLD (``*.com``) never match.
     """
-    pat, host = _a_label(pattern), _a_label(hostname)
+    pat, host = a_label(pattern), a_label(hostname)
     if not pat or not host:
         return False
     if "*" not in pat:
@@ -280,10 +266,10 @@ def _describe(der: bytes, info: _CertInfo | None) -> str:
         return f"an unparseable certificate ({prefix})"
     parts = []
     if info.common_name:
-        parts.append(f"CN={_printable(info.common_name)}")
+        parts.append(f"CN={printable(info.common_name)}")
     names = info.dns_names + info.ip_addresses
     if names:
-        parts.append("names " + ", ".join(_printable(n) for n in names[:5]))
+        parts.append("names " + ", ".join(printable(n) for n in names[:5]))
         if len(names) > 5:
             parts[-1] += f" and {len(names) - 5} more"
     return f"a certificate for {'; '.join(parts) or 'no name'} ({prefix})"
@@ -311,14 +297,14 @@ def _judge(
     shake: Handshake,
     now: datetime,
 ) -> EndpointResult:
-    where = _where(endpoint)
+    where = where_of(endpoint)
     served = _sha256(shake.leaf_der)
     info = _cert_info(shake.leaf_der)
     days_left = _days_left(info.not_after if info else expected.not_after, now)
     target = sni or (expected.names[0] if expected.names else None)
     name_ok: bool | None = None
     if target is not None and info is not None:
-        if _is_ip(target):
+        if is_ip(target):
             wanted = ipaddress.ip_address(target.strip("[]").split("%", 1)[0])
             name_ok = any(ipaddress.ip_address(ip) == wanted for ip in info.ip_addresses)
         else:
@@ -332,7 +318,7 @@ def _judge(
             address=endpoint.address,
             port=endpoint.port,
             tls=endpoint.tls,
-            sni=sni if sni and not _is_ip(sni) else None,
+            sni=sni if sni and not is_ip(sni) else None,
             status=status,
             served_sha256=served,
             expected_sha256=expected.leaf_sha256,
@@ -366,9 +352,9 @@ def _judge(
         problems.append("serves the leaf without its chain - point the service at fullchain.pem")
     if name_ok is False:
         kinds.append("name")
-        covered = ", ".join(_printable(n) for n in (info.dns_names if info else ())[:5])
+        covered = ", ".join(printable(n) for n in (info.dns_names if info else ())[:5])
         problems.append(
-            f"serves a certificate that does not cover {_printable(str(target))}"
+            f"serves a certificate that does not cover {printable(str(target))}"
             f" (it covers {covered or 'no DNS name'})"
         )
     if days_left < 0:
@@ -390,7 +376,7 @@ def _judge(
         "OK",
         chain_ok,
         f"{where} serves the deployed certificate (sha256 {served[:16]}) with its chain,"
-        f" valid for {_printable(str(target))} for {days_left} more days.",
+        f" valid for {printable(str(target))} for {days_left} more days.",
         "ok",
     )
 
@@ -426,7 +412,7 @@ def check_endpoint(
                 address=endpoint.address,
                 port=endpoint.port,
                 tls=endpoint.tls,
-                sni=sni if sni and not _is_ip(sni) else None,
+                sni=sni if sni and not is_ip(sni) else None,
                 status="CRITICAL",
                 served_sha256=None,
                 expected_sha256=expected.leaf_sha256,
@@ -521,7 +507,7 @@ def log_cause(text: str, service: str) -> str:
                 break
     recent = list(dict.fromkeys(reversed(found[-12:])))  # newest first, no repeats
     specific = [m for m in recent if not _GENERIC.search(m) and _FAILURE.search(m)]
-    return _printable(specific[0], 240) if specific else ""
+    return printable(specific[0], 240) if specific else ""
 
 
 def _fix(result: EndpointResult) -> tuple[str, str]:
@@ -565,7 +551,7 @@ def _fix(result: EndpointResult) -> tuple[str, str]:
 
 def _where_result(result: EndpointResult) -> str:
     if result.endpoint is not None:
-        return _where(result.endpoint)
+        return where_of(result.endpoint)
     host = f"[{result.address}]" if ":" in result.address else result.address
     return f"{host}:{result.port} ({result.service})"
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lab
-from certbot_postfix_tls._internal import certs, postfix, services, verify
+from certbot_postfix_tls._internal import certs, dialogues, postfix, services, tls_client, verify
 from certbot_postfix_tls._internal.state import State
 from lab import load as lab_load
 from lab.dovecot import DovecotLab
@@ -34,7 +34,7 @@ def _step(title: str) -> None:
     _say(f"\n== {title}")
 
 
-def _endpoints(with_dovecot: bool) -> list[verify.Endpoint]:
+def _endpoints(with_dovecot: bool) -> list[tls_client.Endpoint]:
     found = postfix.endpoints(postfix.Postfix().read(), "127.0.0.1")
     if with_dovecot:
         from certbot_postfix_tls._internal import dovecot
@@ -47,8 +47,8 @@ def _show_endpoints(expected: verify.ExpectedCert | None, with_dovecot: bool) ->
     for endpoint in _endpoints(with_dovecot):
         where = f"{endpoint.label} {endpoint.address}:{endpoint.port} ({endpoint.tls})"
         try:
-            shake = verify.handshake(endpoint, NAME)
-        except verify.VerifyError as exc:
+            shake = dialogues.handshake(endpoint, NAME)
+        except tls_client.VerifyError as exc:
             _say(f"  {where}: {exc}")
             continue
         info = verify.describe_der(shake.leaf_der)
@@ -179,7 +179,7 @@ def run(keep: bool = False) -> int:
         _show_endpoints(None, imap is not None)
         _say("\nDone: the throwaway Postfix and Pebble are stopped and their files removed.")
         return 0 if after == before else 2
-    except (lab.LabError, verify.VerifyError, OSError) as exc:
+    except (lab.LabError, tls_client.VerifyError, OSError) as exc:
         _say(f"demo failed: {exc}")
         return 2
     finally:

@@ -11,7 +11,7 @@ reports how many the server cut.
 Two clients are available. ``"light"`` (the default) speaks just enough SMTP/IMAP over a
 raw socket and does the handshake with the standard library; it checks the replies but
 does not watch for bytes injected after the STARTTLS reply. ``"verify"`` uses
-``verify.handshake``, the strict client, which waits 0.1 s after every STARTTLS reply
+``dialogues.handshake``, the strict client, which waits 0.1 s after every STARTTLS reply
 for injected bytes: that caps it at about 10 STARTTLS handshakes per second per thread,
 so under load the light client probes the server several times as often (the
 benchmark prints the measured rates).
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Callable, Optional
 
-from certbot_postfix_tls._internal import verify
+from certbot_postfix_tls._internal import dialogues, tls_client
 
 __all__ = [
     "EndpointStats",
@@ -125,7 +125,7 @@ def _leaf_sha256(tls: ssl.SSLSocket) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _smtp_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[str]) -> str:
+def _smtp_session(sock: socket.socket, endpoint: tls_client.Endpoint, sni: Optional[str]) -> str:
     holder = [sock]
     try:
         return _smtp_dialogue(holder, endpoint, sni)
@@ -133,7 +133,7 @@ def _smtp_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[
         holder[-1].close()  # the TLS socket once wrapped
 
 
-def _imap_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[str]) -> str:
+def _imap_session(sock: socket.socket, endpoint: tls_client.Endpoint, sni: Optional[str]) -> str:
     holder = [sock]
     try:
         return _imap_dialogue(holder, endpoint, sni)
@@ -141,7 +141,7 @@ def _imap_session(sock: socket.socket, endpoint: verify.Endpoint, sni: Optional[
         holder[-1].close()
 
 
-def _smtp_dialogue(holder: list[socket.socket], endpoint: verify.Endpoint,
+def _smtp_dialogue(holder: list[socket.socket], endpoint: tls_client.Endpoint,
                    sni: Optional[str]) -> str:
     sock = holder[0]
     if endpoint.tls == "implicit":
@@ -177,7 +177,7 @@ def _smtp_dialogue(holder: list[socket.socket], endpoint: verify.Endpoint,
     return digest
 
 
-def _imap_dialogue(holder: list[socket.socket], endpoint: verify.Endpoint,
+def _imap_dialogue(holder: list[socket.socket], endpoint: tls_client.Endpoint,
                    sni: Optional[str]) -> str:
     sock = holder[0]
     if endpoint.tls == "implicit":
@@ -207,14 +207,14 @@ def _imap_dialogue(holder: list[socket.socket], endpoint: verify.Endpoint,
     return digest
 
 
-def light_handshake(endpoint: verify.Endpoint, sni: Optional[str], timeout: float = 3.0) -> str:
+def light_handshake(endpoint: tls_client.Endpoint, sni: Optional[str], timeout: float = 3.0) -> str:
     """One full handshake with a light client; returns the served leaf's SHA-256 (hex).
 
     SMTP and IMAP, STARTTLS or implicit TLS. Raises LoadError (or OSError) naming the
     step that failed. Every call is a new TCP connection and a full handshake (no
     session resumption).
     """
-    sessions: dict[str, Callable[[socket.socket, verify.Endpoint, Optional[str]], str]] = {
+    sessions: dict[str, Callable[[socket.socket, tls_client.Endpoint, Optional[str]], str]] = {
         "smtp": _smtp_session,
         "imap": _imap_session,
     }
@@ -228,11 +228,11 @@ def light_handshake(endpoint: verify.Endpoint, sni: Optional[str], timeout: floa
         sock.close()
 
 
-def _verify_handshake(endpoint: verify.Endpoint, sni: Optional[str], timeout: float) -> str:
-    return hashlib.sha256(verify.handshake(endpoint, sni, timeout).leaf_der).hexdigest()
+def _verify_handshake(endpoint: tls_client.Endpoint, sni: Optional[str], timeout: float) -> str:
+    return hashlib.sha256(dialogues.handshake(endpoint, sni, timeout).leaf_der).hexdigest()
 
 
-_CLIENTS: dict[str, Callable[[verify.Endpoint, Optional[str], float], str]] = {
+_CLIENTS: dict[str, Callable[[tls_client.Endpoint, Optional[str], float], str]] = {
     "light": light_handshake,
     "verify": _verify_handshake,
 }
@@ -259,7 +259,7 @@ def _describe_error(err: BaseException) -> str:
 class EndpointStats:
     """What the load saw on one endpoint; times are ``time.monotonic()`` values."""
 
-    endpoint: verify.Endpoint
+    endpoint: tls_client.Endpoint
     attempts: int = 0
     failures: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # first few distinct messages
@@ -355,7 +355,7 @@ class HandshakeLoad:
 
     def __init__(
         self,
-        endpoints: Sequence[verify.Endpoint],
+        endpoints: Sequence[tls_client.Endpoint],
         sni: Optional[str],
         threads: int = 2,
         timeout: float = 3.0,
@@ -396,7 +396,7 @@ class HandshakeLoad:
                 self._workers.append(worker)
                 worker.start()
 
-    def _run(self, endpoint: verify.Endpoint, deadline: float) -> None:
+    def _run(self, endpoint: tls_client.Endpoint, deadline: float) -> None:
         stats, lock = self._stats[endpoint.port], self._locks[endpoint.port]
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
@@ -633,14 +633,14 @@ def _imap_quote(value: str) -> str:
 
 def mail_endpoints(
     address: str = "127.0.0.1", ports: Iterable[int] = (25, 587, 993)
-) -> list[verify.Endpoint]:
+) -> list[tls_client.Endpoint]:
     """Endpoints for the usual ports: 25/587 SMTP STARTTLS, 143 IMAP STARTTLS, 993/465
     implicit TLS."""
     known = {
-        25: verify.Endpoint("postfix", "smtp", address, 25, "starttls", "smtp"),
-        465: verify.Endpoint("postfix", "smtp", address, 465, "implicit", "submissions"),
-        587: verify.Endpoint("postfix", "smtp", address, 587, "starttls", "submission"),
-        143: verify.Endpoint("dovecot", "imap", address, 143, "starttls", "imap"),
-        993: verify.Endpoint("dovecot", "imap", address, 993, "implicit", "imaps"),
+        25: tls_client.Endpoint("postfix", "smtp", address, 25, "starttls", "smtp"),
+        465: tls_client.Endpoint("postfix", "smtp", address, 465, "implicit", "submissions"),
+        587: tls_client.Endpoint("postfix", "smtp", address, 587, "starttls", "submission"),
+        143: tls_client.Endpoint("dovecot", "imap", address, 143, "starttls", "imap"),
+        993: tls_client.Endpoint("dovecot", "imap", address, 993, "implicit", "imaps"),
     }
     return [known[port] for port in ports]

@@ -1,0 +1,100 @@
+"""Tests for certbot_postfix_tls._internal.doctor without a mail server: the parsers of
+what administrators write, the order of the checks, and the report's shape.
+
+Unit tests: no root, no lab. ``test_e2e_doctor.py`` runs doctor on real servers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+
+from certbot_postfix_tls._internal import cli, doctor, postfix
+from certbot_postfix_tls._internal.doctor import protocols, registry, restart_hooks
+from certbot_postfix_tls._internal.doctor.context import Context
+from certbot_postfix_tls._internal.findings import Finding
+from certbot_postfix_tls._internal.state import State
+
+# --- the parsers, on the text administrators write ----------------------------------------
+
+
+def test_restart_commands_in_hooks() -> None:
+    script = ("#!/bin/sh\n# systemctl restart postfix (a comment)\n"
+              "systemctl reload postfix && /usr/bin/systemctl --quiet restart dovecot.service\n"
+              "service postfix restart; /etc/init.d/dovecot stop\n"
+              "postfix -c /etc/postfix-out stop || true\nFOO=1 sudo systemctl restart nginx\n")
+    assert [(command, sorted(daemons)) for command, daemons in
+            restart_hooks.restart_commands(script)] == [
+        ("/usr/bin/systemctl --quiet restart dovecot.service", ["dovecot"]),
+        ("service postfix restart", ["postfix"]),
+        ("/etc/init.d/dovecot stop", ["dovecot"]),
+        ("postfix -c /etc/postfix-out stop", ["postfix"]),
+    ]
+
+
+def test_postfix_protocol_lists() -> None:
+    enabled = protocols.postfix_protocols
+    assert enabled(">=TLSv1.2") == {"TLSv1.2", "TLSv1.3"}
+    assert enabled("!SSLv2, !SSLv3, !TLSv1, !TLSv1.1") == {"TLSv1.2", "TLSv1.3"}
+    assert enabled("!SSLv2:!SSLv3:!TLSv1.2:!TLSv1.3") == {"TLSv1", "TLSv1.1"}
+    assert enabled("TLSv1") == {"TLSv1"}
+    assert enabled(">=TLSv1 <=TLSv1.1") == {"TLSv1", "TLSv1.1"}
+    assert enabled("") == set(protocols.PROTOCOL_ORDER)
+
+
+def test_value_in_force_for_a_service() -> None:
+    """A -o override wins, with $name / ${name} from main.cf (expanded values first)."""
+    service = postfix.MasterService.parse(
+        "submission inet n - y - - smtpd -o smtpd_tls_cert_file=${certs}/sub.pem "
+        "-o smtpd_tls_key_file=$missing/key.pem")
+    config = postfix.PostfixConfig(
+        main={"certs": "/raw", "smtpd_tls_cert_file": "/main.pem"}, explicit={},
+        services=[service], map_types=set(), expanded={"certs": "/etc/certs"})
+    assert config.in_force(service, "smtpd_tls_cert_file") == ("/etc/certs/sub.pem", True)
+    assert config.in_force(service, "smtpd_tls_key_file") == ("$missing/key.pem", True)
+    assert config.in_force(None, "smtpd_tls_cert_file") == ("/main.pem", False)
+    assert config.in_force(service, "smtpd_tls_auth_only") == ("", False)
+
+
+# --- the registry --------------------------------------------------------------------------
+
+
+def test_every_check_takes_the_context() -> None:
+    for check in registry.CHECKS:
+        [parameter] = inspect.signature(check).parameters.values()
+        assert parameter.annotation in (Context, "Context"), check
+    assert len(set(registry.CHECKS)) == len(registry.CHECKS)
+
+
+def test_plugin_checks_skip_without_a_deployment(tmp_path: Path) -> None:
+    """Nothing deployed: one "deployed" line, and the plugin's own checks say nothing."""
+    context = Context(str(tmp_path), State(), "127.0.0.1", [])
+    found = [f for check in registry.CHECKS[:6] for f in check(context)]
+    assert [(f.name, f.status) for f in found] == [("deployed", "OK")]
+    assert "not deployed by postfix-tls" in found[0].message
+
+
+def test_run_without_servers(tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Postfix and no Dovecot: each is one sentence, and doctor still runs through."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither postconf nor doveconf
+    results, found = doctor.run(str(tmp_path), dovecot_config=str(tmp_path / "dovecot.conf"))
+    assert results == []
+    names = [f.name for f in found]
+    assert names[0] == "deployed" and "key-exposure" in names
+    assert {f.status for f in found if f.name in ("postfix", "dovecot")} == {"UNKNOWN"}
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def test_report_keeps_its_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli._report("WARNING", "1 of 2 checks OK", [],
+                       [Finding("a", "OK", "fine"), Finding("b", "WARNING", "fix it")], True)
+    assert code == 1
+    report = json.loads(capsys.readouterr().out)
+    assert list(report) == ["status", "summary", "endpoints", "checks"]
+    assert report["checks"][1] == {"name": "b", "status": "WARNING", "message": "fix it"}
