@@ -35,7 +35,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls._internal import diagnose, verify
+from certbot_postfix_tls._internal import verify
+
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
 
 NAME = lab.LAB_HOSTNAME
 MAIN_CF = "/etc/postfix/main.cf"
@@ -543,30 +546,3 @@ def test_port_25_requiring_tls(tmp_path: Path, postfix_lab: lab.PostfixLab) -> N
                        "--dovecot-config", "/etc/dovecot/missing.conf")
     assert only(report, "dovecot", "UNKNOWN").startswith("/etc/dovecot/missing.conf does not exist")
     assert only(report, "port25-plaintext", "WARNING")
-
-
-# --- the parsers, on the text administrators write ----------------------------------------
-
-
-def test_restart_commands_in_hooks() -> None:
-    script = ("#!/bin/sh\n# systemctl restart postfix (a comment)\n"
-              "systemctl reload postfix && /usr/bin/systemctl --quiet restart dovecot.service\n"
-              "service postfix restart; /etc/init.d/dovecot stop\n"
-              "postfix -c /etc/postfix-out stop || true\nFOO=1 sudo systemctl restart nginx\n")
-    assert [(command, sorted(daemons)) for command, daemons in
-            diagnose.restart_commands(script)] == [
-        ("/usr/bin/systemctl --quiet restart dovecot.service", ["dovecot"]),
-        ("service postfix restart", ["postfix"]),
-        ("/etc/init.d/dovecot stop", ["dovecot"]),
-        ("postfix -c /etc/postfix-out stop", ["postfix"]),
-    ]
-
-
-def test_postfix_protocol_lists() -> None:
-    enabled = diagnose.postfix_protocols
-    assert enabled(">=TLSv1.2") == {"TLSv1.2", "TLSv1.3"}
-    assert enabled("!SSLv2, !SSLv3, !TLSv1, !TLSv1.1") == {"TLSv1.2", "TLSv1.3"}
-    assert enabled("!SSLv2:!SSLv3:!TLSv1.2:!TLSv1.3") == {"TLSv1", "TLSv1.1"}
-    assert enabled("TLSv1") == {"TLSv1"}
-    assert enabled(">=TLSv1 <=TLSv1.1") == {"TLSv1", "TLSv1.1"}
-    assert enabled("") == set(diagnose._PROTOCOL_ORDER)

@@ -18,12 +18,15 @@ from pathlib import Path
 
 import lab
 import pytest
-from conftest import REPO, heavy, need, once
+from conftest import REPO, need, once
 from lab.dovecot import DovecotLab, write_self_signed
-from test_e2e_sni import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
+from lab.flows import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
 
 from certbot_postfix_tls._internal import verify
 from certbot_postfix_tls._internal.state import State
+
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
 
 CLI = [sys.executable, "-m", "certbot_postfix_tls"]
 
@@ -236,7 +239,6 @@ def _undeploy_killed_at_every_write(certbot: lab.Certbot, name: str, remaining: 
         at += 1
 
 
-@heavy
 def test_undeploy_killed_at_every_write(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
     dovecot_lab: DovecotLab,

@@ -22,13 +22,16 @@ from pathlib import Path
 
 import lab
 import pytest
-from conftest import FIXTURES, heavy, need, once
+from conftest import FIXTURES, need, once
 from lab.dovecot import DovecotLab
 from lab.dovecot24 import ChrootDovecot
 from lab.sessions import MailSessions, SessionReport
 
 from certbot_postfix_tls._internal import certs, dovecot, process, verify
 from certbot_postfix_tls._internal.state import State
+
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
 
 NAME = lab.LAB_HOSTNAME
 OTHER = "mail2.example.net"
@@ -81,15 +84,6 @@ def test_plan_keep_cut_and_an_operators_own_setting(
     assert str(master) not in own.writes  # never edited
     assert any(f"{master} line {lines} already sets shutdown_clients = yes" in note
                for note in own.notes)
-
-
-def test_count_sessions_23_and_24_headers() -> None:
-    assert dovecot.count_sessions(
-        "username\tproto\tpid\tip\nu1\timap\t1\t127.0.0.1\nu1\timap\t2\t127.0.0.1\n"
-        "u2\tpop3\t3\t127.0.0.1\n") == {"imap": 2, "pop3": 1}
-    assert dovecot.count_sessions("username\tservice\tpid\tip\nu\timap\t1\t::1\n") == {"imap": 1}
-    assert dovecot.count_sessions("username\tproto\tpid\tip\n") == {}
-    assert dovecot.count_sessions("") == {}
 
 
 # --- helpers for the end-to-end tests ------------------------------------------------------
@@ -280,7 +274,6 @@ def files() -> dict[str, bytes]:
 # --- Dovecot 2.4 (Debian 13 chroot) ------------------------------------------------------
 
 
-@heavy
 def test_keep_sessions_survive_a_forced_renewal_dovecot24(
     newest: None, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
     tmp_path: Path,

@@ -30,6 +30,9 @@ from lab.dovecot import DovecotLab, write_self_signed
 
 from certbot_postfix_tls._internal import certs, dovecot, permissions, process, verify
 
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
+
 NAME = lab.LAB_HOSTNAME
 RHEL_CERT = "/etc/pki/dovecot/certs/dovecot.pem"
 RHEL_KEY = "/etc/pki/dovecot/private/dovecot.pem"
