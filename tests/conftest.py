@@ -83,10 +83,18 @@ def _is_xdist_io(thread: threading.Thread) -> bool:
 
 
 def need_lab() -> None:
-    """Enter the lab (see lab_problem), or skip (visibly) saying why not."""
+    """Enter the lab (see lab_problem); if it cannot start, fail as root, else skip.
+
+    As root the end-to-end tests must run: a lab that cannot start fails them with
+    the reason instead of letting the run pass with everything skipped.
+    """
     problem = lab_problem()
-    if problem:
-        pytest.skip(problem)
+    if not problem:
+        return
+    if os.geteuid() == 0:
+        pytest.fail(f"the lab cannot start, so the end-to-end tests cannot run: {problem} "
+                    "(CERTBOT_POSTFIX_TLS_UNIT_ONLY=1 runs the unit tests only)", pytrace=False)
+    pytest.skip(problem)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
@@ -94,6 +102,17 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optio
     if UNIT_ONLY and collection_path.resolve() in (E2E, PACKAGING):
         return True
     return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """CERTBOT_POSTFIX_TLS_UNIT_ONLY=1: even e2e or packaging files named explicitly."""
+    if not UNIT_ONLY:
+        return
+    outside = [item for item in items
+               if in_e2e(item.path) or PACKAGING in item.path.resolve().parents]
+    if outside:
+        config.hook.pytest_deselected(items=outside)
+        items[:] = [item for item in items if item not in outside]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -121,13 +140,7 @@ def _lab_for_e2e(request: pytest.FixtureRequest) -> Iterator[None]:
     if not in_e2e(request.node.path):
         yield
         return
-    problem = lab_problem()
-    if problem:
-        if os.geteuid() == 0:
-            pytest.fail(f"the lab cannot start, so the end-to-end tests cannot run: {problem} "
-                        "(CERTBOT_POSTFIX_TLS_UNIT_ONLY=1 runs the unit tests only)",
-                        pytrace=False)
-        pytest.skip(problem)
+    need_lab()
     before = cleanup.accounts()
     yield
     cleanup.remove_accounts_since(before)
