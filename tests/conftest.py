@@ -36,7 +36,7 @@ from typing import Optional
 
 import lab
 import pytest
-from lab import cleanup
+from lab import accounts
 from lab.dovecot import DovecotLab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,10 +141,10 @@ def _lab_for_e2e(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     need_lab()
-    before = cleanup.accounts()
+    before = accounts.accounts()
     yield
-    cleanup.remove_accounts_since(before)
-    cleanup.remove_stale_sockets()
+    accounts.remove_accounts_since(before)
+    accounts.remove_stale_sockets()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

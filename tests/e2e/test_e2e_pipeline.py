@@ -19,6 +19,7 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import REPO, need, once
+from lab.accounts import add_mail_user
 from lab.dovecot import DovecotLab, write_self_signed
 from lab.flows import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
 
@@ -245,8 +246,7 @@ def test_undeploy_killed_at_every_write(
 ) -> None:
     once(request, "undeploy is the plugin's own command")
     need("swaks")
-    subprocess.run(["useradd", "--create-home", "alice"], check=True)
-    subprocess.run(["chpasswd"], input="alice:correct horse\n", text=True, check=True)
+    add_mail_user("alice", "correct horse")
     issue(certbot, HOST, OTHER)
     before = (subprocess.run(["postconf", "-n"], capture_output=True, text=True).stdout,
               subprocess.run(["postconf", "-M"], capture_output=True, text=True).stdout)

@@ -23,6 +23,7 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import FIXTURES, need, once
+from lab.accounts import add_mail_user
 from lab.dovecot import DovecotLab
 from lab.dovecot24 import ChrootDovecot
 from lab.sessions import MailSessions, SessionReport
@@ -97,21 +98,13 @@ def newest(request: pytest.FixtureRequest) -> None:
                   "version")
 
 
-def host_user(user: str, password: str) -> None:
-    """A mail user with its home under /var (an overlay in the lab; /home is the host's)."""
-    subprocess.run(["useradd", "--create-home", "--home-dir", f"/var/lib/lab-home/{user}", user],
-                   check=True, capture_output=True)
-    subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
-
-
-def add_users(make: Callable[[str, str], None] = host_user) -> None:
+def add_users(make: Callable[[str, str], None] = add_mail_user) -> None:
     for user, password in USERS:
         make(user, password)
 
 
 @pytest.fixture
 def mail_users() -> Iterator[None]:
-    os.makedirs("/var/lib/lab-home", exist_ok=True)
     add_users()
     yield
     for user, _ in USERS:

@@ -1,4 +1,4 @@
-"""What a lab test leaves behind, removed after it: accounts and Dovecot's auth socket.
+"""Lab accounts: mail users for a test, and what a test leaves behind, removed after it.
 
 All end-to-end modules share one process, and so one lab: a user one test adds
 (``useradd alice``) would make the next test's ``useradd alice`` fail, and an auth
@@ -14,8 +14,10 @@ import stat
 import subprocess
 from dataclasses import dataclass
 
-# Where tests put their users' homes (inside the lab's /var overlay), and Debian's default.
-_HOME_PARENTS = ("/var/lib/lab-home/", "/home/")
+# Mail users' homes: under the lab's /var overlay (/home is the machine's, shared by
+# every lab on it, pytest-xdist's workers' included); "/home/" is useradd's default.
+HOME_PARENT = "/var/lib/lab-home"
+_HOME_PARENTS = (HOME_PARENT + "/", "/home/")
 # Sockets a stopped daemon can leave in the lab's private spool.
 STALE_SOCKETS = ("/var/spool/postfix/private/auth",)
 
@@ -26,6 +28,14 @@ class Accounts:
 
     users: frozenset[str]
     groups: frozenset[str]
+
+
+def add_mail_user(user: str, password: str) -> None:
+    """A login user with a password and its home under the lab's /var."""
+    os.makedirs(HOME_PARENT, exist_ok=True)
+    subprocess.run(["useradd", "--create-home", "--home-dir", f"{HOME_PARENT}/{user}", user],
+                   check=True, capture_output=True)
+    subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
 
 
 def _names(path: str) -> frozenset[str]:
@@ -52,11 +62,11 @@ def remove_accounts_since(before: Accounts) -> None:
     now = accounts()
     for user in sorted(now.users - before.users):
         home = _home(user)
-        subprocess.run(["userdel", user], capture_output=True, check=False)  # noqa: S607
+        subprocess.run(["userdel", user], capture_output=True, check=False)
         if home.startswith(_HOME_PARENTS) and os.path.basename(home) == user:
             shutil.rmtree(home, ignore_errors=True)
     for group in sorted(accounts().groups - before.groups):
-        subprocess.run(["groupdel", group], capture_output=True, check=False)  # noqa: S607
+        subprocess.run(["groupdel", group], capture_output=True, check=False)
 
 
 def remove_stale_sockets() -> None:
