@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,13 +21,13 @@ from pathlib import Path
 
 import lab
 import pytest
-from conftest import FIXTURES, need, once
+from conftest import need, once
 from lab.accounts import add_mail_user
 from lab.dovecot import DovecotLab
 from lab.dovecot24 import ChrootDovecot
 from lab.sessions import MailSessions, SessionReport
 
-from certbot_postfix_tls._internal import certs, dovecot, process, verify
+from certbot_postfix_tls._internal import certs, process, verify
 from certbot_postfix_tls._internal.state import State
 
 # Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
@@ -44,49 +43,6 @@ RELOAD = "SIGHUP received"
 # Dovecot's reload ends old processes 6 s after it (shutdown_clients = yes): wait longer.
 AFTER_RENEWAL = 8.0
 USERS = (("alice", "correct horse"), ("bob", "battery staple"))
-LE = dovecot.CertFiles("/etc/letsencrypt/live/mail.a.example/fullchain.pem",
-                       "/etc/letsencrypt/live/mail.a.example/privkey.pem")
-
-
-# --- planning (no daemons) ----------------------------------------------------------------
-
-
-def plan(conf: Path, version: tuple[int, ...], sessions: str) -> dovecot.DovecotPlan:
-    plugin, include_from = dovecot.plugin_layout(str(conf), conf.read_text())
-    tree = dovecot.read_config(str(conf), [plugin] + ([include_from] if include_from else []))
-    return dovecot.plan_config(tree, version, plugin, include_from, LE, sessions=sessions)
-
-
-@pytest.mark.parametrize(("fixture", "version"), [("dovecot23", (2, 3, 19)),
-                                                  ("dovecot24", (2, 4, 1))])
-def test_plan_keep_cut_and_an_operators_own_setting(
-    tmp_path: Path, fixture: str, version: tuple[int, ...]
-) -> None:
-    shutil.copytree(FIXTURES / fixture, tmp_path / "dovecot",
-                    ignore=shutil.ignore_patterns("*.txt"))
-    conf = tmp_path / "dovecot" / "dovecot.conf"
-    plugin = str(tmp_path / "dovecot/conf.d/99-certbot-postfix-tls.conf")
-    cut = plan(conf, version, "cut")
-    assert "shutdown_clients" not in cut.writes[plugin]
-    assert cut.writes[plugin] == dovecot.render_plugin_file(version, LE)  # as before
-    keep = plan(conf, version, "keep")
-    assert KEEP_LINE in keep.writes[plugin]
-    for path, text in keep.writes.items():
-        Path(path).write_text(text)
-    assert plan(conf, version, "keep").empty  # planning again: nothing to write
-    assert plan(conf, version, "cut").writes[plugin] == cut.writes[plugin]
-
-    # The operator's own value (anywhere outside the plugin's file) stays in force.
-    master = tmp_path / "dovecot/conf.d/10-master.conf"
-    master.write_text(master.read_text() + "shutdown_clients = yes\n")
-    lines = master.read_text().count("\n")
-    own = plan(conf, version, "keep")
-    assert "shutdown_clients" not in own.writes[plugin]
-    assert str(master) not in own.writes  # never edited
-    assert any(f"{master} line {lines} already sets shutdown_clients = yes" in note
-               for note in own.notes)
-
-
 # --- helpers for the end-to-end tests ------------------------------------------------------
 
 

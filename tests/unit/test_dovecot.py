@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from certbot import errors
 from conftest import FIXTURES
+from lab.dovecot import RHEL_CERT, RHEL_KEY, rhel_ssl_conf
 
 from certbot_postfix_tls._internal import dovecot, process
 from certbot_postfix_tls._internal.dovecot import CertFiles, Dovecot
@@ -395,3 +396,66 @@ def test_count_sessions_23_and_24_headers() -> None:
     assert dovecot.count_sessions("username\tservice\tpid\tip\nu\timap\t1\t::1\n") == {"imap": 1}
     assert dovecot.count_sessions("username\tproto\tpid\tip\n") == {}
     assert dovecot.count_sessions("") == {}
+
+
+# --- established sessions: --postfix-tls-dovecot-sessions ----------------------------------
+
+
+@pytest.mark.parametrize(("fixture", "version"), [("dovecot23", (2, 3, 19)),
+                                                  ("dovecot24", (2, 4, 1))])
+def test_plan_keep_cut_and_an_operators_own_setting(
+    tmp_path: Path, fixture: str, version: tuple[int, ...]
+) -> None:
+    shutil.copytree(FIXTURES / fixture, tmp_path / "dovecot",
+                    ignore=shutil.ignore_patterns("*.txt"))
+    conf = tmp_path / "dovecot" / "dovecot.conf"
+    plugin = str(tmp_path / "dovecot/conf.d/99-certbot-postfix-tls.conf")
+    cut = plan_for(conf, version, sessions="cut")
+    assert "shutdown_clients" not in cut.writes[plugin]
+    assert cut.writes[plugin] == dovecot.render_plugin_file(version, LE)  # as before
+    keep = plan_for(conf, version, sessions="keep")
+    assert "\nshutdown_clients = no\n" in keep.writes[plugin]
+    for path, text in keep.writes.items():
+        Path(path).write_text(text)
+    assert plan_for(conf, version, sessions="keep").empty  # planning again: nothing to write
+    assert plan_for(conf, version, sessions="cut").writes[plugin] == cut.writes[plugin]
+
+    # The operator's own value (anywhere outside the plugin's file) stays in force.
+    master = tmp_path / "dovecot/conf.d/10-master.conf"
+    master.write_text(master.read_text() + "shutdown_clients = yes\n")
+    lines = master.read_text().count("\n")
+    own = plan_for(conf, version, sessions="keep")
+    assert "shutdown_clients" not in own.writes[plugin]
+    assert str(master) not in own.writes  # never edited
+    assert any(f"{master} line {lines} already sets shutdown_clients = yes" in note
+               for note in own.notes)
+
+
+# --- other distributions' trees ------------------------------------------------------------
+
+
+def test_rhel_tree_is_planned_like_debian(tmp_path: Path) -> None:
+    """conf.d/*.conf is included as on Debian: the plugin's file goes to conf.d, the
+    /etc/pki lines are commented out, ``ssl = required`` stays."""
+    pristine = Path("/usr/share/dovecot")
+    if not (pristine / "dovecot.conf").is_file():
+        pytest.skip("Dovecot's pristine configuration is not installed (dovecot-core)")
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (tmp_path / "dovecot.conf").write_text((pristine / "dovecot.conf").read_text())
+    ssl_text = rhel_ssl_conf((pristine / "conf.d" / "10-ssl.conf").read_text())
+    (conf_d / "10-ssl.conf").write_text(ssl_text)
+    main = str(tmp_path / "dovecot.conf")
+
+    plugin_file, include_from = dovecot.plugin_layout(main, Path(main).read_text())
+    assert (plugin_file, include_from) == (str(conf_d / dovecot.DEBIAN_PLUGIN_NAME), None)
+
+    tree = dovecot.read_config(main, [plugin_file])
+    cert = dovecot.CertFiles("/etc/letsencrypt/live/a/fullchain.pem",
+                             "/etc/letsencrypt/live/a/privkey.pem")
+    plan = dovecot.plan_config(tree, (2, 3, 16), plugin_file, None, cert)
+    new_ssl = plan.writes[str(conf_d / "10-ssl.conf")]
+    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}\n" in new_ssl
+    assert f"{dovecot.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
+    assert "\nssl = required\n" in new_ssl
+    assert dovecot.uncomment(new_ssl) == ssl_text  # restorable byte for byte
