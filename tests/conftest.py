@@ -61,12 +61,11 @@ def lab_problem() -> str:
     unshare() moves only the calling thread: a thread still running at that
     moment would stay outside, so the lab is refused then (and tried again
     by the next test that needs it). pytest_collection_finish enters it before
-    any test ran; pytest-xdist's own I/O thread only relays reports.
+    any test ran (a pytest-xdist worker runs its tests in its main thread too).
     """
     global _lab_problem
     if _lab_problem is None:
-        others = [t.name for t in threading.enumerate()
-                  if t is not threading.current_thread() and not _is_xdist_io(t)]
+        others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
         if others:
             return f"no private namespace for the lab: threads still running ({', '.join(others)})"
         try:
@@ -75,11 +74,6 @@ def lab_problem() -> str:
         except (lab.LabError, OSError) as exc:
             _lab_problem = f"no private namespace for the lab: {exc}"
     return _lab_problem
-
-
-def _is_xdist_io(thread: threading.Thread) -> bool:
-    # execnet's receiver thread in a pytest-xdist worker: it never runs a test.
-    return "execnet" in type(thread).__module__ or "receiver" in thread.name
 
 
 def need_lab() -> None:
