@@ -9,8 +9,9 @@
   and Dovecot auth socket a test leaves behind are removed after it, so every module
   shares one process (and pytest-xdist's workers each have a lab of their own).
   Nothing is entered at import time or for a run without e2e tests.
-- tests/packaging: builds and installs the Debian package in chroots; never in
-  the lab (its private network has no route out), so it runs in a process of its own.
+- tests/packaging: builds and installs the Debian package in chroots, whose demo
+  makes namespaces and overlays of its own; it runs on the machine as it always did,
+  never inside the lab's overlays, so in a process of its own.
 
 As root, a lab that cannot start FAILS every e2e test with the reason (a chroot
 whose / is not a mount point, no namespace support): the end-to-end proof is never
@@ -112,8 +113,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Enter the lab before the first test, when an e2e test is to run.
 
-    tests/packaging must stay outside it (its chroots download packages), so the
-    two never share a process.
+    tests/packaging must stay outside it (its chroots make namespaces and overlays
+    of their own), so the two never share a process.
     """
     if session.config.option.collectonly:
         return

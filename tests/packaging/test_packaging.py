@@ -38,8 +38,9 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "python3-certbot-postfix-tls"
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
-# Second tier, and never in the lab (its private network has no route out):
-# .ci/heavy runs it as `pytest -m tier2 tests/packaging`, in a process of its own.
+# Second tier, and never inside the lab (the chroots' demo makes namespaces and
+# overlays of its own): .ci/heavy runs `pytest -m tier2 tests/packaging` in a process
+# of its own.
 pytestmark = pytest.mark.tier2
 
 # Lintian warnings (lintian 2.116, Debian 12) accepted for now, with the reason; a
