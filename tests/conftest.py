@@ -1,15 +1,27 @@
-"""Test rig: tests that need the lab run inside its private namespaces.
+"""Test rig: three directories, two tiers, one private lab per process.
 
-The first test that needs the lab (through ``need()``, ``need_lab()``, the
-lab fixtures below, or by living in a test_e2e_* module) moves this process
-into its own mount and network namespace (tests/lab): /etc and /var are
-overlays, Postfix's and Dovecot's state directories are private, loopback is
-private. Those tests may then use default paths and standard ports, create
-users and groups, and start daemons, without touching the machine's own mail
-system. Nothing is entered at import time: a run of unit tests only (a
-package build may run them as root) never unshares anything.
-Without root (or without namespace support) the tests that need the lab are
-skipped with that reason; unit tests still run.
+- tests/unit: no lab, no root, no daemons; runs anywhere (a package build runs it).
+- tests/e2e: every test here runs inside the lab (tests/lab): before the first test
+  runs, this process moves into its own mount and network namespace, where /etc and
+  /var are overlays, Postfix's and Dovecot's state directories and /run are private,
+  and loopback is private. Those tests may use default paths and standard ports and
+  start daemons without touching the machine's own mail system; the users, groups
+  and Dovecot auth socket a test leaves behind are removed after it, so every module
+  shares one process (and pytest-xdist's workers each have a lab of their own).
+  Nothing is entered at import time or for a run without e2e tests.
+- tests/packaging: builds and installs the Debian package in chroots, whose demo
+  makes namespaces and overlays of its own; it runs on the machine as it always did,
+  never inside the lab's overlays, so in a process of its own.
+
+As root, a lab that cannot start FAILS every e2e test with the reason (a chroot
+whose / is not a mount point, no namespace support): the end-to-end proof is never
+silently skipped. Without root they are skipped with that reason.
+CERTBOT_POSTFIX_TLS_UNIT_ONLY=1 collects tests/unit only (the package build).
+
+Tiers: tests marked ``tier2`` (module-level ``pytestmark``: the pipeline's edge
+cases, real-world configurations, the corpus, layouts, doctor on hand-made servers,
+key-type pairs, sessions, DANE, monitoring, packaging) take minutes; the README's
+test command deselects them (``-m "not tier2"``), .ci/heavy runs ``-m tier2``.
 """
 
 from __future__ import annotations
@@ -25,14 +37,23 @@ from typing import Optional
 
 import lab
 import pytest
+from lab import accounts
 from lab.dovecot import DovecotLab
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="certbot-postfix-tls-tests-"))
-# Why the lab is unavailable ("" once inside it); None until a test needed it.
+E2E = Path(__file__).resolve().parent / "e2e"
+PACKAGING = Path(__file__).resolve().parent / "packaging"
+UNIT_ONLY = os.environ.get("CERTBOT_POSTFIX_TLS_UNIT_ONLY") == "1"
+# Why the lab is unavailable ("" once inside it); None until it was tried.
 _lab_problem: Optional[str] = None
+
+
+def in_e2e(path: Path) -> bool:
+    """Whether a test file lives in tests/e2e (and so runs inside the lab)."""
+    return E2E in path.resolve().parents
 
 
 def lab_problem() -> str:
@@ -40,7 +61,8 @@ def lab_problem() -> str:
 
     unshare() moves only the calling thread: a thread still running at that
     moment would stay outside, so the lab is refused then (and tried again
-    by the next test that needs it).
+    by the next test that needs it). pytest_collection_finish enters it before
+    any test ran (a pytest-xdist worker runs its tests in its main thread too).
     """
     global _lab_problem
     if _lab_problem is None:
@@ -56,17 +78,68 @@ def lab_problem() -> str:
 
 
 def need_lab() -> None:
-    """Enter the lab (see lab_problem), or skip (visibly) saying why not."""
+    """Enter the lab (see lab_problem); if it cannot start, fail as root, else skip.
+
+    As root the end-to-end tests must run: a lab that cannot start fails them with
+    the reason instead of letting the run pass with everything skipped.
+    """
     problem = lab_problem()
-    if problem:
-        pytest.skip(problem)
+    if not problem:
+        return
+    if os.geteuid() == 0:
+        pytest.fail(f"the lab cannot start, so the end-to-end tests cannot run: {problem} "
+                    "(CERTBOT_POSTFIX_TLS_UNIT_ONLY=1 runs the unit tests only)", pytrace=False)
+    pytest.skip(problem)
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """End-to-end modules run inside the lab, even their tests without lab fixtures."""
-    module = getattr(item, "module", None)
-    if module is not None and module.__name__.rpartition(".")[2].startswith("test_e2e_"):
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> Optional[bool]:
+    """CERTBOT_POSTFIX_TLS_UNIT_ONLY=1: collect tests/unit only."""
+    if UNIT_ONLY and collection_path.resolve() in (E2E, PACKAGING):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """CERTBOT_POSTFIX_TLS_UNIT_ONLY=1: even e2e or packaging files named explicitly."""
+    if not UNIT_ONLY:
+        return
+    outside = [item for item in items
+               if in_e2e(item.path) or PACKAGING in item.path.resolve().parents]
+    if outside:
+        config.hook.pytest_deselected(items=outside)
+        items[:] = [item for item in items if item not in outside]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Enter the lab before the first test, when an e2e test is to run.
+
+    tests/packaging must stay outside it (its chroots make namespaces and overlays
+    of their own), so the two never share a process.
+    """
+    if session.config.option.collectonly:
+        return
+    e2e = any(in_e2e(item.path) for item in session.items)
+    packaging = any(PACKAGING in item.path.resolve().parents for item in session.items)
+    if e2e and packaging:
+        raise pytest.UsageError(
+            "tests/packaging runs outside the lab, tests/e2e inside it: run them in separate "
+            "pytest processes (as .ci/heavy does)"
+        )
+    if e2e:
         lab_problem()
+
+
+@pytest.fixture(autouse=True)
+def _lab_for_e2e(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every e2e test runs inside the lab and leaves no account or auth socket behind."""
+    if not in_e2e(request.node.path):
+        yield
+        return
+    need_lab()
+    before = accounts.accounts()
+    yield
+    accounts.remove_accounts_since(before)
+    accounts.remove_stale_sockets()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -163,28 +236,3 @@ def certbot(request: pytest.FixtureRequest, pebble: lab.Pebble) -> lab.Certbot:
     if flavor == "debian" and not runner.version().startswith("2."):
         pytest.skip(f"{python} does not run Debian 12's certbot 2.x")
     return runner
-
-
-# Tests that take minutes run from .ci/heavy (CERTBOT_POSTFIX_TLS_HEAVY=1), not from
-# the README's test command, which has a time budget of about 15 minutes.
-HEAVY = os.environ.get("CERTBOT_POSTFIX_TLS_HEAVY") == "1"
-heavy = pytest.mark.skipif(
-    not HEAVY, reason="takes minutes: runs from .ci/heavy (set CERTBOT_POSTFIX_TLS_HEAVY=1)",
-)
-# Whole end-to-end modules of the second tier: the pipeline's edge cases, real-world
-# configurations, the corpus, doctor on hand-made servers, key-type pairs, sessions,
-# DANE and monitoring. .ci/heavy runs them all; so does
-# `CERTBOT_POSTFIX_TLS_HEAVY=1 sh tools/bootstrap test`.
-HEAVY_MODULES = {
-    "test_e2e_pipeline.py", "test_e2e_real_configs.py", "test_e2e_corpus.py",
-    "test_layouts.py", "test_e2e_doctor.py", "test_e2e_pairs.py", "test_e2e_sessions.py",
-    "test_e2e_dane.py", "test_e2e_watch.py",
-}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if HEAVY:
-        return
-    for item in items:
-        if item.path.name in HEAVY_MODULES:
-            item.add_marker(heavy)

@@ -227,3 +227,25 @@ class DovecotLab:
             return Path(self.log_file).read_text(errors="replace")
         except OSError:
             return ""
+
+
+# Where RHEL 8/9 and Fedora's dovecot package points ssl_cert and ssl_key.
+RHEL_CERT = "/etc/pki/dovecot/certs/dovecot.pem"
+RHEL_KEY = "/etc/pki/dovecot/private/dovecot.pem"
+
+
+def rhel_ssl_conf(debian_text: str) -> str:
+    """Debian's 10-ssl.conf turned into what RHEL 8/9 and Fedora install."""
+    replaced = {
+        "ssl = yes": "ssl = required",
+        "ssl_cert = </etc/dovecot/private/dovecot.pem": f"ssl_cert = <{RHEL_CERT}",
+        "ssl_key = </etc/dovecot/private/dovecot.key": f"ssl_key = <{RHEL_KEY}",
+        "ssl_dh = </usr/share/dovecot/dh.pem": "#ssl_dh = </etc/dovecot/dh.pem",
+    }
+    lines = []
+    for line in debian_text.splitlines():
+        lines.append(replaced.pop(line, line))
+    assert not replaced, f"Debian's 10-ssl.conf changed: {replaced}"
+    # RHEL's crypto-policies profile; Debian's OpenSSL does not know it (adaptation).
+    lines.append("#ssl_cipher_list = PROFILE=SYSTEM")
+    return "\n".join(lines) + "\n"

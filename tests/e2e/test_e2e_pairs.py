@@ -16,10 +16,13 @@ import pytest
 from conftest import once
 from lab import load as lab_load
 from lab.dovecot import DovecotLab
-from test_e2e_sni import HOST
+from lab.flows import HOST
 
 from certbot_postfix_tls._internal import certs
 from certbot_postfix_tls._internal.state import State
+
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
 
 ECDSA, RSA = "mail-ecdsa", "mail-rsa"
 SIGALGS = {ECDSA: "ECDSA+SHA256", RSA: "RSA-PSS+SHA256:RSA+SHA256"}

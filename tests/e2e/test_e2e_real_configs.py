@@ -27,6 +27,9 @@ from lab.dovecot import DovecotLab
 
 from certbot_postfix_tls._internal import certs, dialogues, postfix, tls_client, verify
 
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
+
 NAME = lab.LAB_HOSTNAME
 SASL_SOCKET = "/var/spool/postfix/private/auth"
 PLUGIN_FILE = Path("/etc/dovecot/conf.d/99-certbot-postfix-tls.conf")

@@ -9,56 +9,28 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import lab
 import pytest
 from conftest import once
 from lab.dovecot import DovecotLab
+from lab.flows import (
+    DOVECOT_RELOAD,
+    POSTFIX_RELOAD,
+    count,
+    issue,
+    leaf,
+    renew,
+    run_cli,
+    served_leaf,
+    wait_for_count,
+)
 
-from certbot_postfix_tls._internal import certs, dialogues, hooks, tls_client
+from certbot_postfix_tls._internal import certs, hooks
 from certbot_postfix_tls._internal.state import State
 
 NAMES = ("mail.example.org", "mail.a.example", "mail.b.example")
-POSTFIX_RELOAD = "reload -- version"
-DOVECOT_RELOAD = "SIGHUP received"
-
-
-def count(text: str, needle: str) -> int:
-    return text.count(needle)
-
-
-def wait_for_count(read: Callable[[], str], needle: str, expected: int, timeout: float = 5) -> int:
-    """Logs are written asynchronously (postlogd): wait a moment for them to settle."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = count(read(), needle)
-        if found >= expected or time.monotonic() > deadline:
-            time.sleep(0.5)  # and make sure no extra reload follows
-            return count(read(), needle)
-        time.sleep(0.1)
-
-
-def served_leaf(port: int, name: str, protocol: str = "smtp", tls: str = "starttls") -> bytes:
-    endpoint = tls_client.Endpoint("x", protocol, "127.0.0.1", port, tls, str(port))
-    return dialogues.handshake(endpoint, name).leaf_der
-
-
-def current_leaf(certbot: lab.Certbot, name: str) -> bytes:
-    pem = (certbot.config_dir / "live" / name / "fullchain.pem").read_bytes()
-    return certs.load_pem_chain(pem)[0].public_bytes(certs.serialization.Encoding.DER)
-
-
-def issue(certbot: lab.Certbot, name: str) -> None:
-    certbot.run("certonly", "-a", "standalone", "-d", name, *certbot.acme_args())
-
-
-def renew(certbot: lab.Certbot, *extra: str) -> subprocess.CompletedProcess[str]:
-    return certbot.run("renew", "--force-renewal", "--no-random-sleep-on-renew",
-                       *certbot.acme_args(), *extra)
-
-
 def test_three_lineages_one_reload_per_service(
     certbot: lab.Certbot, postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab
 ) -> None:
@@ -72,7 +44,7 @@ def test_three_lineages_one_reload_per_service(
         assert info.st_uid == 0 and info.st_mode & 0o022 == 0 and info.st_mode & 0o100
     default = State.load(str(certbot.config_dir)).default
     assert default is not None
-    old_leaf = current_leaf(certbot, default)
+    old_leaf = leaf(certbot, default)
     postfix_pid, dovecot_pid = postfix_lab.master_pid(), dovecot_lab.master_pid()
     postfix_reloads = count(postfix_lab.log(), POSTFIX_RELOAD)
     dovecot_reloads = count(dovecot_lab.log(), DOVECOT_RELOAD)
@@ -85,7 +57,7 @@ def test_three_lineages_one_reload_per_service(
     assert wait_for_count(dovecot_lab.log, DOVECOT_RELOAD, dovecot_reloads + 1) == (
         dovecot_reloads + 1
     )
-    new_leaf = current_leaf(certbot, default)
+    new_leaf = leaf(certbot, default)
     assert new_leaf != old_leaf
     for port, protocol, tls in ((25, "smtp", "starttls"), (587, "smtp", "starttls"),
                                 (143, "imap", "starttls"), (993, "imap", "implicit")):
@@ -103,7 +75,7 @@ def test_installer_lineage_without_directory_hooks_reloads_at_once(
     reloads = count(postfix_lab.log(), POSTFIX_RELOAD)
     renew(certbot, "--no-directory-hooks")
     assert wait_for_count(postfix_lab.log, POSTFIX_RELOAD, reloads + 1) == reloads + 1
-    assert served_leaf(25, name) == current_leaf(certbot, name)
+    assert served_leaf(25, name) == leaf(certbot, name)
     assert State.load(str(certbot.config_dir)).pending == []
 
 
@@ -132,14 +104,6 @@ def test_dry_run_changes_nothing(certbot: lab.Certbot, postfix_lab: lab.PostfixL
     assert wait_for_count(postfix_lab.log, POSTFIX_RELOAD, reloads + 1, timeout=1) == reloads
 
 
-def run_cli(certbot: lab.Certbot, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "certbot_postfix_tls", "--config-dir", str(certbot.config_dir),
-         *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-
-
 def test_failed_reload_stays_pending_and_verify_is_critical(
     certbot: lab.Certbot, postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab
 ) -> None:
@@ -162,7 +126,7 @@ def test_failed_reload_stays_pending_and_verify_is_critical(
     postfix_lab.postconf("-X", "command_directory")
     assert run_cli(certbot, "hook", "post").returncode == 0
     assert State.load(str(certbot.config_dir)).pending == []
-    assert served_leaf(25, name) == current_leaf(certbot, name)
+    assert served_leaf(25, name) == leaf(certbot, name)
 
 
 def test_sigterm_during_deploy_hook_leaves_consistent_state(

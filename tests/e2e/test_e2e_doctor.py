@@ -37,6 +37,9 @@ from lab.dovecot import DovecotLab
 
 from certbot_postfix_tls._internal import dialogues, tls_client
 
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
+
 NAME = lab.LAB_HOSTNAME
 MAIN_CF = "/etc/postfix/main.cf"
 SASL_SOCKET = "/var/spool/postfix/private/auth"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,13 +21,17 @@ from pathlib import Path
 
 import lab
 import pytest
-from conftest import FIXTURES, heavy, need, once
+from conftest import need, once
+from lab.accounts import add_mail_user
 from lab.dovecot import DovecotLab
 from lab.dovecot24 import ChrootDovecot
 from lab.sessions import MailSessions, SessionReport
 
-from certbot_postfix_tls._internal import certs, dialogues, dovecot, process, tls_client
+from certbot_postfix_tls._internal import certs, dialogues, process, tls_client
 from certbot_postfix_tls._internal.state import State
+
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
 
 NAME = lab.LAB_HOSTNAME
 OTHER = "mail2.example.net"
@@ -40,58 +43,6 @@ RELOAD = "SIGHUP received"
 # Dovecot's reload ends old processes 6 s after it (shutdown_clients = yes): wait longer.
 AFTER_RENEWAL = 8.0
 USERS = (("alice", "correct horse"), ("bob", "battery staple"))
-LE = dovecot.CertFiles("/etc/letsencrypt/live/mail.a.example/fullchain.pem",
-                       "/etc/letsencrypt/live/mail.a.example/privkey.pem")
-
-
-# --- planning (no daemons) ----------------------------------------------------------------
-
-
-def plan(conf: Path, version: tuple[int, ...], sessions: str) -> dovecot.DovecotPlan:
-    plugin, include_from = dovecot.plugin_layout(str(conf), conf.read_text())
-    tree = dovecot.read_config(str(conf), [plugin] + ([include_from] if include_from else []))
-    return dovecot.plan_config(tree, version, plugin, include_from, LE, sessions=sessions)
-
-
-@pytest.mark.parametrize(("fixture", "version"), [("dovecot23", (2, 3, 19)),
-                                                  ("dovecot24", (2, 4, 1))])
-def test_plan_keep_cut_and_an_operators_own_setting(
-    tmp_path: Path, fixture: str, version: tuple[int, ...]
-) -> None:
-    shutil.copytree(FIXTURES / fixture, tmp_path / "dovecot",
-                    ignore=shutil.ignore_patterns("*.txt"))
-    conf = tmp_path / "dovecot" / "dovecot.conf"
-    plugin = str(tmp_path / "dovecot/conf.d/99-certbot-postfix-tls.conf")
-    cut = plan(conf, version, "cut")
-    assert "shutdown_clients" not in cut.writes[plugin]
-    assert cut.writes[plugin] == dovecot.render_plugin_file(version, LE)  # as before
-    keep = plan(conf, version, "keep")
-    assert KEEP_LINE in keep.writes[plugin]
-    for path, text in keep.writes.items():
-        Path(path).write_text(text)
-    assert plan(conf, version, "keep").empty  # planning again: nothing to write
-    assert plan(conf, version, "cut").writes[plugin] == cut.writes[plugin]
-
-    # The operator's own value (anywhere outside the plugin's file) stays in force.
-    master = tmp_path / "dovecot/conf.d/10-master.conf"
-    master.write_text(master.read_text() + "shutdown_clients = yes\n")
-    lines = master.read_text().count("\n")
-    own = plan(conf, version, "keep")
-    assert "shutdown_clients" not in own.writes[plugin]
-    assert str(master) not in own.writes  # never edited
-    assert any(f"{master} line {lines} already sets shutdown_clients = yes" in note
-               for note in own.notes)
-
-
-def test_count_sessions_23_and_24_headers() -> None:
-    assert dovecot.count_sessions(
-        "username\tproto\tpid\tip\nu1\timap\t1\t127.0.0.1\nu1\timap\t2\t127.0.0.1\n"
-        "u2\tpop3\t3\t127.0.0.1\n") == {"imap": 2, "pop3": 1}
-    assert dovecot.count_sessions("username\tservice\tpid\tip\nu\timap\t1\t::1\n") == {"imap": 1}
-    assert dovecot.count_sessions("username\tproto\tpid\tip\n") == {}
-    assert dovecot.count_sessions("") == {}
-
-
 # --- helpers for the end-to-end tests ------------------------------------------------------
 
 
@@ -103,21 +54,13 @@ def newest(request: pytest.FixtureRequest) -> None:
                   "version")
 
 
-def host_user(user: str, password: str) -> None:
-    """A mail user with its home under /var (an overlay in the lab; /home is the host's)."""
-    subprocess.run(["useradd", "--create-home", "--home-dir", f"/var/lib/lab-home/{user}", user],
-                   check=True, capture_output=True)
-    subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
-
-
-def add_users(make: Callable[[str, str], None] = host_user) -> None:
+def add_users(make: Callable[[str, str], None] = add_mail_user) -> None:
     for user, password in USERS:
         make(user, password)
 
 
 @pytest.fixture
 def mail_users() -> Iterator[None]:
-    os.makedirs("/var/lib/lab-home", exist_ok=True)
     add_users()
     yield
     for user, _ in USERS:
@@ -280,7 +223,6 @@ def files() -> dict[str, bytes]:
 # --- Dovecot 2.4 (Debian 13 chroot) ------------------------------------------------------
 
 
-@heavy
 def test_keep_sessions_survive_a_forced_renewal_dovecot24(
     newest: None, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
     tmp_path: Path,

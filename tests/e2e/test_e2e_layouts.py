@@ -26,7 +26,7 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import need, need_lab, once
-from lab.dovecot import DovecotLab, write_self_signed
+from lab.dovecot import RHEL_CERT, RHEL_KEY, DovecotLab, rhel_ssl_conf, write_self_signed
 
 from certbot_postfix_tls._internal import (
     certs,
@@ -37,28 +37,12 @@ from certbot_postfix_tls._internal import (
     tls_client,
 )
 
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
+
 NAME = lab.LAB_HOSTNAME
-RHEL_CERT = "/etc/pki/dovecot/certs/dovecot.pem"
-RHEL_KEY = "/etc/pki/dovecot/private/dovecot.pem"
 FREEBSD_ETC = "/usr/local/etc"
 FREEBSD_DOVECOT = f"{FREEBSD_ETC}/dovecot"
-
-
-def rhel_ssl_conf(debian_text: str) -> str:
-    """Debian's 10-ssl.conf turned into what RHEL 8/9 and Fedora install."""
-    replaced = {
-        "ssl = yes": "ssl = required",
-        "ssl_cert = </etc/dovecot/private/dovecot.pem": f"ssl_cert = <{RHEL_CERT}",
-        "ssl_key = </etc/dovecot/private/dovecot.key": f"ssl_key = <{RHEL_KEY}",
-        "ssl_dh = </usr/share/dovecot/dh.pem": "#ssl_dh = </etc/dovecot/dh.pem",
-    }
-    lines = []
-    for line in debian_text.splitlines():
-        lines.append(replaced.pop(line, line))
-    assert not replaced, f"Debian's 10-ssl.conf changed: {replaced}"
-    # RHEL's crypto-policies profile; Debian's OpenSSL does not know it (adaptation).
-    lines.append("#ssl_cipher_list = PROFILE=SYSTEM")
-    return "\n".join(lines) + "\n"
 
 
 def install_rhel_tree(instance: DovecotLab) -> None:
@@ -78,36 +62,6 @@ def leaf_of(certbot: lab.Certbot) -> bytes:
 def served(port: int, tls: str) -> bytes:
     endpoint = tls_client.Endpoint("dovecot", "imap", "127.0.0.1", port, tls, str(port))
     return dialogues.handshake(endpoint, NAME).leaf_der
-
-
-# --- planning, without the lab ------------------------------------------------------------
-
-
-def test_rhel_tree_is_planned_like_debian(tmp_path: Path) -> None:
-    """conf.d/*.conf is included as on Debian: the plugin's file goes to conf.d, the
-    /etc/pki lines are commented out, ``ssl = required`` stays."""
-    pristine = Path("/usr/share/dovecot")
-    if not (pristine / "dovecot.conf").is_file():
-        pytest.skip("Dovecot's pristine configuration is not installed (dovecot-core)")
-    conf_d = tmp_path / "conf.d"
-    conf_d.mkdir()
-    (tmp_path / "dovecot.conf").write_text((pristine / "dovecot.conf").read_text())
-    ssl_text = rhel_ssl_conf((pristine / "conf.d" / "10-ssl.conf").read_text())
-    (conf_d / "10-ssl.conf").write_text(ssl_text)
-    main = str(tmp_path / "dovecot.conf")
-
-    plugin_file, include_from = dovecot.plugin_layout(main, Path(main).read_text())
-    assert (plugin_file, include_from) == (str(conf_d / dovecot.DEBIAN_PLUGIN_NAME), None)
-
-    tree = dovecot.read_config(main, [plugin_file])
-    cert = dovecot.CertFiles("/etc/letsencrypt/live/a/fullchain.pem",
-                             "/etc/letsencrypt/live/a/privkey.pem")
-    plan = dovecot.plan_config(tree, (2, 3, 16), plugin_file, None, cert)
-    new_ssl = plan.writes[str(conf_d / "10-ssl.conf")]
-    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}\n" in new_ssl
-    assert f"{dovecot.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
-    assert "\nssl = required\n" in new_ssl
-    assert dovecot.uncomment(new_ssl) == ssl_text  # restorable byte for byte
 
 
 # --- pw groupadd ----------------------------------------------------------------------------

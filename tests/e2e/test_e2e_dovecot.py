@@ -8,6 +8,7 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import need, once
+from lab.accounts import add_mail_user
 from lab.dovecot import DovecotLab
 
 from certbot_postfix_tls._internal import certs, dialogues, tls_client
@@ -43,11 +44,6 @@ def served_leaf(protocol: str, port: int, tls: str) -> bytes:
     return dialogues.handshake(endpoint, NAME).leaf_der
 
 
-def make_mail_user(name: str, password: str) -> None:
-    subprocess.run(["useradd", "--create-home", name], check=True)
-    subprocess.run(["chpasswd"], input=f"{name}:{password}\n", text=True, check=True)
-
-
 def test_run_serves_every_port_and_wires_sasl(
     certbot: lab.Certbot, postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab
 ) -> None:
@@ -71,7 +67,7 @@ def test_run_serves_every_port_and_wires_sasl(
     assert "#certbot-postfix-tls# ssl_cert = </etc/dovecot/private/dovecot.pem" in ssl_conf
 
     # A real client submits on 587: STARTTLS, then AUTH PLAIN against Dovecot's socket.
-    make_mail_user("alice", "correct horse")
+    add_mail_user("alice", "correct horse")
     try:
         swaks = subprocess.run(
             ["swaks", "--server", "127.0.0.1", "--port", "587", "--tls",

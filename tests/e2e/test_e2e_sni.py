@@ -12,40 +12,10 @@ import lab
 import pytest
 from conftest import once
 from lab.dovecot import DovecotLab
+from lab.flows import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
 
-from certbot_postfix_tls._internal import certs, dialogues, hooks, sni, tls_client
+from certbot_postfix_tls._internal import hooks, sni
 from certbot_postfix_tls._internal.state import State
-
-HOST = lab.LAB_HOSTNAME  # Postfix's myhostname in the lab
-OTHER = "mail.b.example"
-PORTS = (("smtp", 25, "starttls"), ("smtp", 587, "starttls"),
-         ("imap", 143, "starttls"), ("imap", 993, "implicit"))
-
-
-def leaf(certbot: lab.Certbot, name: str) -> bytes:
-    pem = (certbot.config_dir / "live" / name / "fullchain.pem").read_bytes()
-    return certs.load_pem_chain(pem)[0].public_bytes(certs.serialization.Encoding.DER)
-
-
-def served(protocol: str, port: int, tls: str, name: str | None) -> bytes:
-    endpoint = tls_client.Endpoint("x", protocol, "127.0.0.1", port, tls, str(port))
-    return dialogues.handshake(endpoint, name).leaf_der
-
-
-def assert_serving(certbot: lab.Certbot, names: list[str], default: str) -> None:
-    for protocol, port, tls in PORTS:
-        for name in names:
-            assert served(protocol, port, tls, name) == leaf(certbot, name), (port, name)
-        assert served(protocol, port, tls, None) == leaf(certbot, default), (port, "no SNI")
-
-
-def issue(certbot: lab.Certbot, *names: str) -> None:
-    for name in names:
-        certbot.run("certonly", "-a", "standalone", "-d", name, *certbot.acme_args())
-
-
-def install(certbot: lab.Certbot, name: str, *extra: str) -> None:
-    certbot.run("install", "-i", "postfix-tls", "--cert-name", name, *extra)
 
 
 def normalized_config(certbot: lab.Certbot) -> dict[str, str]:

@@ -18,12 +18,16 @@ from pathlib import Path
 
 import lab
 import pytest
-from conftest import REPO, heavy, need, once
+from conftest import REPO, need, once
+from lab.accounts import add_mail_user
 from lab.dovecot import DovecotLab, write_self_signed
-from test_e2e_sni import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
+from lab.flows import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
 
 from certbot_postfix_tls._internal import dialogues, tls_client, verify
 from certbot_postfix_tls._internal.state import State
+
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
 
 CLI = [sys.executable, "-m", "certbot_postfix_tls"]
 
@@ -236,15 +240,13 @@ def _undeploy_killed_at_every_write(certbot: lab.Certbot, name: str, remaining: 
         at += 1
 
 
-@heavy
 def test_undeploy_killed_at_every_write(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
     dovecot_lab: DovecotLab,
 ) -> None:
     once(request, "undeploy is the plugin's own command")
     need("swaks")
-    subprocess.run(["useradd", "--create-home", "alice"], check=True)
-    subprocess.run(["chpasswd"], input="alice:correct horse\n", text=True, check=True)
+    add_mail_user("alice", "correct horse")
     issue(certbot, HOST, OTHER)
     before = (subprocess.run(["postconf", "-n"], capture_output=True, text=True).stdout,
               subprocess.run(["postconf", "-M"], capture_output=True, text=True).stdout)

@@ -22,12 +22,23 @@ import pytest
 from conftest import need, once
 from lab import dns as labdns
 from lab.dovecot import DovecotLab
-from test_e2e_renewal import POSTFIX_RELOAD, count, renew, run_cli, served_leaf, wait_for_count
-from test_e2e_sni import install, issue
+from lab.flows import (
+    POSTFIX_RELOAD,
+    count,
+    install,
+    issue,
+    renew,
+    run_cli,
+    served_leaf,
+    wait_for_count,
+)
 
 from certbot_postfix_tls._internal import certs
 from certbot_postfix_tls._internal.dane import flag, records
 from certbot_postfix_tls._internal.state import State
+
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
 
 NAME = lab.LAB_HOSTNAME  # mail.example.org, Postfix's myhostname in the lab
 VERIFIED = "Verified TLS connection established"

@@ -23,10 +23,13 @@ import lab
 import pytest
 from conftest import REPO, need, need_lab, once
 from lab.dovecot import DovecotLab, write_self_signed
-from test_e2e_sni import HOST, install, issue, leaf, served
-from test_metrics import node_exporter, parse, promtool_check, scrape, values
+from lab.flows import HOST, install, issue, leaf, served
+from lab.metrics import node_exporter, parse, promtool_check, scrape, values
 
 from certbot_postfix_tls._internal import constants, dialogues, tls_client
+
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
 
 CLI = [sys.executable, "-m", "certbot_postfix_tls"]
 UNIT = "certbot-postfix-tls-verify"
