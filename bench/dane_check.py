@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import lab  # noqa: E402
 from lab import dns as labdns  # noqa: E402
 
-from certbot_postfix_tls._internal import certs, dane, postfix  # noqa: E402
+from certbot_postfix_tls._internal import certs, dane  # noqa: E402
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix  # noqa: E402
 from certbot_postfix_tls._internal.state import State  # noqa: E402
 
 RELAY = "127.0.0.52"
@@ -125,7 +126,7 @@ def main() -> int:
         new = tlsa_of(certbot.config_dir, names[0])
         dnslab.update(add=tuple((f"_25._tcp.{h}", "TLSA", r) for h in hosts for r in (old, new)),
                       delete=tuple((f"_25._tcp.{h}", "TLSA") for h in hosts))
-        ports = dane.smtp_ports(postfix.Postfix().read())
+        ports = dane.smtp_ports(Postfix().read())
         lookups = len(names) * len(ports)
         cache_expires()
         waiting, first = cli(certbot, "dane", "check")

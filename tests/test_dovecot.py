@@ -22,8 +22,12 @@ from conftest import FIXTURES, need, need_lab
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certbot_postfix_tls._internal import dovecot, process, verify
-from certbot_postfix_tls._internal.dovecot import CertFiles, Dovecot
+from certbot_postfix_tls._internal import process, verify
+from certbot_postfix_tls._internal.daemons.dovecot import conftree as dovecot_conftree
+from certbot_postfix_tls._internal.daemons.dovecot import doveconf
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.dovecot.plan import CertFiles
 from certbot_postfix_tls._internal.verify import Endpoint
 
 FIX23 = FIXTURES / "dovecot23"
@@ -49,14 +53,14 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 def plan_for(
     conf: Path, version: tuple[int, ...], cert: CertFiles = LE, **kw
-) -> dovecot.DovecotPlan:
-    plugin, include_from = dovecot.plugin_layout(str(conf), conf.read_text())
+) -> dovecot_plan.DovecotPlan:
+    plugin, include_from = dovecot_plan.plugin_layout(str(conf), conf.read_text())
     extra = [plugin] + ([include_from] if include_from else [])
-    tree = dovecot.read_config(str(conf), extra)
-    return dovecot.plan_config(tree, version, plugin, include_from, cert, **kw)
+    tree = dovecot_conftree.read_config(str(conf), extra)
+    return dovecot_plan.plan_config(tree, version, plugin, include_from, cert, **kw)
 
 
-def apply(plan: dovecot.DovecotPlan) -> None:
+def apply(plan: dovecot_plan.DovecotPlan) -> None:
     for path, text in plan.writes.items():
         Path(path).write_text(text)
 
@@ -71,7 +75,7 @@ def needs_doveconf() -> None:
 
 def test_debian_layout_puts_the_file_in_conf_d(tmp_path: Path) -> None:
     conf = copy_tree(FIX23, tmp_path / "dovecot")
-    plugin, include_from = dovecot.plugin_layout(str(conf), conf.read_text())
+    plugin, include_from = dovecot_plan.plugin_layout(str(conf), conf.read_text())
     assert plugin == str(tmp_path / "dovecot/conf.d/99-certbot-postfix-tls.conf")
     assert include_from is None
 
@@ -111,10 +115,10 @@ def test_local_conf_layout_includes_from_local_conf(tmp_path: Path) -> None:
 
 
 def test_render_23_and_24() -> None:
-    text23 = dovecot.render_plugin_file(V23, LE)
+    text23 = dovecot_plan.render_plugin_file(V23, LE)
     assert "\nssl_cert = </etc/letsencrypt/live/mail.a.example/fullchain.pem\n" in text23
     assert "\nssl_key = </etc/letsencrypt/live/mail.a.example/privkey.pem\n" in text23
-    text24 = dovecot.render_plugin_file(V24, LE)
+    text24 = dovecot_plan.render_plugin_file(V24, LE)
     assert "\nssl_server_cert_file = /etc/letsencrypt/live/mail.a.example/fullchain.pem\n" in text24
     assert "\nssl_server_key_file = /etc/letsencrypt/live/mail.a.example/privkey.pem\n" in text24
     assert "ssl_cert" not in text24 and "<" not in text24
@@ -123,7 +127,7 @@ def test_render_23_and_24() -> None:
 
 
 def test_render_sni_blocks_sorted_one_per_name() -> None:
-    text = dovecot.render_plugin_file(
+    text = dovecot_plan.render_plugin_file(
         V23, LE, sni=[(["mail.b.example", "*.b.example"], LE_B), (["mail.b.example"], LE)]
     )
     assert text.index("local_name *.b.example {") < text.index("local_name mail.b.example {")
@@ -134,7 +138,7 @@ def test_render_sni_blocks_sorted_one_per_name() -> None:
         "  ssl_cert = </etc/letsencrypt/live/mail.b.example/fullchain.pem\n"
         "  ssl_key = </etc/letsencrypt/live/mail.b.example/privkey.pem\n}\n"
     )
-    text24 = dovecot.render_plugin_file(V24, LE, sni=[(["mail.b.example"], LE_B)])
+    text24 = dovecot_plan.render_plugin_file(V24, LE, sni=[(["mail.b.example"], LE_B)])
     assert (
         "local_name mail.b.example {\n"
         "  ssl_server_cert_file = /etc/letsencrypt/live/mail.b.example/fullchain.pem\n"
@@ -142,7 +146,7 @@ def test_render_sni_blocks_sorted_one_per_name() -> None:
 
 
 def test_render_sasl_listener() -> None:
-    text = dovecot.render_plugin_file(V23, LE, sasl_listener=SASL)
+    text = dovecot_plan.render_plugin_file(V23, LE, sasl_listener=SASL)
     assert text.endswith(
         "service auth {\n"
         "  unix_listener /var/spool/postfix/private/auth {\n"
@@ -161,12 +165,12 @@ def test_render_sasl_listener() -> None:
 )
 def test_render_refuses_paths_dovecot_cannot_hold(cert: CertFiles) -> None:
     with pytest.raises(errors.PluginError):
-        dovecot.render_plugin_file(V23, cert)
+        dovecot_plan.render_plugin_file(V23, cert)
 
 
 def test_render_refuses_odd_sni_names() -> None:
     with pytest.raises(errors.PluginError, match="local_name"):
-        dovecot.render_plugin_file(V23, LE, sni=[(["mail.b.example {"], LE_B)])
+        dovecot_plan.render_plugin_file(V23, LE, sni=[(["mail.b.example {"], LE_B)])
 
 
 # --- planning on the stock trees ----------------------------------------------------------
@@ -196,8 +200,8 @@ def test_stock_plan_comments_out_competitors_byte_exactly(
     changed = [i + 1 for i, (a, b) in enumerate(zip(old, new)) if a != b]
     assert tuple(changed) == lines
     for n in lines:
-        assert new[n - 1] == dovecot.MARKER + old[n - 1]
-    assert dovecot.uncomment(plan.writes[ssl_conf]).encode() == before[ssl_conf]
+        assert new[n - 1] == dovecot_plan.MARKER + old[n - 1]
+    assert dovecot_plan.uncomment(plan.writes[ssl_conf]).encode() == before[ssl_conf]
 
     apply(plan)
     assert plan_for(conf, version, sasl_listener=SASL, sni=[(["mail.b.example"], LE_B)]).empty
@@ -221,7 +225,7 @@ def test_include_following(tmp_path: Path) -> None:
     )
     (extra / "a.conf").write_text("ssl_alt_cert = </etc/ssl/ecdsa.pem\nssl_alt_key = \\\n </k\n")
     (tmp_path / "dovecot/in-block.inc").write_text("ssl_cert = </etc/ssl/imap-only.pem\n")
-    tree = dovecot.read_config(str(conf))
+    tree = dovecot_conftree.read_config(str(conf))
     files = list(tree.files)
     assert files.index(str(extra / "a.conf")) < files.index(str(extra / "b.conf"))
     plan = plan_for(conf, V23)
@@ -275,7 +279,7 @@ def test_sasl_listener_merges_with_debian_service_auth(tmp_path: Path) -> None:
     apply(plan_for(conf, V23, cert=CertFiles(str(cert), str(cert)), sasl_listener=SASL))
     out = subprocess.run(["doveconf", "-c", str(conf), "-n", "service/auth"],
                          capture_output=True, text=True, check=True).stdout
-    section = dict(dovecot.parse_doveconf(out).children)["service auth"]
+    section = dict(doveconf.parse_doveconf(out).children)["service auth"]
     listeners = dict(section.children)
     assert listeners[f"unix_listener {SASL}"].settings == {
         "group": "postfix", "mode": "0660", "user": "postfix",
@@ -287,7 +291,7 @@ def test_sasl_listener_merges_with_debian_service_auth(tmp_path: Path) -> None:
 
 def eps(text: str, address: str = "192.0.2.1") -> set[tuple[str, str, int, str, str]]:
     return {(e.protocol, e.address, e.port, e.tls, e.label)
-            for e in dovecot.endpoints_from_doveconf(text, address)}
+            for e in doveconf.endpoints_from_doveconf(text, address)}
 
 
 STOCK = {
@@ -302,7 +306,7 @@ STOCK = {
 def test_endpoints_of_stock_config(fixture: Path) -> None:
     text = (fixture / "doveconf-endpoints.txt").read_text()
     assert eps(text) == STOCK  # "*, ::" (2.3) / "* ::" (2.4) -> the verify address
-    result = dovecot.endpoints_from_doveconf(text, "127.0.0.1")
+    result = doveconf.endpoints_from_doveconf(text, "127.0.0.1")
     assert all(isinstance(e, Endpoint) and e.service == "dovecot" for e in result)
 
 
@@ -327,8 +331,8 @@ def test_endpoints_ssl_no_protocols_and_23_address() -> None:
 
 
 def test_parse_version() -> None:
-    assert dovecot.parse_version("2.3.19.1 (9b53102964)\n") == (2, 3, 19, 1)
-    assert dovecot.parse_version("2.4.1-4 (7d8c0e5759)") >= (2, 4)
+    assert process.version_tuple("2.3.19.1 (9b53102964)\n") == (2, 3, 19, 1)
+    assert process.version_tuple("2.4.1-4 (7d8c0e5759)") >= (2, 4)
 
 
 # --- the process boundary, mocked -----------------------------------------------------------
@@ -363,7 +367,7 @@ def test_version_detection_and_24_check_message(tmp_path: Path, monkeypatch) -> 
     assert "ssl_server_cert_file: open(/etc/dovecot/private/dovecot.pem) failed" in str(err.value)
     assert str(conf) in str(err.value)
     assert ["doveconf", "-c", str(conf), "-x", "base_dir"] in calls
-    assert "ssl_server_cert_file = " in dv.plan(LE).writes[dv.plugin_file]
+    assert "ssl_server_cert_file = " in dv.plan_files(LE).writes[dv.plugin_file]
 
 
 def test_no_doveconf_or_no_config(tmp_path: Path, monkeypatch) -> None:
@@ -387,8 +391,8 @@ def test_endpoints_and_check_with_real_doveconf(tmp_path: Path) -> None:
     ssl_conf.write_text(ssl_conf.read_text().replace("/etc/dovecot/private", str(missing)))
     dv = Dovecot(str(conf))
     assert dv.version[:2] == (2, 3)
-    assert {(e.port, e.address) for e in dv.endpoints("192.0.2.1")} >= {(143, "127.0.0.1"),
-                                                                         (993, "127.0.0.1")}
+    found = {(e.port, e.address) for e in dv.effective_endpoints("192.0.2.1")}
+    assert found >= {(143, "127.0.0.1"), (993, "127.0.0.1")}
     dv.check_syntax()  # the snakeoil file is missing: only -x notices
     with pytest.raises(errors.MisconfigurationError, match="/etc/dovecot/private/dovecot.pem"):
         dv.check()
@@ -491,13 +495,13 @@ def test_real_dovecot_missing_snakeoil_deploy_reload(
     second = Pair(ca, tmp_path / "b", "mail.example.org")
     other = Pair(ca, tmp_path / "c", "mail.b.example")
     before = snapshot(Path("/etc/dovecot"))
-    plan = dv.plan(first.files, sasl_listener=SASL, sni=[(["mail.b.example"], other.files)])
+    plan = dv.plan_files(first.files, sasl_listener=SASL, sni=[(["mail.b.example"], other.files)])
     dv.apply(plan)
     dv.check()
     dovecot_lab.start()
     assert dv.running()
 
-    endpoints = dv.endpoints("127.0.0.1")
+    endpoints = dv.effective_endpoints("127.0.0.1")
     assert {(e.protocol, e.port, e.tls) for e in endpoints} == {
         ("imap", 143, "starttls"), ("imap", 993, "implicit"),
         ("pop3", 110, "starttls"), ("pop3", 995, "implicit"),
@@ -510,14 +514,15 @@ def test_real_dovecot_missing_snakeoil_deploy_reload(
 
     # Renewal: another cert, reload (not restart), same master.
     pid = dv.master_pid()
-    dv.apply(dv.plan(second.files, sasl_listener=SASL, sni=[(["mail.b.example"], other.files)]))
+    dv.apply(dv.plan_files(second.files, sasl_listener=SASL,
+                           sni=[(["mail.b.example"], other.files)]))
     dv.reload()
     wait_served(endpoints, second.der)
     assert dv.master_pid() == pid
 
     # A plan pointing at a missing file fails the check; reload refuses, old cert stays.
     broken = CertFiles(str(tmp_path / "gone/fullchain.pem"), str(tmp_path / "gone/privkey.pem"))
-    dv.apply(dv.plan(broken))
+    dv.apply(dv.plan_files(broken))
     with pytest.raises(errors.MisconfigurationError, match="gone/fullchain.pem"):
         dv.check()
     with pytest.raises(errors.MisconfigurationError, match="gone/fullchain.pem"):
@@ -528,7 +533,7 @@ def test_real_dovecot_missing_snakeoil_deploy_reload(
     os.unlink(dv.plugin_file)
     for path in plan.writes:
         if path in before:
-            Path(path).write_text(dovecot.uncomment(Path(path).read_text()))
+            Path(path).write_text(dovecot_plan.uncomment(Path(path).read_text()))
     assert snapshot(Path("/etc/dovecot")) == before
 
 
@@ -552,7 +557,7 @@ def test_real_config_already_rejected(dovecot_lab) -> None:
     with pytest.raises(errors.MisconfigurationError, match="local.conf line 1"):
         dv.check_syntax()
     with pytest.raises(errors.MisconfigurationError, match="missing.conf"):
-        dv.plan(LE)
+        dv.plan_files(LE)
 
 
 def test_real_second_instance_with_its_own_config_file(dovecot_lab, tmp_path: Path) -> None:
@@ -565,14 +570,14 @@ def test_real_second_instance_with_its_own_config_file(dovecot_lab, tmp_path: Pa
     assert dv.plugin_file == "/etc/dovecot-alt/conf.d/99-certbot-postfix-tls.conf"
     ca = trustme.CA()
     first, second = Pair(ca, tmp_path / "a", "mail.example.org"), Pair(ca, tmp_path / "b", "x.org")
-    dv.apply(dv.plan(first.files))
+    dv.apply(dv.plan_files(first.files))
     alt.start()
     assert dv.running() and dv.base_dir() == "/run/dovecot-alt"
-    endpoints = dv.endpoints("127.0.0.1")
+    endpoints = dv.effective_endpoints("127.0.0.1")
     assert sorted(e.port for e in endpoints) == sorted(ports.values())
     wait_served(endpoints, first.der)
     pid = dv.master_pid()
-    dv.apply(dv.plan(second.files))
+    dv.apply(dv.plan_files(second.files))
     dv.reload()
     wait_served(endpoints, second.der)
     assert dv.master_pid() == pid
@@ -642,7 +647,7 @@ def test_real_dovecot_24_in_debian13_chroot(tmp_path: Path, monkeypatch) -> None
         pairs = [Pair(ca, Path(f"{root}/etc/lab-{n}"), "mail.example.org") for n in "ab"]
         inner = [CertFiles(p.files.fullchain[len(root):], p.files.key[len(root):])
                  for p in pairs]
-        plan = dv.plan(inner[0])
+        plan = dv.plan_files(inner[0])
         assert "ssl_server_cert_file = /etc/lab-a/fullchain.pem" in plan.writes[dv.plugin_file]
         dv.apply(plan)
         dv.check()
@@ -650,15 +655,15 @@ def test_real_dovecot_24_in_debian13_chroot(tmp_path: Path, monkeypatch) -> None
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         lab.wait_for_port(143)
-        endpoints = dv.endpoints("127.0.0.1")
+        endpoints = dv.effective_endpoints("127.0.0.1")
         assert {(e.protocol, e.port, e.tls) for e in endpoints} == {
             ("imap", 143, "starttls"), ("imap", 993, "implicit"),
             ("pop3", 110, "starttls"), ("pop3", 995, "implicit"),
         }
         wait_served(endpoints, pairs[0].der)
         master = pid()
-        dv.apply(dv.plan(inner[1]))
-        assert dv.plan(inner[1]).empty
+        dv.apply(dv.plan_files(inner[1]))
+        assert dv.plan_files(inner[1]).empty
         dv.reload()
         wait_served(endpoints, pairs[1].der)
         assert pid() == master

@@ -27,7 +27,10 @@ from lab.dovecot import DovecotLab
 from lab.dovecot24 import ChrootDovecot
 from lab.sessions import MailSessions, SessionReport
 
-from certbot_postfix_tls._internal import certs, dovecot, process, verify
+from certbot_postfix_tls._internal import certs, process, verify
+from certbot_postfix_tls._internal.daemons.dovecot import conftree as dovecot_conftree
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
+from certbot_postfix_tls._internal.daemons.dovecot.doveconf import count_sessions
 from certbot_postfix_tls._internal.state import State
 
 NAME = lab.LAB_HOSTNAME
@@ -40,17 +43,18 @@ RELOAD = "SIGHUP received"
 # Dovecot's reload ends old processes 6 s after it (shutdown_clients = yes): wait longer.
 AFTER_RENEWAL = 8.0
 USERS = (("alice", "correct horse"), ("bob", "battery staple"))
-LE = dovecot.CertFiles("/etc/letsencrypt/live/mail.a.example/fullchain.pem",
+LE = dovecot_plan.CertFiles("/etc/letsencrypt/live/mail.a.example/fullchain.pem",
                        "/etc/letsencrypt/live/mail.a.example/privkey.pem")
 
 
 # --- planning (no daemons) ----------------------------------------------------------------
 
 
-def plan(conf: Path, version: tuple[int, ...], sessions: str) -> dovecot.DovecotPlan:
-    plugin, include_from = dovecot.plugin_layout(str(conf), conf.read_text())
-    tree = dovecot.read_config(str(conf), [plugin] + ([include_from] if include_from else []))
-    return dovecot.plan_config(tree, version, plugin, include_from, LE, sessions=sessions)
+def plan(conf: Path, version: tuple[int, ...], sessions: str) -> dovecot_plan.DovecotPlan:
+    plugin, include_from = dovecot_plan.plugin_layout(str(conf), conf.read_text())
+    extra = [plugin] + ([include_from] if include_from else [])
+    tree = dovecot_conftree.read_config(str(conf), extra)
+    return dovecot_plan.plan_config(tree, version, plugin, include_from, LE, sessions=sessions)
 
 
 @pytest.mark.parametrize(("fixture", "version"), [("dovecot23", (2, 3, 19)),
@@ -64,7 +68,7 @@ def test_plan_keep_cut_and_an_operators_own_setting(
     plugin = str(tmp_path / "dovecot/conf.d/99-certbot-postfix-tls.conf")
     cut = plan(conf, version, "cut")
     assert "shutdown_clients" not in cut.writes[plugin]
-    assert cut.writes[plugin] == dovecot.render_plugin_file(version, LE)  # as before
+    assert cut.writes[plugin] == dovecot_plan.render_plugin_file(version, LE)  # as before
     keep = plan(conf, version, "keep")
     assert KEEP_LINE in keep.writes[plugin]
     for path, text in keep.writes.items():
@@ -84,12 +88,12 @@ def test_plan_keep_cut_and_an_operators_own_setting(
 
 
 def test_count_sessions_23_and_24_headers() -> None:
-    assert dovecot.count_sessions(
+    assert count_sessions(
         "username\tproto\tpid\tip\nu1\timap\t1\t127.0.0.1\nu1\timap\t2\t127.0.0.1\n"
         "u2\tpop3\t3\t127.0.0.1\n") == {"imap": 2, "pop3": 1}
-    assert dovecot.count_sessions("username\tservice\tpid\tip\nu\timap\t1\t::1\n") == {"imap": 1}
-    assert dovecot.count_sessions("username\tproto\tpid\tip\n") == {}
-    assert dovecot.count_sessions("") == {}
+    assert count_sessions("username\tservice\tpid\tip\nu\timap\t1\t::1\n") == {"imap": 1}
+    assert count_sessions("username\tproto\tpid\tip\n") == {}
+    assert count_sessions("") == {}
 
 
 # --- helpers for the end-to-end tests ------------------------------------------------------

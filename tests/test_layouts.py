@@ -28,7 +28,10 @@ import pytest
 from conftest import need, need_lab, once
 from lab.dovecot import DovecotLab, write_self_signed
 
-from certbot_postfix_tls._internal import certs, dovecot, permissions, process, verify
+from certbot_postfix_tls._internal import certs, permissions, process, verify
+from certbot_postfix_tls._internal.daemons.dovecot import conftree as dovecot_conftree
+from certbot_postfix_tls._internal.daemons.dovecot import doveconf
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
 
 NAME = lab.LAB_HOSTNAME
 RHEL_CERT = "/etc/pki/dovecot/certs/dovecot.pem"
@@ -89,18 +92,18 @@ def test_rhel_tree_is_planned_like_debian(tmp_path: Path) -> None:
     (conf_d / "10-ssl.conf").write_text(ssl_text)
     main = str(tmp_path / "dovecot.conf")
 
-    plugin_file, include_from = dovecot.plugin_layout(main, Path(main).read_text())
-    assert (plugin_file, include_from) == (str(conf_d / dovecot.DEBIAN_PLUGIN_NAME), None)
+    plugin_file, include_from = dovecot_plan.plugin_layout(main, Path(main).read_text())
+    assert (plugin_file, include_from) == (str(conf_d / dovecot_plan.DEBIAN_PLUGIN_NAME), None)
 
-    tree = dovecot.read_config(main, [plugin_file])
-    cert = dovecot.CertFiles("/etc/letsencrypt/live/a/fullchain.pem",
+    tree = dovecot_conftree.read_config(main, [plugin_file])
+    cert = dovecot_plan.CertFiles("/etc/letsencrypt/live/a/fullchain.pem",
                              "/etc/letsencrypt/live/a/privkey.pem")
-    plan = dovecot.plan_config(tree, (2, 3, 16), plugin_file, None, cert)
+    plan = dovecot_plan.plan_config(tree, (2, 3, 16), plugin_file, None, cert)
     new_ssl = plan.writes[str(conf_d / "10-ssl.conf")]
-    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}\n" in new_ssl
-    assert f"{dovecot.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
+    assert f"{dovecot_plan.MARKER}ssl_cert = <{RHEL_CERT}\n" in new_ssl
+    assert f"{dovecot_plan.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
     assert "\nssl = required\n" in new_ssl
-    assert dovecot.uncomment(new_ssl) == ssl_text  # restorable byte for byte
+    assert dovecot_plan.uncomment(new_ssl) == ssl_text  # restorable byte for byte
 
 
 # --- pw groupadd ----------------------------------------------------------------------------
@@ -165,7 +168,7 @@ def test_rhel_dovecot_deploy_renew_rollback(
     output = run_certbot(certbot)
     assert "commented out ssl_cert in /etc/dovecot/conf.d/10-ssl.conf" in output
     ssl_conf = Path("/etc/dovecot/conf.d/10-ssl.conf").read_text()
-    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}" in ssl_conf
+    assert f"{dovecot_plan.MARKER}ssl_cert = <{RHEL_CERT}" in ssl_conf
     assert "\nssl = required\n" in ssl_conf  # the policy is the operator's
     effective = process.run(["doveconf", "ssl", "ssl_cert"], what="doveconf").stdout
     assert "ssl = required" in effective and f"/live/{NAME}/fullchain.pem" in effective
@@ -213,10 +216,10 @@ def test_freebsd_dovecot_path_is_found(
     instance.install_config(snakeoil=True)
     instance.start()
     try:
-        assert dovecot.built_in_config() == "/etc/dovecot/dovecot.conf"  # Debian's build
-        assert dovecot.find_config() == f"{FREEBSD_DOVECOT}/dovecot.conf"
+        assert doveconf.built_in_config() == "/etc/dovecot/dovecot.conf"  # Debian's build
+        assert doveconf.find_config() == f"{FREEBSD_DOVECOT}/dovecot.conf"
         output = run_certbot(certbot)
-        plugin_file = Path(FREEBSD_DOVECOT, "conf.d", dovecot.DEBIAN_PLUGIN_NAME)
+        plugin_file = Path(FREEBSD_DOVECOT, "conf.d", dovecot_plan.DEBIAN_PLUGIN_NAME)
         assert f"wrote {plugin_file}" in output
         assert served(993, "implicit") == served(143, "starttls") == leaf_of(certbot)
     finally:

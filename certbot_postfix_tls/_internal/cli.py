@@ -19,17 +19,18 @@ from certbot import errors
 from certbot_postfix_tls._internal import (
     certs,
     constants,
+    daemons,
     dane,
     diagnose,
     doctor,
     findings,
     metrics,
-    postfix,
     renewal,
     services,
     undeploy,
     verify,
 )
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 
@@ -156,7 +157,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _states(args: argparse.Namespace) -> list[State]:
     """The deployed instances to look at: the one in --postfix-dir, else all."""
     if getattr(args, "postfix_dir", None):
-        key = postfix.Postfix(args.postfix_dir).instance_key
+        key = Postfix(args.postfix_dir).instance_key
         return [State.load(args.config_dir, key)]
     return State.load_all(args.config_dir) or [State()]
 
@@ -185,7 +186,8 @@ def _verify(args: argparse.Namespace) -> int:
                            "and read its error",
             })
         checks += dane.verify_checks(state, [lineage.name for lineage in lineages])
-        snapshot.services = list(dict.fromkeys([*snapshot.services, *state.services()]))
+        snapshot.services = list(dict.fromkeys([*snapshot.services,
+                                                *daemons.configured_names(state)]))
         snapshot.pending = list(dict.fromkeys([*snapshot.pending, *state.pending]))
         try:
             checks += [{"name": name, "status": "CRITICAL", "message": message}

@@ -52,7 +52,10 @@ from certbot import errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certbot_postfix_tls._internal import certs, constants, findings, pipeline, postfix
+from certbot_postfix_tls._internal import certs, constants, findings, pipeline
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.state import DeployedLineage, State
@@ -61,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 Warn = Callable[[str], None]
 
-SMTP_PORTS = (25, 465, 587)  # where Postfix's certificate meets DANE senders
+SMTP_PORTS = constants.PUBLIC_SMTP_PORTS  # where Postfix's certificate meets DANE senders
 IGNORE = "ignore"  # --postfix-tls-dane ignore
 MODES = ("auto", IGNORE)
 LOOKUP_TIMEOUT = 4.0  # seconds per lookup; a silent resolver costs this once (parallel)
@@ -254,9 +257,9 @@ def lookup(names: Iterable[str], ports: Iterable[int], resolver_address: Optiona
         return list(pool.map(lambda job: lookup_one(resolver, *job), jobs))
 
 
-def smtp_ports(config: postfix.PostfixConfig) -> list[int]:
+def smtp_ports(config: postfix_config.PostfixConfig) -> list[int]:
     """The ports among 25, 465 and 587 where Postfix serves TLS (25 when none is found)."""
-    found = {endpoint.port for endpoint in postfix.endpoints(config, "127.0.0.1",
+    found = {endpoint.port for endpoint in postfix_listeners.endpoints(config, "127.0.0.1",
                                                              list(SMTP_PORTS))}
     return sorted(found & set(SMTP_PORTS)) or [25]
 
@@ -393,7 +396,7 @@ def _lookup_notes(lookups: Sequence[Lookup], resolver: Optional[str]) -> tuple[l
 
 
 def choose_material(lineage: certs.Lineage, deployed: DeployedLineage,
-                    material: certs.Material, config: Optional[postfix.PostfixConfig],
+                    material: certs.Material, config: Optional[postfix_config.PostfixConfig],
                     lookups: Optional[Sequence[Lookup]] = None,
                     now: Optional[datetime.datetime] = None) -> Choice:
     """The material to put into service for ``lineage`` (its live files: ``material``).
@@ -835,7 +838,7 @@ def records(config_dir: str, cert_name: Optional[str] = None) -> list[str]:
             f"{'The lineage ' + cert_name if cert_name else 'Nothing'} was not deployed by "
             f"postfix-tls in {config_dir}: deploy it with certbot install.")
     for state in states:
-        ports = smtp_ports(postfix.Postfix(state.postfix_dir).read())
+        ports = smtp_ports(Postfix(state.postfix_dir).read())
         for name in sorted(state.lineages):
             if cert_name is not None and name != cert_name:
                 continue
@@ -885,7 +888,7 @@ def doctor_checks(config_dir: str, state: State) -> list[Finding]:
     lineage whose renewals change the key, records the next renewal would break."""
     checks: list[Finding] = []
     try:
-        ports = smtp_ports(postfix.Postfix(state.postfix_dir).read())
+        ports = smtp_ports(Postfix(state.postfix_dir).read())
     except errors.Error as exc:
         return [Finding("dane", "UNKNOWN", str(exc))]
     for name, deployed in sorted(state.lineages.items()):

@@ -39,13 +39,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from certbot_postfix_tls._internal import (
     certs,
     constants,
-    dovecot,
     hooks,
-    postfix,
     process,
     services,
     verify,
 )
+from certbot_postfix_tls._internal.daemons import by_name as daemon_by_name
+from certbot_postfix_tls._internal.daemons.dovecot import doveconf
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
+from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.state import State
 
@@ -53,7 +59,7 @@ from certbot_postfix_tls._internal.state import State
 # (expanded: smtpd_tls_key_file defaults to $smtpd_tls_cert_file).
 TLS_PARAMS = (
     "smtpd_tls_chain_files",
-    *postfix.LEGACY_CERT_PARAMS,
+    *postfix_config.LEGACY_CERT_PARAMS,
     "smtpd_tls_protocols",
     "smtpd_tls_mandatory_protocols",
     "smtpd_tls_auth_only",
@@ -107,17 +113,17 @@ class Servers:
     state: State
     verify_address: str
     verify_ports: list[int]
-    mta: Optional[postfix.Postfix] = None
-    config: Optional[postfix.PostfixConfig] = None
+    mta: Optional[Postfix] = None
+    config: Optional[postfix_config.PostfixConfig] = None
     params: dict[str, str] = field(default_factory=dict)  # TLS_PARAMS, expanded
     sasl_types: set[str] = field(default_factory=set)  # postconf -a
-    imap: Optional[dovecot.Dovecot] = None
+    imap: Optional[Dovecot] = None
     imap_settings: dict[str, str] = field(default_factory=dict)
     postfix_running: Optional[bool] = None
     dovecot_running: Optional[bool] = None
     findings: list[Finding] = field(default_factory=list)  # what finding them showed
     # Postfix's probed endpoints and the master.cf service each belongs to.
-    services: dict[verify.Endpoint, postfix.MasterService] = field(default_factory=dict)
+    services: dict[verify.Endpoint, postfix_config.MasterService] = field(default_factory=dict)
     endpoints: list[verify.Endpoint] = field(default_factory=list)
     _logs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -136,7 +142,7 @@ class Servers:
         return self.config.value(name) if self.config else ""
 
 
-def _dovecot_cert_names(imap: dovecot.Dovecot) -> tuple[str, str]:
+def _dovecot_cert_names(imap: Dovecot) -> tuple[str, str]:
     return (("ssl_server_cert_file", "ssl_server_key_file") if imap.uses_24_syntax
             else ("ssl_cert", "ssl_key"))
 
@@ -153,9 +159,9 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
         list(state.verify_ports) if deployed else [],
     )
     try:
-        mta = postfix.Postfix(postfix_dir or state.postfix_dir)
+        mta = Postfix(postfix_dir or state.postfix_dir)
         servers.config = mta.read()
-        servers.params = postfix.parse_postconf(mta.postconf("-x", *TLS_PARAMS))
+        servers.params = postfix_config.parse_postconf(mta.postconf("-x", *TLS_PARAMS))
         servers.sasl_types = set(mta.postconf("-a").split())
         servers.postfix_running = mta.running()
         servers.mta = mta
@@ -164,10 +170,10 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
     path = dovecot_config or state.dovecot_config
     explicit = path is not None
     if path is None:
-        path = dovecot.find_config()
+        path = doveconf.find_config()
     if path is not None and (explicit or os.path.isfile(path)):
         try:
-            imap = dovecot.Dovecot(path)
+            imap = Dovecot(path)
             servers.imap_settings = imap.settings(
                 "ssl", "ssl_min_protocol", "log_path", *_dovecot_cert_names(imap))
             servers.dovecot_running = imap.running()
@@ -181,7 +187,7 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
 def _find_endpoints(servers: Servers) -> None:
     ports = servers.verify_ports
     if servers.config is not None and servers.postfix_running is not False:
-        for listener in postfix.listeners(servers.config, servers.verify_address):
+        for listener in postfix_listeners.listeners(servers.config, servers.verify_address):
             port = listener.endpoint.port
             if listener.skip is None and (listener.internal is None if not ports
                                           else port in ports):
@@ -190,7 +196,7 @@ def _find_endpoints(servers: Servers) -> None:
     imap = servers.imap
     if imap is not None and servers.dovecot_running is not False:
         try:
-            found = imap.endpoints(servers.verify_address)
+            found = imap.effective_endpoints(servers.verify_address)
         except errors.Error as exc:
             servers.findings.append(Finding("dovecot", "UNKNOWN", str(exc)))
             return
@@ -207,7 +213,7 @@ def unchecked(servers: Servers) -> list[tuple[str, str]]:
     """(label, why) of every Postfix listener not probed (TLS off, PROXY, internal)."""
     if servers.config is None:
         return []
-    return postfix.unchecked_endpoints(servers.config, servers.verify_ports,
+    return postfix_listeners.unchecked_endpoints(servers.config, servers.verify_ports,
                                        servers.verify_address)
 
 
@@ -254,7 +260,7 @@ def log_says(servers: Servers, service: str, pattern: Optional[re.Pattern[str]] 
     while True:
         text, _ = _log(servers, service, fresh)
         if pattern is None:
-            found = verify.log_cause(text, service)
+            found = verify.log_cause(text, daemon_by_name(service).advice.log_programs)
         else:
             lines = [line for line in text.splitlines()[-400:] if pattern.search(line)]
             found = ""
@@ -403,7 +409,7 @@ def _expand(servers: Servers, value: str) -> str:
     return re.sub(r"\$\{?(\w+)\}?", lookup, value)
 
 
-def _param(servers: Servers, service: Optional[postfix.MasterService], name: str
+def _param(servers: Servers, service: Optional[postfix_config.MasterService], name: str
            ) -> tuple[str, bool]:
     """(value in force for a master.cf service, whether a -o override sets it)."""
     if service is not None and name in service.overrides:
@@ -411,7 +417,7 @@ def _param(servers: Servers, service: Optional[postfix.MasterService], name: str
     return servers.main(name), False
 
 
-def postfix_cert_settings(servers: Servers, service: Optional[postfix.MasterService]
+def postfix_cert_settings(servers: Servers, service: Optional[postfix_config.MasterService]
                           ) -> list[CertSetting]:
     """The server certificate settings in force for a master.cf service (main.cf's
     for ``None``): smtpd_tls_chain_files when set (3.4+), else the cert/key pairs."""
@@ -453,7 +459,7 @@ def dovecot_cert_settings(servers: Servers) -> list[CertSetting]:
         return []
     source = key_source = imap.config_file
     try:
-        competing = dovecot.competing_settings(imap.read(), imap.version, "")
+        competing = dovecot_plan.competing_settings(imap.read(), imap.version, "")
     except errors.Error:
         competing = []
     for name, short in ((cert_name, "cert_file"), (key_name, "key_file")):
@@ -953,7 +959,7 @@ def _protocol_setting(servers: Servers, item: Probe) -> tuple[str, str, str]:
                 "", f"set `ssl_min_protocol = TLSv1.2` in {file}, then doveadm reload")
     service = servers.services.get(endpoint)
     level = (service.overrides.get("smtpd_tls_security_level") if service else None) \
-        or postfix.effective_smtpd_level(servers.config.main if servers.config else {})
+        or postfix_config.effective_smtpd_level(servers.config.main if servers.config else {})
     name = ("smtpd_tls_mandatory_protocols" if level in ("encrypt", "secure", "verify")
             else "smtpd_tls_protocols")
     value, override = _param(servers, service, name)
@@ -1011,12 +1017,12 @@ def _has_auth(keywords: Iterable[str]) -> bool:
     return any(k.upper().split()[:1] == ["AUTH"] for k in keywords)
 
 
-def _set_service(service: postfix.MasterService, values: Sequence[tuple[str, str]]) -> str:
+def _set_service(service: postfix_config.MasterService, values: Sequence[tuple[str, str]]) -> str:
     return "postconf -P " + " ".join(shlex.quote(f"{service.key}/{name}={value}")
                                      for name, value in values)
 
 
-def _probes_of(probes: Sequence[Probe], servers: Servers, service: postfix.MasterService
+def _probes_of(probes: Sequence[Probe], servers: Servers, service: postfix_config.MasterService
                ) -> list[Probe]:
     return [p for p in probes if servers.services.get(p.endpoint) is service]
 
@@ -1026,7 +1032,7 @@ def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding
     if config is None:
         return []
     checks = []
-    submission = config.services_on_port(postfix.SUBMISSION_PORT)
+    submission = config.services_on_port(constants.SUBMISSION_PORT)
     if not submission:
         template = "submission inet n - y - - smtpd"
         checks.append(Finding(
@@ -1039,7 +1045,7 @@ def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding
             "submission/inet/smtpd_tls_auth_only=yes, then postfix reload"))
     for service in submission:
         level = service.overrides.get("smtpd_tls_security_level") or (
-            postfix.effective_smtpd_level(config.main))
+            postfix_config.effective_smtpd_level(config.main))
         accepted = [p for p in _probes_of(probes, servers, service)
                     if p.plain is not None and p.plain.mail_code == 250]
         seen = (f"{_ports(accepted)} accepted MAIL FROM before STARTTLS "
@@ -1080,7 +1086,7 @@ def submission_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding
                 f"{item.where} offers AUTH before STARTTLS ({source}): passwords can cross the "
                 f"network in clear; fix: {_set_service(owner, [('smtpd_tls_auth_only', 'yes')])}"
                 ", then postfix reload"))
-        elif item.endpoint.port == postfix.SUBMISSION_PORT and item.shake is not None:
+        elif item.endpoint.port == constants.SUBMISSION_PORT and item.shake is not None:
             if _has_auth(item.shake.capabilities_after_tls):
                 checks.append(Finding("submission-auth", "OK",
                                     f"{item.where} offers AUTH only after STARTTLS"))
@@ -1161,7 +1167,7 @@ def sasl_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     config = servers.config
     if config is None:
         return []
-    groups: dict[tuple[str, str], list[postfix.MasterService]] = {}
+    groups: dict[tuple[str, str], list[postfix_config.MasterService]] = {}
     for service in config.services:
         if service.type != "inet" or not service.runs_smtpd or service.port is None:
             continue
@@ -1234,7 +1240,7 @@ def port25_checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     checks = []
     for service in config.services_on_port(25):
         level = service.overrides.get("smtpd_tls_security_level") or (
-            postfix.effective_smtpd_level(config.main))
+            postfix_config.effective_smtpd_level(config.main))
         override = "smtpd_tls_security_level" in service.overrides
         wrapper = _yes(_param(servers, service, "smtpd_tls_wrappermode")[0] or "no")
         refused = [p for p in _probes_of(probes, servers, service)
@@ -1275,7 +1281,7 @@ def outbound_checks(servers: Servers) -> list[Finding]:
     if config is None:
         return []
     checks = []
-    level = postfix.effective_smtp_level({**config.main, **servers.params})
+    level = postfix_config.effective_smtp_level({**config.main, **servers.params})
     explicit = config.explicit.get("smtp_tls_security_level")
     source = (f"smtp_tls_security_level = {explicit} in {servers.main_cf}" if explicit
               else f"smtp_tls_security_level unset in {servers.main_cf} (so: {level})")
@@ -1463,7 +1469,7 @@ def checks(servers: Servers, probes: Sequence[Probe]) -> list[Finding]:
     found += submission_checks(servers, probes)
     if servers.config is not None:
         found += [Finding("submission-wrappermode", "CRITICAL", problem)
-                  for problem in postfix.submission_wrappermode(servers.config)]
+                  for problem in postfix_policy.submission_wrappermode(servers.config)]
     found += sasl_checks(servers, probes)
     found += port25_checks(servers, probes)
     found += outbound_checks(servers)

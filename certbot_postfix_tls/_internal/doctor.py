@@ -17,15 +17,8 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import (
-    dane,
-    diagnose,
-    dovecot,
-    hooks,
-    permissions,
-    services,
-    verify,
-)
+from certbot_postfix_tls._internal import dane, diagnose, hooks, permissions, services, verify
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
 from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.state import State
 
@@ -102,7 +95,7 @@ def _session_checks(servers: diagnose.Servers) -> list[Finding]:
         mode = imap.session_mode()
     except errors.Error as exc:
         return [Finding("dovecot-sessions", "UNKNOWN", str(exc))]
-    keep = mode == dovecot.SESSIONS_KEEP
+    keep = mode == dovecot_plan.SESSIONS_KEEP
     where = f"shutdown_clients = {'no' if keep else 'yes'} in {imap.config_file}"
     if state.dovecot_config and state.dovecot_sessions != mode:
         where += (f", your own setting: --postfix-tls-dovecot-sessions "
