@@ -204,3 +204,43 @@ def test_postfix_not_installed_is_one_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(process, "find_tool", lambda name: None)
     with pytest.raises(errors.NoInstallationError, match="install the postfix package"):
         Postfix()
+
+
+def test_policy_table_is_read_and_applied_entry_by_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One table entry is all a new main.cf setting needs: postconf is asked for it and
+    # the plan writes it unless the value in force is acceptable.
+    extra = postfix_policy.MainSetting(
+        "smtpd_tls_received_header", "yes",
+        lambda config, name: postfix_config.is_yes(config.main.get(name, "")))
+    monkeypatch.setattr(postfix_policy, "MAIN_POLICY", (*postfix_policy.MAIN_POLICY, extra))
+    pf = instance(tmp_path, "debian12")
+    config = pf.read()
+    assert "smtpd_tls_received_header" in config.main  # asked from postconf
+    plan = postfix_policy.plan_tls(config, FILES, postfix_policy.Options())
+    assert plan.main["smtpd_tls_received_header"] == "yes"
+    pf.apply(plan)
+    again = postfix_policy.plan_tls(pf.read(), FILES, postfix_policy.Options())
+    assert "smtpd_tls_received_header" not in again.main
+
+
+def test_policy_levels_accept_stronger_and_replace_obsolete_settings() -> None:
+    def config(**main: str) -> postfix_config.PostfixConfig:
+        return postfix_config.PostfixConfig(main={"mail_version": "3.7.11", **main},
+                                            explicit=dict(main), services=[],
+                                            map_types={"btree"})
+
+    def planned(cfg: postfix_config.PostfixConfig) -> dict[str, str]:
+        return postfix_policy.plan_tls(cfg, FILES, postfix_policy.Options(submission=False)).main
+
+    strong = planned(config(smtpd_tls_security_level="encrypt", smtp_tls_security_level="dane",
+                            smtpd_tls_session_cache_database="lmdb:/x",
+                            smtp_tls_session_cache_database="lmdb:/y", smtpd_tls_loglevel="2"))
+    assert set(strong) == {"smtpd_tls_chain_files"}  # nothing of the policy is weakened
+    weak = planned(config(smtpd_use_tls="yes", smtpd_tls_loglevel="x"))
+    assert weak["smtpd_tls_security_level"] == "may"  # the obsolete smtpd_use_tls, restated
+    assert weak["smtp_tls_security_level"] == "may"
+    assert weak["smtpd_tls_session_cache_database"] == "btree:${data_directory}/smtpd_scache"
+    assert weak["smtp_tls_session_cache_database"] == "btree:${data_directory}/smtp_scache"
+    assert weak["smtpd_tls_loglevel"] == "1"

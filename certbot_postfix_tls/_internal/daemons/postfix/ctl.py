@@ -35,8 +35,11 @@ from certbot_postfix_tls._internal.verify import Advice, Endpoint
 
 logger = logging.getLogger(__name__)
 
-# What plan() reads from main.cf: the plan's own parameters and the policy's settings.
-_READ_PARAMS = tuple(dict.fromkeys([*MAIN_PARAMS, *(s.name for s in policy.MAIN_POLICY)]))
+
+
+def _read_params() -> list[str]:
+    """What ``read`` asks postconf for: the plan's own parameters and the policy's."""
+    return list(dict.fromkeys([*MAIN_PARAMS, *(s.name for s in policy.MAIN_POLICY)]))
 
 
 class Postfix:
@@ -125,7 +128,7 @@ class Postfix:
     def read(self) -> PostfixConfig:
         """Read main.cf values, explicit settings, master.cf and map types."""
         return PostfixConfig(
-            main=parse_postconf(self.postconf(*_READ_PARAMS)),
+            main=parse_postconf(self.postconf(*_read_params())),
             explicit=parse_postconf(self.postconf("-n")),
             services=parse_master(self.postconf("-M")),
             map_types=set(self.postconf("-m").split()),
