@@ -1,21 +1,22 @@
 """The one deployment pipeline: recorded state -> configuration -> written, checked, live.
 
 Install (``certbot install``/``run``), both renewal hooks, ``undeploy`` and
-``certbot rollback`` all go through here, and nothing else writes Postfix or
-Dovecot configuration:
+``certbot rollback`` all go through here, and nothing else writes a daemon's
+configuration. The daemons are those of the registry (``daemons``) the state
+configures, each behind the ``Daemon`` interface:
 
 - ``render`` turns the state (lineages, options, default rule) into the
-  desired configuration: main.cf certificate settings (plus, on install, the
-  TLS policy and master.cf overrides), each lineage's key+chain file, the SNI
-  table, the plugin's Dovecot file.
+  desired configuration: each lineage's key+chain file, the SNI table, and one
+  plan per daemon (Postfix: main.cf certificate settings, plus, on install, the
+  TLS policy and master.cf overrides; Dovecot: the plugin's file).
 - ``write`` puts it on disk in an order where every intermediate state is one
-  Postfix and Dovecot accept, keeps an in-memory snapshot of every file it
-  touches, runs ``postfix check`` and ``doveconf -x``, and restores the
+  the daemons accept, keeps an in-memory snapshot of every file it touches,
+  runs each daemon's check (``postfix check``, ``doveconf -x``), and restores the
   snapshot on any failure. Configuration files go into certbot's reverter
   checkpoint when the caller gives one; derived files (key+chain, SNI table and
   index) never do: they hold private keys, and after a rollback they are
   rebuilt from each lineage's current archive files (``regenerate``).
-- ``activate`` reloads each service at most once (Dovecot first: its SASL
+- ``activate`` reloads each daemon at most once (providers first: Dovecot's SASL
   socket must exist before new smtpd processes look for it) and verifies by
   handshake. Only the lineages the operation changed decide success; other
   lineages' failures come back as warnings.
@@ -297,9 +298,11 @@ def _write(site: Site, desired: Desired, snapshot: Snapshot) -> None:
     # A daemon may use what a later one provides (Dovecot's file declares the SASL
     # socket Postfix's submission uses): providers come first when deploying, and go
     # after their users stopped using them when removing.
-    planned = _planned(site, desired)
-    for daemon, plan in planned if not state.lineages else reversed(planned):
-        if not plan.empty:
+    order = daemons.deploy_order(site.daemons) if state.lineages else daemons.ordered(
+        site.daemons)
+    for daemon in order:
+        plan = desired.plans.get(daemon.name)
+        if plan is not None and not plan.empty:
             snapshot.keep(*daemon.files(plan))
             daemon.apply(plan)
 
