@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import lab  # noqa: E402
 from lab import dns as labdns  # noqa: E402
 
-from certbot_postfix_tls._internal import certs, postfix  # noqa: E402
+from certbot_postfix_tls._internal import certs  # noqa: E402
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dane import lookup, records  # noqa: E402
 from certbot_postfix_tls._internal.state import State  # noqa: E402
 
@@ -126,7 +127,7 @@ def main() -> int:
         new = tlsa_of(certbot.config_dir, names[0])
         dnslab.update(add=tuple((f"_25._tcp.{h}", "TLSA", r) for h in hosts for r in (old, new)),
                       delete=tuple((f"_25._tcp.{h}", "TLSA") for h in hosts))
-        ports = records.smtp_ports(postfix.Postfix().read())
+        ports = records.smtp_ports(Postfix().read())
         lookups = len(names) * len(ports)
         cache_expires()
         waiting, first = cli(certbot, "dane", "check")

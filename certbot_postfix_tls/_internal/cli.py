@@ -19,14 +19,15 @@ from certbot import errors
 from certbot_postfix_tls._internal import (
     certs,
     constants,
+    daemons,
     doctor,
     findings,
     metrics,
-    postfix,
     services,
     tls_client,
     verify,
 )
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dane import records
 from certbot_postfix_tls._internal.dane import report as dane_report
 from certbot_postfix_tls._internal.doctor import ports, servers
@@ -157,7 +158,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _states(args: argparse.Namespace) -> list[State]:
     """The deployed instances to look at: the one in --postfix-dir, else all."""
     if getattr(args, "postfix_dir", None):
-        key = postfix.Postfix(args.postfix_dir).instance_key
+        key = Postfix(args.postfix_dir).instance_key
         return [State.load(args.config_dir, key)]
     return State.load_all(args.config_dir) or [State()]
 
@@ -183,7 +184,8 @@ def _verify(args: argparse.Namespace) -> int:
                 f"a renewal was deployed but {', '.join(state.pending)} was not reloaded "
                 f"successfully{where}: run certbot-postfix-tls hook post and read its error"))
         checks += dane_report.verify_checks(state, [lineage.name for lineage in lineages])
-        snapshot.services = list(dict.fromkeys([*snapshot.services, *state.services()]))
+        snapshot.services = list(dict.fromkeys([*snapshot.services,
+                                                *daemons.configured_names(state)]))
         snapshot.pending = list(dict.fromkeys([*snapshot.pending, *state.pending]))
         try:
             checks += [Finding(name, "CRITICAL", message)

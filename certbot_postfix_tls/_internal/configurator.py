@@ -21,13 +21,20 @@ from certbot.plugins import common
 from certbot_postfix_tls._internal import (
     certs,
     constants,
-    dovecot,
+    daemons,
     hooks,
     pipeline,
-    postfix,
     process,
     sni,
 )
+from certbot_postfix_tls._internal.daemons.dovecot import doveconf
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.dovecot.plan import SESSION_MODES
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix import listeners
+from certbot_postfix_tls._internal.daemons.postfix.config import PostfixConfig
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
+from certbot_postfix_tls._internal.daemons.postfix.policy import Options
 from certbot_postfix_tls._internal.dane import lookup, records
 from certbot_postfix_tls._internal.dane.update import Updater
 from certbot_postfix_tls._internal.lock import plugin_lock
@@ -108,7 +115,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         add("verify-ports", default="auto", metavar="LIST",
             help="Comma list of the ports the check verifies (default: auto, every "
                  "public TLS port; loopback-only content-filter/proxy ports are skipped).")
-        add("dovecot-sessions", default=None, choices=dovecot.SESSION_MODES,
+        add("dovecot-sessions", default=None, choices=SESSION_MODES,
             help="What Dovecot's reload at every renewal does to established IMAP/POP3 "
                  "sessions: cut (Dovecot's default: every mail client reconnects) or keep "
                  "(puts shutdown_clients = no in the plugin's Dovecot file unless your "
@@ -117,31 +124,31 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._postfix: Optional[postfix.Postfix] = None
-        self._dovecot: Optional[dovecot.Dovecot] = None
+        self._postfix: Optional[Postfix] = None
+        self._dovecot: Optional[Dovecot] = None
         self._staged: Optional[_Staged] = None
 
     # -- helpers -------------------------------------------------------------
 
     @property
-    def instance(self) -> postfix.Postfix:
+    def instance(self) -> Postfix:
         if self._postfix is None:
             raise errors.Error("The postfix-tls installer was used before prepare().")
         return self._postfix
 
-    def _options(self, dovecot_sasl: bool) -> postfix.Options:
-        return postfix.Options(
+    def _options(self, dovecot_sasl: bool) -> Options:
+        return Options(
             submission=bool(self.conf("submission")),
             smtps=bool(self.conf("smtps")),
             sasl=str(self.conf("sasl")),
-            dovecot_sasl_path=postfix.DOVECOT_SASL_PATH if dovecot_sasl else None,
+            dovecot_sasl_path=postfix_config.DOVECOT_SASL_PATH if dovecot_sasl else None,
         )
 
     def _dovecot_config(self) -> Optional[str]:
         """--postfix-tls-dovecot-config, else the dovecot.conf this machine's Dovecot
         reads (None: Dovecot is not installed)."""
         given = self.conf("dovecot-config")
-        return str(given) if given else dovecot.find_config()
+        return str(given) if given else doveconf.find_config()
 
     def _wanted_services(self) -> tuple[bool, bool]:
         """(Postfix, Dovecot) from --postfix-tls-services; auto = Dovecot when installed.
@@ -162,15 +169,15 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 )
             return True, True
         names = {name.strip() for name in raw.split(",") if name.strip()}
-        unknown = names - {"postfix", "dovecot"}
-        if unknown or "postfix" not in names:
+        unknown = names - set(daemons.names())
+        if unknown or Postfix.name not in names:
             raise errors.PluginError(
                 f"--postfix-tls-services {raw} is not valid: give postfix or postfix,dovecot "
                 "(this installer always configures Postfix)."
             )
-        return True, "dovecot" in names
+        return True, Dovecot.name in names
 
-    def _dovecot_sasl(self, config: postfix.PostfixConfig) -> bool:
+    def _dovecot_sasl(self, config: PostfixConfig) -> bool:
         """Should submission authenticate through Dovecot's auth socket?"""
         sasl = str(self.conf("sasl"))
         if sasl == "dovecot" and self._dovecot is None:
@@ -180,19 +187,19 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             )
         if self._dovecot is None or sasl == "none" or not self.conf("submission"):
             return False
-        if sasl == "dovecot" or postfix.uses_dovecot_socket(config):
+        if sasl == "dovecot" or postfix_config.uses_dovecot_socket(config):
             # Asked for, or already wired (by an earlier deploy): keep the listener,
             # or Dovecot's reload would remove the socket submission depends on.
             return True
         # auto: a stopped Dovecot has no socket, and smtpd without its SASL backend
         # dies ("no SASL authentication mechanisms"), so only wire a running one.
-        return not postfix.has_sasl_backend(config) and bool(self._dovecot.running())
+        return not postfix_config.has_sasl_backend(config) and bool(self._dovecot.running())
 
     # -- certbot.interfaces.Plugin -------------------------------------------
 
     def prepare(self) -> None:
         """Postfix present, its configuration readable and sane, version known, lock taken."""
-        self._postfix = postfix.Postfix(self.conf("postfix-dir"))
+        self._postfix = Postfix(self.conf("postfix-dir"))
         config = self._postfix.read()
         self.config_test()
         if config.version < (2, 11):
@@ -202,7 +209,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             )
         _, want_dovecot = self._wanted_services()
         if want_dovecot:
-            self._dovecot = dovecot.Dovecot(self._dovecot_config() or dovecot.DEFAULT_CONFIG)
+            self._dovecot = Dovecot(self._dovecot_config() or doveconf.DEFAULT_CONFIG)
             self._dovecot.check_syntax()
         util.lock_dir_until_exit(self._postfix.config_dir)
         self._purge_key_backups()
@@ -252,7 +259,6 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             return
         material = certs.load_material(lineage)  # mismatch/missing: refuse before any change
         config = self.instance.read()
-        site = pipeline.Site(self.config.config_dir, self.instance, self._dovecot)
         state = State.load(self.config.config_dir, self.instance.instance_key)
         owner = self._dovecot_owner(state)
         if owner is not None:
@@ -262,16 +268,17 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 f"postfix-tls: Dovecot ({owner.dovecot_config}) is configured by the "
                 f"deploys to Postfix {owner.postfix_dir}; this instance leaves it alone."
             )
-            site.imap = self._dovecot = None
-        if state.dovecot_config and site.imap is None and owner is None:
+            self._dovecot = None
+        elif state.dovecot_config and self._dovecot is None:
             # Deployed to Dovecot before: it stays configured and renewed, never
             # silently left serving an old certificate.
-            site.imap = dovecot.Dovecot(state.dovecot_config)
-            self._dovecot = site.imap
+            self._dovecot = Dovecot(state.dovecot_config)
             display_util.notify(
                 f"postfix-tls: Dovecot ({state.dovecot_config}) keeps the certificates an "
                 "earlier deploy gave it and is still reloaded on renewal."
             )
+        site = pipeline.Site(self.config.config_dir, daemons.ordered(
+            [self.instance, *([self._dovecot] if self._dovecot else [])]))
         dovecot_sasl = self._dovecot_sasl(config)
         self._prospective_state(state, lineage, material, config, dovecot_sasl)
         desired = render(site, state, config, rebuild=[lineage.name],
@@ -294,7 +301,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         state: State,
         lineage: certs.Lineage,
         material: certs.Material,
-        config: postfix.PostfixConfig,
+        config: PostfixConfig,
         dovecot_sasl: bool,
     ) -> None:
         """Turn ``state`` into what it will be once this lineage is deployed."""
@@ -344,11 +351,11 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         state.dovecot_config = self._dovecot.config_file if self._dovecot else None
         state.verify = bool(self.conf("verify"))
         state.verify_address = str(self.conf("verify-address"))
-        state.verify_ports = postfix.parse_ports(str(self.conf("verify-ports")))
+        state.verify_ports = listeners.parse_ports(str(self.conf("verify-ports")))
         if self.conf("dovecot-sessions"):  # unset: what an earlier deploy recorded stays
             state.dovecot_sessions = str(self.conf("dovecot-sessions"))
         if dovecot_sasl and not state.sasl_listener:
-            state.sasl_listener = postfix.dovecot_socket(config)
+            state.sasl_listener = postfix_config.dovecot_socket(config)
         if config.version >= (3, 4):
             state.sni_map_type = sni.map_type(
                 config.map_types, config.main.get("default_database_type", "hash")
@@ -394,14 +401,12 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         lines = [f"postfix-tls: deployed {staged.lineage.name} to Postfix in "
                  f"{self.instance.config_dir} (default certificate: {state.default}; "
                  f"served by SNI: {', '.join(sorted(state.lineages))})"]
-        lines += [f"  main.cf: {k} = {v}" for k, v in desired.main.items()]
-        lines += [f"  master.cf: {p.service} -o {p.param}={p.value}"
-                  for p in desired.service_params]
+        lines += [f"  {line}" for plan in desired.plans.values() for line in plan.report()]
         lines += [f"  note: {note}" if not note.startswith(("dovecot:", "key permissions:"))
                   else f"  {note}" for note in desired.notes]
         lines += [f"  note: postconf: {warning}" for warning in self.instance.warnings()]
-        lines += [f"  not checked: {label}: {why}" for label, why in postfix.unchecked_endpoints(
-            self.instance.read(), state.verify_ports, state.verify_address)]
+        lines += [f"  not checked: {label}: {why}"
+                  for daemon in staged.site.daemons for label, why in daemon.unchecked(state)]
         display_util.notify("\n".join(lines))
         for warning in desired.warnings:
             self._warn(warning)
@@ -455,7 +460,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         judged = [staged.lineage.name] if staged is not None and staged.applied else None
         with plugin_lock(config_dir):
             site = pipeline.Site.from_state(config_dir, state)
-            problems = pipeline.activate(site, state, state.services(), judged, self._warn)
+            problems = pipeline.activate(site, state, site.names(), judged, self._warn)
             if problems:
                 raise errors.MisconfigurationError(
                     "Verification after reload failed, so the change is rolled back: "

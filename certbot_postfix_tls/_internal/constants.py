@@ -28,3 +28,17 @@ LOCK_TIMEOUT = 120.0
 
 # Name of the renewal hook files under <config-dir>/renewal-hooks/{deploy,post}/.
 HOOK_NAME = "certbot-postfix-tls"
+
+# The public SMTP ports: mail servers (25), mail clients with STARTTLS (587, RFC 6409)
+# and with implicit TLS (465, RFC 8314). Never taken for internal listeners; where
+# Postfix's certificate meets DANE senders.
+SMTP_PORT = 25
+SMTPS_PORT = 465
+SUBMISSION_PORT = 587
+PUBLIC_SMTP_PORTS = (SMTP_PORT, SMTPS_PORT, SUBMISSION_PORT)
+
+# Postfix's and Dovecot's built-in directories, used when their configuration
+# does not say (queue_directory, config_directory, base_dir).
+POSTFIX_CONFIG_DIR = "/etc/postfix"
+POSTFIX_QUEUE_DIR = "/var/spool/postfix"
+DOVECOT_BASE_DIR = "/run/dovecot"

@@ -17,15 +17,13 @@ import pwd
 import re
 import shlex
 import stat
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Optional
 
 from certbot import errors
-from certbot import util as certbot_util
 
-from certbot_postfix_tls._internal import certs
+from certbot_postfix_tls._internal import certs, process
 from certbot_postfix_tls._internal.state import State
 
 logger = logging.getLogger(__name__)
@@ -78,12 +76,9 @@ class Runner:
         code = (f"{self._prefix()}import importlib.util as u; "
                 f"s = u.find_spec(\"{_PACKAGE}\"); print(s.origin if s else \"\")")
         try:
-            proc = subprocess.run(  # noqa: S603 - argv list, absolute interpreter
-                [self.python, "-I", "-c", code], capture_output=True, text=True,
-                timeout=60, check=False, stdin=subprocess.DEVNULL,
-                env=certbot_util.env_no_snap_for_external_calls(),
-            )
-        except (OSError, subprocess.SubprocessError):
+            proc = process.run([self.python, "-I", "-c", code], check=False, timeout=60,
+                               what=f"{self.python} could not be asked for {_PACKAGE}")
+        except errors.Error:
             return None
         return proc.stdout.strip() or None if proc.returncode == 0 else None
 

@@ -1,23 +1,25 @@
 """The one deployment pipeline: recorded state -> configuration -> written, checked, live.
 
 Install (``certbot install``/``run``), both renewal hooks, ``undeploy`` and
-``certbot rollback`` all go through here, and nothing else writes Postfix or
-Dovecot configuration:
+``certbot rollback`` all go through here, and nothing else writes a daemon's
+configuration. The daemons are those of the registry (``daemons``) the state
+configures, each behind the ``Daemon`` interface:
 
 - ``render`` turns the state (lineages, options, default rule) into the
-  desired configuration: main.cf certificate settings (plus, on install, the
-  TLS policy and master.cf overrides), each lineage's key+chain file, the SNI
-  table, the plugin's Dovecot file. It is a decision only: the caller gathers
-  first what it needs beyond the files of the lineages (the other instances'
-  states, the TLSA lookups of the lineages it loads: ``ops/render.py``).
+  desired configuration: each lineage's key+chain file, the SNI table, and one
+  plan per daemon (Postfix: main.cf certificate settings, plus, on install, the
+  TLS policy and master.cf overrides; Dovecot: the plugin's file). It is a
+  decision only: the caller gathers first what it needs beyond the files of the
+  lineages (the other instances' states, the TLSA lookups of the lineages it
+  loads: ``ops/render.py``).
 - ``write`` puts it on disk in an order where every intermediate state is one
-  Postfix and Dovecot accept, keeps an in-memory snapshot of every file it
-  touches, runs ``postfix check`` and ``doveconf -x``, and restores the
+  the daemons accept, keeps an in-memory snapshot of every file it touches,
+  runs each daemon's check (``postfix check``, ``doveconf -x``), and restores the
   snapshot on any failure. Configuration files go into certbot's reverter
   checkpoint when the caller gives one; derived files (key+chain, SNI table and
   index) never do: they hold private keys, and after a rollback they are
   rebuilt from each lineage's current archive files (``regenerate``).
-- ``activate`` reloads each service at most once (Dovecot first: its SASL
+- ``activate`` reloads each daemon at most once (providers first: Dovecot's SASL
   socket must exist before new smtpd processes look for it) and verifies by
   handshake. Only the lineages the operation changed decide success; other
   lineages' failures come back as warnings.
@@ -37,15 +39,18 @@ from certbot import errors
 from certbot_postfix_tls._internal import (
     certs,
     constants,
-    dovecot,
+    daemons,
     hooks,
     permissions,
-    postfix,
     services,
     sni,
     tls_client,
     verify,
 )
+from certbot_postfix_tls._internal.daemons.base import Daemon, DaemonPlan, PlanRequest
+from certbot_postfix_tls._internal.daemons.postfix.config import PostfixConfig
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
+from certbot_postfix_tls._internal.daemons.postfix.policy import Options
 from certbot_postfix_tls._internal.dane import gate
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
@@ -58,16 +63,28 @@ Checkpoint = Callable[[set[str], list[str]], None]
 
 @dataclass
 class Site:
-    """The Postfix instance and the Dovecot (if any) a state configures."""
+    """The daemons a state configures (its Postfix instance, the Dovecot if any), in
+    registry order."""
 
     config_dir: str
-    mta: postfix.Postfix
-    imap: Optional[dovecot.Dovecot]
+    daemons: list[Daemon]
 
     @classmethod
     def from_state(cls, config_dir: str, state: State) -> Site:
-        imap = dovecot.Dovecot(state.dovecot_config) if state.dovecot_config else None
-        return cls(config_dir, postfix.Postfix(state.postfix_dir), imap)
+        return cls(config_dir, daemons.for_state(state))
+
+    @property
+    def mta(self) -> Postfix:
+        """The site's Postfix instance: its configuration drives the default choice, DANE
+        and the SNI table."""
+        for daemon in self.daemons:
+            if isinstance(daemon, Postfix):
+                return daemon
+        raise errors.Error("This operation needs the Postfix instance, which is not configured.")
+
+    def names(self) -> list[str]:
+        """The names of its daemons, for a state's ``pending`` list."""
+        return [daemon.name for daemon in self.daemons]
 
 
 @dataclass
@@ -75,17 +92,10 @@ class Desired:
     """Everything ``write`` puts on disk, and what to tell the administrator."""
 
     state: State
-    main: dict[str, str] = field(default_factory=dict)  # main.cf: value ("" clears)
-    main_remove: list[str] = field(default_factory=list)  # main.cf: postconf -X
-    new_services: list[postfix.MasterService] = field(default_factory=list)
-    service_params: list[postfix.ServiceParam] = field(default_factory=list)
-    params_remove: list[str] = field(default_factory=list)  # "name/type/param": postconf -PX
-    services_remove: list[str] = field(default_factory=list)  # "name/type": postconf -MX
+    plans: dict[str, DaemonPlan] = field(default_factory=dict)  # daemon name -> its plan
     chain_files: dict[str, bytes] = field(default_factory=dict)  # derived key+chain files
     remove_dirs: list[str] = field(default_factory=list)  # derived dirs of dropped lineages
     sni_map: Optional[str] = None  # table text; None: no table (removed if present)
-    dovecot_writes: dict[str, str] = field(default_factory=dict)
-    dovecot_remove: list[str] = field(default_factory=list)
     secure: list[str] = field(default_factory=list)  # lineages whose key modes to enforce
     hooks: bool = True  # install the renewal hooks (False: remove them)
     notes: list[str] = field(default_factory=list)
@@ -111,11 +121,11 @@ def to_load(state: State, rebuild: Iterable[str] = ()) -> list[str]:
 def render(
     site: Site,
     state: State,
-    config: postfix.PostfixConfig,
+    config: PostfixConfig,
     others: Sequence[State],
     lookups: Mapping[str, gate.Lookups],
     rebuild: Iterable[str] = (),
-    policy: Optional[postfix.Options] = None,
+    policy: Optional[Options] = None,
 ) -> Desired:
     """The configuration ``state`` calls for.
 
@@ -171,44 +181,24 @@ def render(
             raise errors.PluginError(
                 "No deployed lineage can be served: " + "; ".join(desired.warnings)
             )
-        _render_removal(site, state, config, desired)
+        _plan_daemons(site, PlanRequest(site.config_dir, state, served), desired)
         desired.hooks = any(s.lineages for s in others)  # other instances still renew
         return desired
 
-    default = served.lineages[str(served.default)]
     desired.notes += sni.unpaired_notes(served)
-    files = postfix.CertificateFiles(
-        # One key+chain file per key type: Postfix picks what the client supports.
-        chain_file=", ".join(sni.chain_files(served, default.name)),
-        fullchain=default.fullchain_path,
-        key=default.key_path,
-        sni_map=sni.merged_maps(
-            config.main.get("tls_server_sni_maps", ""),
-            f"{state.sni_map_type}:{sni.map_path(site.config_dir, state.instance)}",
-        ) if state.sni_map_type else None,
-    )
-    if policy is not None:
-        plan = postfix.plan_tls(config, files, policy)
-        desired.main = plan.main
-        desired.new_services = plan.new_services
-        desired.service_params = plan.service_params
-        desired.notes += plan.notes
-        desired.warnings += plan.warnings
-    else:
-        desired.main = postfix.cert_settings(config, files)
     if state.sni_map_type:
         desired.sni_map = sni.render_map(served)
-    if site.imap is not None:
-        imap_plan = site.imap.plan(
-            sni.dovecot_files(served, default.name),
-            sasl_listener=state.sasl_listener,
-            sni=sni.dovecot_sni(served),
-            sessions=state.dovecot_sessions,
-        )
-        desired.dovecot_writes = imap_plan.writes
-        desired.notes += [f"dovecot: {note}" for note in imap_plan.notes]
-    record_applied(state, config, desired)
+    _plan_daemons(site, PlanRequest(site.config_dir, state, served, policy), desired)
     return desired
+
+
+def _plan_daemons(site: Site, request: PlanRequest, desired: Desired) -> None:
+    """Every daemon's plan, in registry order."""
+    for daemon in site.daemons:
+        plan = daemon.plan(request)
+        desired.plans[daemon.name] = plan
+        desired.notes += plan.notes
+        desired.warnings += plan.warnings
 
 
 def _lineage(config_dir: str, deployed: DeployedLineage) -> certs.Lineage:
@@ -226,58 +216,6 @@ def _stale_dirs(config_dir: str, states: Sequence[State]) -> list[str]:
               for s in states for lin in s.lineages.values()}
     return sorted(os.path.join(lineages_dir, entry)
                   for entry in os.listdir(lineages_dir) if entry not in wanted)
-
-
-def _render_removal(
-    site: Site, state: State, config: postfix.PostfixConfig, desired: Desired
-) -> None:
-    """The last lineage goes: Postfix and Dovecot get back the TLS settings they had
-    before the plugin's first deploy, or the removal is refused naming the setting
-    the operator changed since."""
-    explicit = config.explicit
-    for name, before in sorted(state.baseline_main.items()):
-        current = explicit.get(name)
-        applied = state.applied_main.get(name)
-        if current == before or (current or "") == (before or ""):
-            continue
-        if applied is not None and (current or "") != applied:
-            raise errors.PluginError(
-                f"main.cf sets {name} = {current or '(unset)'}, which is neither what "
-                f"certbot-postfix-tls set ({applied or '(empty)'}) nor what it was before "
-                f"({before or '(unset)'}): nothing was changed; set it back, or keep the "
-                "lineage deployed."
-            )
-        if before is None:
-            desired.main_remove.append(name)
-        else:
-            desired.main[name] = before
-    services_by_key = {s.key: s for s in config.services}
-    for key, before in sorted(state.baseline_params.items()):
-        service_key, _, param = key.rpartition("/")
-        if service_key in state.added_services or service_key not in services_by_key:
-            continue
-        current = services_by_key[service_key].overrides.get(param)
-        applied = state.applied_params.get(key)
-        if current == before:
-            continue
-        if applied is not None and current != applied:
-            raise errors.PluginError(
-                f"master.cf service {service_key} sets -o {param}={current or '(unset)'}, "
-                f"which is neither what certbot-postfix-tls set ({applied}) nor what it was "
-                f"before ({before or '(unset)'}): nothing was changed; set it back, or keep "
-                "the lineage deployed."
-            )
-        if before is None:
-            desired.params_remove.append(key)
-        else:
-            desired.service_params.append(postfix.ServiceParam(service_key, param, before))
-    desired.services_remove = [key for key in state.added_services if key in services_by_key]
-    if site.imap is not None:
-        plan = site.imap.removal_plan()
-        desired.dovecot_writes = plan.writes
-        desired.dovecot_remove = [site.imap.plugin_file]
-        desired.notes += [f"dovecot: {note}" for note in plan.notes]
-    desired.notes.append("restored the TLS settings Postfix had before certbot-postfix-tls")
 
 
 # --- write ----------------------------------------------------------------------------
@@ -328,10 +266,16 @@ class Snapshot:
 
 def config_files(site: Site, desired: Desired) -> list[str]:
     """The configuration files a write may change: what a reverter checkpoint holds."""
-    paths = [site.mta.main_cf, site.mta.master_cf, desired.state.file(site.config_dir)]
+    paths = [path for daemon, plan in _planned(site, desired) for path in daemon.files(plan)]
+    paths += [desired.state.file(site.config_dir)]
     paths += [hooks.hook_path(site.config_dir, kind) for kind in hooks.KINDS]
-    paths += list(desired.dovecot_writes) + desired.dovecot_remove
     return list(dict.fromkeys(paths))
+
+
+def _planned(site: Site, desired: Desired) -> list[tuple[Daemon, DaemonPlan]]:
+    """Each daemon with its plan, in registry order."""
+    return [(daemon, desired.plans[daemon.name]) for daemon in site.daemons
+            if daemon.name in desired.plans]
 
 
 def write(
@@ -347,9 +291,9 @@ def write(
     try:
         _write(site, desired, snapshot)
         if check:
-            site.mta.check()
-            if site.imap is not None and desired.state.lineages:
-                site.imap.check()
+            for daemon, plan in _planned(site, desired):
+                if plan.check:
+                    daemon.check()
     except BaseException:
         snapshot.restore()
         raise
@@ -372,14 +316,16 @@ def _write(site: Site, desired: Desired, snapshot: Snapshot) -> None:
                                                      deployed=_all_lineages(config_dir, state))]
     _write_derived(site, desired, snapshot)
 
-    # Dovecot's file declares the SASL socket submission uses: it comes before Postfix
-    # when deploying, and goes after Postfix stopped using it when removing.
-    if desired.dovecot_remove:
-        _write_postfix(site, desired, snapshot)
-        _write_dovecot(site, desired, snapshot)
-    else:
-        _write_dovecot(site, desired, snapshot)
-        _write_postfix(site, desired, snapshot)
+    # A daemon may use what a later one provides (Dovecot's file declares the SASL
+    # socket Postfix's submission uses): providers come first when deploying, and go
+    # after their users stopped using them when removing.
+    order = daemons.deploy_order(site.daemons) if state.lineages else daemons.ordered(
+        site.daemons)
+    for daemon in order:
+        plan = desired.plans.get(daemon.name)
+        if plan is not None and not plan.empty:
+            snapshot.keep(*daemon.files(plan))
+            daemon.apply(plan)
 
     hook_paths = [hooks.hook_path(config_dir, kind) for kind in hooks.KINDS]
     snapshot.keep(*hook_paths)
@@ -405,24 +351,6 @@ def _all_lineages(config_dir: str, state: State) -> list[str]:
         if other.instance != state.instance:
             names |= set(other.lineages)
     return sorted(names)
-
-
-def _write_postfix(site: Site, desired: Desired, snapshot: Snapshot) -> None:
-    if desired.main or desired.new_services or desired.service_params or (
-        desired.main_remove or desired.params_remove or desired.services_remove
-    ):
-        snapshot.keep(site.mta.main_cf, site.mta.master_cf)
-        _apply_postfix(site.mta, desired)
-
-
-def _write_dovecot(site: Site, desired: Desired, snapshot: Snapshot) -> None:
-    if site.imap is None:
-        return
-    snapshot.keep(*desired.dovecot_writes, *desired.dovecot_remove)
-    site.imap.apply(dovecot.DovecotPlan(writes=desired.dovecot_writes))
-    for path in desired.dovecot_remove:
-        if os.path.lexists(path):
-            os.unlink(path)
 
 
 def _write_derived(site: Site, desired: Desired, snapshot: Snapshot) -> None:
@@ -460,39 +388,6 @@ def _remove_stale(site: Site, desired: Desired, snapshot: Snapshot) -> None:
         shutil.rmtree(directory)
 
 
-def _apply_postfix(mta: postfix.Postfix, desired: Desired) -> None:
-    """master.cf first when adding (new services are complete entries), main.cf in one
-    ``postconf -e``; removals (undeploy) take master.cf's overrides away first."""
-    for key in desired.services_remove:
-        mta.postconf("-MX", key)
-    if desired.params_remove:
-        mta.postconf("-PX", *desired.params_remove)
-    plan = postfix.TLSPlan(main=desired.main, new_services=desired.new_services,
-                           service_params=desired.service_params)
-    mta.apply(plan)
-    if desired.main_remove:
-        mta.postconf("-X", *desired.main_remove)
-
-
-def record_applied(state: State, config: postfix.PostfixConfig, desired: Desired) -> None:
-    """Remember what Postfix had before the plugin first changed a setting, and what
-    the plugin set, so that undeploying the last lineage can put it back."""
-    for name, value in desired.main.items():
-        state.baseline_main.setdefault(name, config.explicit.get(name))
-        state.applied_main[name] = value
-    services_by_key = {s.key: s for s in config.services}
-    for service in desired.new_services:
-        if service.key not in state.added_services:
-            state.added_services.append(service.key)
-    for param in desired.service_params:
-        key = f"{param.service}/{param.param}"
-        existing = services_by_key.get(param.service)
-        state.baseline_params.setdefault(
-            key, existing.overrides.get(param.param) if existing else None
-        )
-        state.applied_params[key] = param.value
-
-
 # --- activate -------------------------------------------------------------------------
 
 
@@ -505,7 +400,7 @@ def activate(
 ) -> list[str]:
     """Reload ``reload`` (each once), then verify. Returns one sentence per failure of
     the ``judged`` lineages (None: all); the others' failures go to ``warn``."""
-    services.reload(state, reload, warn)
+    services.reload(site.daemons, reload, warn)
     if not state.verify or not state.lineages:
         return []
     judged_set = set(state.lineages) if judged is None else set(judged) & set(state.lineages)

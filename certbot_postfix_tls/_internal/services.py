@@ -1,4 +1,4 @@
-"""Reload the services the plugin configured, and verify what every endpoint serves.
+"""Reload the daemons the plugin configured, and verify what every endpoint serves.
 
 The pipeline's activation step (reload each service once, then prove by
 handshake that every lineage is served) and ``verify``/``doctor`` use these.
@@ -13,7 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Optional
 
-from certbot_postfix_tls._internal import dovecot, postfix, sni, tls_client, verify
+from certbot_postfix_tls._internal import daemons, sni, tls_client, verify
+from certbot_postfix_tls._internal.daemons.base import Daemon
+from certbot_postfix_tls._internal.daemons.postfix import listeners
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -24,45 +27,29 @@ Warn = Callable[[str], None]
 PARALLEL_CHECKS = 8
 
 
-def _dovecot(state: State) -> Optional[dovecot.Dovecot]:
-    return dovecot.Dovecot(state.dovecot_config) if state.dovecot_config else None
-
-
 def endpoints(state: State, include_stopped: bool = False) -> list[tls_client.Endpoint]:
-    """Every TLS endpoint of the running services in the state (a stopped one has a
+    """Every TLS endpoint of the running daemons in the state (a stopped one has a
     WARNING of its own; its endpoints would only refuse), or of all of them with
-    ``include_stopped`` (metrics keep a stopped service's ports, as down)."""
+    ``include_stopped`` (metrics keep a stopped daemon's ports, as down)."""
     found: list[tls_client.Endpoint] = []
-    mta = postfix.Postfix(state.postfix_dir)
-    if include_stopped or mta.running() is not False:  # None (not root): handshakes tell
-        found += postfix.endpoints(mta.read(), state.verify_address, state.verify_ports)
-    imap = _dovecot(state)
-    if imap is not None and (include_stopped or imap.running() is not False):
-        found += [e for e in imap.endpoints(state.verify_address)
-                  if not state.verify_ports or e.port in state.verify_ports]
+    for daemon in daemons.for_state(state):
+        if include_stopped or daemon.running() is not False:  # None (not root): handshakes tell
+            found += daemon.endpoints(state)
     return found
 
 
 def unchecked(state: State) -> list[tuple[str, str]]:
-    """(label, why) of the Postfix listeners verification skips (TLS off, PROXY
+    """(label, why) of the listeners verification skips (Postfix: TLS off, PROXY
     protocol, loopback content-filter ports, ports outside --postfix-tls-verify-ports)."""
-    mta = postfix.Postfix(state.postfix_dir)
-    return postfix.unchecked_endpoints(mta.read(), state.verify_ports, state.verify_address)
+    return [found for daemon in daemons.for_state(state) for found in daemon.unchecked(state)]
 
 
 def stopped(state: State) -> list[tuple[str, str]]:
-    """(check name, sentence) for every configured service whose master is not running:
+    """(check name, sentence) for every configured daemon whose master is not running:
     all its endpoints refuse connections, which verify and doctor report CRITICAL."""
-    found = []
-    mta = postfix.Postfix(state.postfix_dir)
-    if mta.running() is False:
-        found.append(("postfix-running",
-                      f"Postfix ({mta.config_dir}) is not running: start it (postfix start)"))
-    imap = _dovecot(state)
-    if imap is not None and imap.running() is False:
-        found.append(("dovecot-running",
-                      f"Dovecot ({imap.config_file}) is not running: start it (dovecot)"))
-    return found
+    return [(f"{daemon.name}-running",
+             f"{daemon.label} is not running: start it ({daemon.advice.start})")
+            for daemon in daemons.for_state(state) if daemon.running() is False]
 
 
 def sni_names(expected: verify.ExpectedCert) -> list[str]:
@@ -72,13 +59,14 @@ def sni_names(expected: verify.ExpectedCert) -> list[str]:
     return concrete or names
 
 
-def expected_cert(lineage: DeployedLineage, service: str = "postfix") -> verify.ExpectedCert:
+def expected_cert(lineage: DeployedLineage, derived: bool = True) -> verify.ExpectedCert:
     """What the lineage should serve: from its fullchain.pem when this user can read it
     (root), else from the fingerprints the state recorded at the last deploy (a
     monitoring user cannot traverse certbot's live/ directory)."""
-    # Held back by DANE (dane/gate.py): Postfix serves the held version the state records;
-    # Dovecot reads live/ and serves the renewed one (recorded too, for monitoring users).
-    held = bool(lineage.held) and service == "postfix"
+    # Held back by DANE (dane/gate.py): a daemon serving the plugin's key+chain files
+    # (``derived``, Postfix) serves the held version the state records; one reading
+    # live/ (Dovecot) serves the renewed one (recorded too, for monitoring users).
+    held = bool(lineage.held) and derived
     if not held and (os.access(lineage.fullchain_path, os.R_OK) or not lineage.expected):
         return verify.ExpectedCert.from_fullchain(lineage.fullchain_path)
     recorded = lineage.expected if held or not lineage.held else lineage.held["new"]
@@ -118,13 +106,21 @@ def check_all(
         names += sni_names(expected)
         # Served as a pair: a client offering only this key type must get this lineage.
         key_type = lineage.key_type if len(pairs.get(name, [])) > 1 else None
-        jobs += [(endpoint, expected_cert(lineage, endpoint.service) if lineage.held
+        jobs += [(endpoint, expected_cert(lineage, _serves_derived(endpoint)) if lineage.held
                   else expected, sni, key_type) for sni in names for endpoint in targets]
     with ThreadPoolExecutor(max_workers=PARALLEL_CHECKS) as pool:
         return list(pool.map(
             lambda job: verify.check_endpoint(job[0], job[1], job[2], retry_seconds,
                                               key_type=job[3]), jobs
         ))
+
+
+def _serves_derived(endpoint: tls_client.Endpoint) -> bool:
+    """Whether the daemon behind ``endpoint`` serves the plugin's key+chain files."""
+    try:
+        return daemons.by_name(endpoint.service).serves_derived
+    except KeyError:
+        return True
 
 
 def check_foreign(config_dir: str, state: State, retry_seconds: float = 5.0,
@@ -135,14 +131,14 @@ def check_foreign(config_dir: str, state: State, retry_seconds: float = 5.0,
     skipped."""
     if not state.sni_map_type:
         return []
-    mta = postfix.Postfix(state.postfix_dir)
+    mta = Postfix(state.postfix_dir)
     if mta.running() is False:
         return []
     config = mta.read()
     ours = f"{state.sni_map_type}:{sni.map_path(config_dir, state.instance)}"
     entries = sni.foreign_entries(
         sni.foreign_tables(config.main.get("tls_server_sni_maps", ""), ours))
-    targets = postfix.endpoints(config, state.verify_address, state.verify_ports)
+    targets = listeners.endpoints(config, state.verify_address, state.verify_ports)
     jobs: list[tuple[tls_client.Endpoint, verify.ExpectedCert, Optional[str]]] = []
     for name, path in sorted(entries.items()):
         try:
@@ -156,20 +152,15 @@ def check_foreign(config_dir: str, state: State, retry_seconds: float = 5.0,
         ))
 
 
-def reload(state: State, services: Iterable[str], warn: Warn) -> None:
-    """Check and reload each named service once; a stopped one is skipped with a warning."""
-    for service in sorted(services, key=state.services().index):
-        daemon: Optional[postfix.Postfix | dovecot.Dovecot]
-        if service == "postfix":
-            mta = postfix.Postfix(state.postfix_dir)
-            daemon, label = mta, f"Postfix ({mta.config_dir})"
-        else:
-            daemon, label = _dovecot(state), f"Dovecot ({state.dovecot_config})"
-        if daemon is None:
-            continue
+def reload(found: Sequence[Daemon], names: Iterable[str], warn: Warn) -> None:
+    """Check and reload each daemon of ``found`` named in ``names`` once, providers first
+    (Dovecot before Postfix: its SASL socket must exist before new smtpd processes look
+    for it); a stopped one is skipped with a warning."""
+    wanted = set(names)
+    for daemon in daemons.deploy_order([d for d in found if d.name in wanted]):
         if not daemon.running():
-            warn(f"{label} is not running: its new configuration takes effect when you "
-                 "start it; nothing was reloaded.")
+            warn(f"{daemon.label} is not running: its new configuration takes effect when "
+                 "you start it; nothing was reloaded.")
             continue
         daemon.check()
         daemon.reload()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from certbot_postfix_tls._internal import certs, constants, dovecot, process
+from certbot_postfix_tls._internal import certs, constants, process
 from certbot_postfix_tls._internal.state import State
 
 # What postmap appends to the table's name for its index, per map type.
@@ -187,24 +187,3 @@ def foreign_entries(tables: list[str]) -> dict[str, str]:
                 continue
             entries.setdefault(fields[0].lower(), fields[-1])
     return entries
-
-
-def dovecot_sni(state: State) -> list[tuple[list[str], dovecot.CertFiles]]:
-    """``local_name`` entries for every lineage but the default (served without SNI)
-    and its partner."""
-    default = set(partners(state).get(str(state.default), []))
-    return [
-        (list(lineage.names), dovecot_files(state, name))
-        for name, lineage in sorted(state.lineages.items())
-        if name not in default
-    ]
-
-
-def dovecot_files(state: State, name: str) -> dovecot.CertFiles:
-    """Dovecot's certificate for ``name``: its partner of the other key type as the
-    alternative certificate."""
-    members = [state.lineages[m] for m in partners(state)[name]]
-    first = members[0]
-    alt = members[1] if len(members) > 1 else None
-    return dovecot.CertFiles(first.fullchain_path, first.key_path,
-                             alt.fullchain_path if alt else None, alt.key_path if alt else None)

@@ -99,11 +99,6 @@ class State:
         if self.default == name:
             self.default = None
 
-    def services(self) -> list[str]:
-        """The services this state configures, in reload order: Dovecot first, so that
-        its SASL socket exists before new smtpd processes look for it."""
-        return (["dovecot"] if self.dovecot_config else []) + ["postfix"]
-
     @staticmethod
     def directory(config_dir: str, instance: str = "") -> str:
         """Where an instance's state and SNI table live."""

@@ -49,10 +49,30 @@ class VerifyError(Exception):
 
 
 @dataclass(frozen=True)
+class Advice:
+    """What failure messages say about the daemon behind an endpoint: its name for
+    people, how to reload and start it, the settings that decide what a port serves,
+    and where its log gives causes. The defaults fit a daemon that supplies none."""
+
+    display: str = "the service"  # "Postfix"
+    reload: str = "reload the service"  # "postfix reload"
+    start: str = "start the service"  # "postfix start"
+    cert_setting: str = "its certificate setting"
+    tls_setting: str = "its TLS setting"  # what turns TLS on for a port
+    tls_fix: str = "turn TLS on for this port"
+    listen_setting: str = "where it listens"
+    protocol_setting: str = "its TLS protocols and ciphers"
+    # Log lines of these programs may name a cause (``smtpd[``, ``imap-login``).
+    log_programs: tuple[str, ...] = ()
+    # Said when the endpoint has no log file to read a cause from ("" says nothing).
+    no_log_hint: str = ""
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """One TLS endpoint of a mail service."""
 
-    service: str  # "postfix" or "dovecot"
+    service: str  # the daemon's name ("postfix", "dovecot")
     protocol: str  # "smtp", "imap" or "pop3"
     address: str  # IP address or host name to connect to
     port: int
@@ -63,6 +83,7 @@ class Endpoint:
     # file when it writes one (Postfix's maillog_file), where a cause may be found.
     setting: str = field(default="", compare=False)
     log_file: str = field(default="", compare=False)
+    advice: Advice = field(default=Advice(), compare=False, repr=False)
 
 
 # handshake(tls_version=...): pin one protocol version. "legacy" is TLS 1.0-1.1 at

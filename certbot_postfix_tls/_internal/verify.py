@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from certbot_postfix_tls._internal import certs
 from certbot_postfix_tls._internal.dialogues import Handshake, handshake
 from certbot_postfix_tls._internal.tls_client import (
+    Advice,
     Endpoint,
     VerifyError,
     a_label,
@@ -473,7 +474,7 @@ def _log_cause(result: EndpointResult) -> str:
     endpoint = result.endpoint
     if endpoint is None or not endpoint.log_file:
         return ""
-    return log_cause(read_log_tail(endpoint.log_file), endpoint.service)
+    return log_cause(read_log_tail(endpoint.log_file), endpoint.advice.log_programs)
 
 
 def read_log_tail(path: str) -> str:
@@ -486,15 +487,14 @@ def read_log_tail(path: str) -> str:
         return ""
 
 
-def log_cause(text: str, service: str) -> str:
-    """From a service's log text (``postfix`` or ``dovecot``): the newest recent warning
-    about a file, key or certificate that says what failed; "" when there is none."""
+def log_cause(text: str, programs: Sequence[str]) -> str:
+    """From a daemon's log text, lines of its ``programs`` only (``Advice.log_programs``):
+    the newest recent warning about a file, key or certificate that says what failed;
+    "" when there is none."""
     now = datetime.now(timezone.utc)
-    daemons = ("smtpd[", "tlsproxy[", "postscreen[") if service == "postfix" else (
-        "imap-login", "pop3-login", "config", "dovecot")
     found: list[str] = []
     for line in text.splitlines():
-        if not any(d in line for d in daemons):
+        if not any(program in line for program in programs):
             continue
         when = _log_time(line, now)
         if when is not None and abs((now - when).total_seconds()) > _LOG_WINDOW:
@@ -513,11 +513,9 @@ def log_cause(text: str, service: str) -> str:
 def _fix(result: EndpointResult) -> tuple[str, str]:
     """(setting that decides it, what to do) for a failure kind."""
     endpoint = result.endpoint
-    postfix = result.service == "postfix"
-    cert_setting = (endpoint.setting if endpoint and endpoint.setting else
-                    "smtpd_tls_chain_files in main.cf" if postfix else
-                    "ssl_cert/ssl_key (ssl_server_cert_file/key_file in 2.4)")
-    reload = "postfix reload" if postfix else "doveadm reload"
+    advice = endpoint.advice if endpoint else Advice()
+    cert_setting = endpoint.setting if endpoint and endpoint.setting else advice.cert_setting
+    reload = advice.reload
     kind = result.kind
     if kind == "other-cert":
         return cert_setting, f"point it at the deployed lineage, then {reload}"
@@ -528,22 +526,17 @@ def _fix(result: EndpointResult) -> tuple[str, str]:
     if kind in ("expired", "expiring"):
         return cert_setting, "run certbot renew and check the renewal hooks"
     if kind == "no-starttls":
-        setting = ("smtpd_tls_security_level (main.cf, or -o in master.cf)" if postfix
-                   else "ssl in Dovecot's configuration")
-        return setting, "turn TLS on for this port (may, or encrypt on 587)" if postfix \
-            else "set ssl = yes"
+        return advice.tls_setting, advice.tls_fix
     if kind == "starttls-refused":
         return cert_setting, f"fix what the log names, then {reload}"
     if kind == "closed":
         return "", ""
     if kind in ("refused", "timeout"):
-        setting = ("inet_interfaces/inet_protocols and the master.cf entry" if postfix
-                   else "listen and the inet_listener")
-        return setting, "start the service, or check that it listens on this address and port"
+        return (advice.listen_setting,
+                "start the service, or check that it listens on this address and port")
     if kind == "tls":
-        setting = ("smtpd_tls_protocols/smtpd_tls_ciphers and " + cert_setting if postfix
-                   else "ssl_min_protocol/ssl_cipher_list and " + cert_setting)
-        return setting, "check the TLS settings of this port"
+        return (f"{advice.protocol_setting} and {cert_setting}",
+                "check the TLS settings of this port")
     if kind == "early-data":
         return "the software in front of this port", "upgrade or remove what injects data"
     return "", ""
@@ -602,11 +595,11 @@ def summarize(
         line = f"port {first.port}, {where}, {_sni_phrase(snis)}: {detail}"
         if kind in _LOGGED_KINDS:
             cause = _log_cause(first)
-            name = "Postfix" if first.service == "postfix" else "Dovecot"
+            advice = first.endpoint.advice if first.endpoint else Advice()
             if cause:
-                line += f"; {name}'s log says: {cause}"
-            elif first.service == "postfix" and not (first.endpoint and first.endpoint.log_file):
-                line += "; the reason is in Postfix's log (set maillog_file to have it shown here)"
+                line += f"; {advice.display}'s log says: {cause}"
+            elif advice.no_log_hint and not (first.endpoint and first.endpoint.log_file):
+                line += f"; {advice.no_log_hint}"
         setting, fix = _fix(first)
         if setting:
             line += f"; decided by {setting}"

@@ -26,7 +26,8 @@ import pytest
 from conftest import need, once
 from lab.dovecot import DovecotLab, write_self_signed
 
-from certbot_postfix_tls._internal import certs, dialogues, postfix, tls_client
+from certbot_postfix_tls._internal import certs, dialogues, tls_client
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 
 # Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
 pytestmark = pytest.mark.tier2
@@ -183,7 +184,7 @@ def test_corpus_entry(
     spec = Spec.load(entry)
     install_entry(entry, postfix_lab, dovecot_config)
     before = snapshot()
-    main_before = postfix.parse_postconf(postfix_lab.postconf("-n"))
+    main_before = postfix_config.parse_postconf(postfix_lab.postconf("-n"))
     options_before = service_options(postfix_lab)
 
     proc = certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", NAME,
@@ -206,7 +207,7 @@ def test_corpus_entry(
     check = lab.process.run(["postfix", "check"], what="postfix check", check=False)
     assert check.returncode == 0 and "fatal" not in check.stderr, check.stderr
 
-    main_after = postfix.parse_postconf(postfix_lab.postconf("-n"))
+    main_after = postfix_config.parse_postconf(postfix_lab.postconf("-n"))
     changed = {k for k in main_before.keys() | main_after.keys()
                if main_before.get(k) != main_after.get(k)}
     assert changed <= README_MAIN, changed - README_MAIN

@@ -20,8 +20,10 @@ from conftest import need, need_lab
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certbot_postfix_tls._internal import dialogues, dovecot, process
-from certbot_postfix_tls._internal.dovecot import CertFiles, Dovecot
+from certbot_postfix_tls._internal import dialogues, process
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.dovecot.plan import CertFiles
 from certbot_postfix_tls._internal.tls_client import Endpoint
 
 LE = CertFiles("/etc/letsencrypt/live/mail.a.example/fullchain.pem",
@@ -127,13 +129,13 @@ def test_real_dovecot_missing_snakeoil_deploy_reload(
     second = Pair(ca, tmp_path / "b", "mail.example.org")
     other = Pair(ca, tmp_path / "c", "mail.b.example")
     before = snapshot(Path("/etc/dovecot"))
-    plan = dv.plan(first.files, sasl_listener=SASL, sni=[(["mail.b.example"], other.files)])
+    plan = dv.plan_files(first.files, sasl_listener=SASL, sni=[(["mail.b.example"], other.files)])
     dv.apply(plan)
     dv.check()
     dovecot_lab.start()
     assert dv.running()
 
-    endpoints = dv.endpoints("127.0.0.1")
+    endpoints = dv.effective_endpoints("127.0.0.1")
     assert {(e.protocol, e.port, e.tls) for e in endpoints} == {
         ("imap", 143, "starttls"), ("imap", 993, "implicit"),
         ("pop3", 110, "starttls"), ("pop3", 995, "implicit"),
@@ -146,14 +148,15 @@ def test_real_dovecot_missing_snakeoil_deploy_reload(
 
     # Renewal: another cert, reload (not restart), same master.
     pid = dv.master_pid()
-    dv.apply(dv.plan(second.files, sasl_listener=SASL, sni=[(["mail.b.example"], other.files)]))
+    dv.apply(dv.plan_files(second.files, sasl_listener=SASL,
+                           sni=[(["mail.b.example"], other.files)]))
     dv.reload()
     wait_served(endpoints, second.der)
     assert dv.master_pid() == pid
 
     # A plan pointing at a missing file fails the check; reload refuses, old cert stays.
     broken = CertFiles(str(tmp_path / "gone/fullchain.pem"), str(tmp_path / "gone/privkey.pem"))
-    dv.apply(dv.plan(broken))
+    dv.apply(dv.plan_files(broken))
     with pytest.raises(errors.MisconfigurationError, match="gone/fullchain.pem"):
         dv.check()
     with pytest.raises(errors.MisconfigurationError, match="gone/fullchain.pem"):
@@ -164,7 +167,7 @@ def test_real_dovecot_missing_snakeoil_deploy_reload(
     os.unlink(dv.plugin_file)
     for path in plan.writes:
         if path in before:
-            Path(path).write_text(dovecot.uncomment(Path(path).read_text()))
+            Path(path).write_text(dovecot_plan.uncomment(Path(path).read_text()))
     assert snapshot(Path("/etc/dovecot")) == before
 
 
@@ -188,7 +191,7 @@ def test_real_config_already_rejected(dovecot_lab) -> None:
     with pytest.raises(errors.MisconfigurationError, match="local.conf line 1"):
         dv.check_syntax()
     with pytest.raises(errors.MisconfigurationError, match="missing.conf"):
-        dv.plan(LE)
+        dv.plan_files(LE)
 
 
 def test_real_second_instance_with_its_own_config_file(dovecot_lab, tmp_path: Path) -> None:
@@ -201,14 +204,14 @@ def test_real_second_instance_with_its_own_config_file(dovecot_lab, tmp_path: Pa
     assert dv.plugin_file == "/etc/dovecot-alt/conf.d/99-certbot-postfix-tls.conf"
     ca = trustme.CA()
     first, second = Pair(ca, tmp_path / "a", "mail.example.org"), Pair(ca, tmp_path / "b", "x.org")
-    dv.apply(dv.plan(first.files))
+    dv.apply(dv.plan_files(first.files))
     alt.start()
     assert dv.running() and dv.base_dir() == "/run/dovecot-alt"
-    endpoints = dv.endpoints("127.0.0.1")
+    endpoints = dv.effective_endpoints("127.0.0.1")
     assert sorted(e.port for e in endpoints) == sorted(ports.values())
     wait_served(endpoints, first.der)
     pid = dv.master_pid()
-    dv.apply(dv.plan(second.files))
+    dv.apply(dv.plan_files(second.files))
     dv.reload()
     wait_served(endpoints, second.der)
     assert dv.master_pid() == pid
@@ -279,7 +282,7 @@ def test_real_dovecot_24_in_debian13_chroot(tmp_path: Path, monkeypatch) -> None
         pairs = [Pair(ca, Path(f"{root}/etc/lab-{n}"), "mail.example.org") for n in "ab"]
         inner = [CertFiles(p.files.fullchain[len(root):], p.files.key[len(root):])
                  for p in pairs]
-        plan = dv.plan(inner[0])
+        plan = dv.plan_files(inner[0])
         assert "ssl_server_cert_file = /etc/lab-a/fullchain.pem" in plan.writes[dv.plugin_file]
         dv.apply(plan)
         dv.check()
@@ -287,15 +290,15 @@ def test_real_dovecot_24_in_debian13_chroot(tmp_path: Path, monkeypatch) -> None
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         lab.wait_for_port(143)
-        endpoints = dv.endpoints("127.0.0.1")
+        endpoints = dv.effective_endpoints("127.0.0.1")
         assert {(e.protocol, e.port, e.tls) for e in endpoints} == {
             ("imap", 143, "starttls"), ("imap", 993, "implicit"),
             ("pop3", 110, "starttls"), ("pop3", 995, "implicit"),
         }
         wait_served(endpoints, pairs[0].der)
         master = pid()
-        dv.apply(dv.plan(inner[1]))
-        assert dv.plan(inner[1]).empty
+        dv.apply(dv.plan_files(inner[1]))
+        assert dv.plan_files(inner[1]).empty
         dv.reload()
         wait_served(endpoints, pairs[1].der)
         assert pid() == master

@@ -31,11 +31,12 @@ from lab.dovecot import RHEL_CERT, RHEL_KEY, DovecotLab, rhel_ssl_conf, write_se
 from certbot_postfix_tls._internal import (
     certs,
     dialogues,
-    dovecot,
     permissions,
     process,
     tls_client,
 )
+from certbot_postfix_tls._internal.daemons.dovecot import doveconf
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
 
 # Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
 pytestmark = pytest.mark.tier2
@@ -126,7 +127,7 @@ def test_rhel_dovecot_deploy_renew_rollback(
     output = run_certbot(certbot)
     assert "commented out ssl_cert in /etc/dovecot/conf.d/10-ssl.conf" in output
     ssl_conf = Path("/etc/dovecot/conf.d/10-ssl.conf").read_text()
-    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}" in ssl_conf
+    assert f"{dovecot_plan.MARKER}ssl_cert = <{RHEL_CERT}" in ssl_conf
     assert "\nssl = required\n" in ssl_conf  # the policy is the operator's
     effective = process.run(["doveconf", "ssl", "ssl_cert"], what="doveconf").stdout
     assert "ssl = required" in effective and f"/live/{NAME}/fullchain.pem" in effective
@@ -174,10 +175,10 @@ def test_freebsd_dovecot_path_is_found(
     instance.install_config(snakeoil=True)
     instance.start()
     try:
-        assert dovecot.built_in_config() == "/etc/dovecot/dovecot.conf"  # Debian's build
-        assert dovecot.find_config() == f"{FREEBSD_DOVECOT}/dovecot.conf"
+        assert doveconf.built_in_config() == "/etc/dovecot/dovecot.conf"  # Debian's build
+        assert doveconf.find_config() == f"{FREEBSD_DOVECOT}/dovecot.conf"
         output = run_certbot(certbot)
-        plugin_file = Path(FREEBSD_DOVECOT, "conf.d", dovecot.DEBIAN_PLUGIN_NAME)
+        plugin_file = Path(FREEBSD_DOVECOT, "conf.d", dovecot_plan.DEBIAN_PLUGIN_NAME)
         assert f"wrote {plugin_file}" in output
         assert served(993, "implicit") == served(143, "starttls") == leaf_of(certbot)
     finally:

@@ -25,7 +25,10 @@ import pytest
 from conftest import need, need_lab, once
 from lab.dovecot import DovecotLab
 
-from certbot_postfix_tls._internal import certs, dialogues, postfix, tls_client, verify
+from certbot_postfix_tls._internal import certs, dialogues, tls_client, verify
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 
 # Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
 pytestmark = pytest.mark.tier2
@@ -55,7 +58,7 @@ def reload_postfix() -> None:
 
 
 def explicit(postfix_lab: lab.PostfixLab) -> dict[str, str]:
-    return postfix.parse_postconf(postfix_lab.postconf("-n"))
+    return postfix_config.parse_postconf(postfix_lab.postconf("-n"))
 
 
 def leaf_of(certbot: lab.Certbot) -> bytes:
@@ -223,7 +226,7 @@ def summary(certbot: lab.Certbot) -> tuple[list[verify.EndpointResult], list[str
     postlogd writes asynchronously."""
     expected = verify.ExpectedCert.from_fullchain(
         str(certbot.config_dir / "live" / NAME / "fullchain.pem"))
-    targets = postfix.endpoints(postfix.Postfix().read(), "127.0.0.1")
+    targets = postfix_listeners.endpoints(Postfix().read(), "127.0.0.1")
     deadline = time.monotonic() + 10
     while True:
         results = [verify.check_endpoint(endpoint, expected, sni, retry_seconds=0)

@@ -17,7 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lab
-from certbot_postfix_tls._internal import certs, dialogues, postfix, services, tls_client, verify
+from certbot_postfix_tls._internal import certs, dialogues, services, tls_client, verify
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.state import State
 from lab import load as lab_load
 from lab.dovecot import DovecotLab
@@ -35,11 +38,9 @@ def _step(title: str) -> None:
 
 
 def _endpoints(with_dovecot: bool) -> list[tls_client.Endpoint]:
-    found = postfix.endpoints(postfix.Postfix().read(), "127.0.0.1")
+    found = postfix_listeners.endpoints(Postfix().read(), "127.0.0.1")
     if with_dovecot:
-        from certbot_postfix_tls._internal import dovecot
-
-        found += dovecot.Dovecot().endpoints("127.0.0.1")
+        found += Dovecot().effective_endpoints("127.0.0.1")
     return found
 
 

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certbot_postfix_tls._internal import certs, postfix
+from certbot_postfix_tls._internal import certs
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.dane import (
     archive,
     flag,
@@ -453,7 +454,7 @@ def test_postfix_before_3_4_cannot_hold(site: Certbot) -> None:
     deployed = site.deployed()
     old = records.Record.for_cert(site.material().leaf)
     site.renew(*ca.issue(_key()))
-    config = postfix.PostfixConfig({"mail_version": "3.3.0"}, {}, [], set())
+    config = postfix_config.PostfixConfig({"mail_version": "3.3.0"}, {}, [], set())
     choice = gate.choose_material(site.lineage, deployed, site.material(), config,
                                   lookups=[secure(old)], now=NOW)
     assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held

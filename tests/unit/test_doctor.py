@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from certbot_postfix_tls._internal import cli, doctor, postfix
+from certbot_postfix_tls._internal import cli, doctor
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.doctor import protocols, registry, restart_hooks
 from certbot_postfix_tls._internal.doctor.context import Context
 from certbot_postfix_tls._internal.findings import Finding
@@ -47,10 +48,10 @@ def test_postfix_protocol_lists() -> None:
 
 def test_value_in_force_for_a_service() -> None:
     """A -o override wins, with $name / ${name} from main.cf (expanded values first)."""
-    service = postfix.MasterService.parse(
+    service = postfix_config.MasterService.parse(
         "submission inet n - y - - smtpd -o smtpd_tls_cert_file=${certs}/sub.pem "
         "-o smtpd_tls_key_file=$missing/key.pem")
-    config = postfix.PostfixConfig(
+    config = postfix_config.PostfixConfig(
         main={"certs": "/raw", "smtpd_tls_cert_file": "/main.pem"}, explicit={},
         services=[service], map_types=set(), expanded={"certs": "/etc/certs"})
     assert config.in_force(service, "smtpd_tls_cert_file") == ("/etc/certs/sub.pem", True)

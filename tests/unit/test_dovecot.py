@@ -17,8 +17,12 @@ from certbot import errors
 from conftest import FIXTURES
 from lab.dovecot import RHEL_CERT, RHEL_KEY, rhel_ssl_conf
 
-from certbot_postfix_tls._internal import dovecot, process
-from certbot_postfix_tls._internal.dovecot import CertFiles, Dovecot
+from certbot_postfix_tls._internal import process
+from certbot_postfix_tls._internal.daemons.dovecot import conftree as dovecot_conftree
+from certbot_postfix_tls._internal.daemons.dovecot import doveconf
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.dovecot.plan import CertFiles
 from certbot_postfix_tls._internal.tls_client import Endpoint
 
 FIX23 = FIXTURES / "dovecot23"
@@ -44,14 +48,14 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 def plan_for(
     conf: Path, version: tuple[int, ...], cert: CertFiles = LE, **kw
-) -> dovecot.DovecotPlan:
-    plugin, include_from = dovecot.plugin_layout(str(conf), conf.read_text())
+) -> dovecot_plan.DovecotPlan:
+    plugin, include_from = dovecot_plan.plugin_layout(str(conf), conf.read_text())
     extra = [plugin] + ([include_from] if include_from else [])
-    tree = dovecot.read_config(str(conf), extra)
-    return dovecot.plan_config(tree, version, plugin, include_from, cert, **kw)
+    tree = dovecot_conftree.read_config(str(conf), extra)
+    return dovecot_plan.plan_config(tree, version, plugin, include_from, cert, **kw)
 
 
-def apply(plan: dovecot.DovecotPlan) -> None:
+def apply(plan: dovecot_plan.DovecotPlan) -> None:
     for path, text in plan.writes.items():
         Path(path).write_text(text)
 
@@ -66,7 +70,7 @@ def needs_doveconf() -> None:
 
 def test_debian_layout_puts_the_file_in_conf_d(tmp_path: Path) -> None:
     conf = copy_tree(FIX23, tmp_path / "dovecot")
-    plugin, include_from = dovecot.plugin_layout(str(conf), conf.read_text())
+    plugin, include_from = dovecot_plan.plugin_layout(str(conf), conf.read_text())
     assert plugin == str(tmp_path / "dovecot/conf.d/99-certbot-postfix-tls.conf")
     assert include_from is None
 
@@ -106,10 +110,10 @@ def test_local_conf_layout_includes_from_local_conf(tmp_path: Path) -> None:
 
 
 def test_render_23_and_24() -> None:
-    text23 = dovecot.render_plugin_file(V23, LE)
+    text23 = dovecot_plan.render_plugin_file(V23, LE)
     assert "\nssl_cert = </etc/letsencrypt/live/mail.a.example/fullchain.pem\n" in text23
     assert "\nssl_key = </etc/letsencrypt/live/mail.a.example/privkey.pem\n" in text23
-    text24 = dovecot.render_plugin_file(V24, LE)
+    text24 = dovecot_plan.render_plugin_file(V24, LE)
     assert "\nssl_server_cert_file = /etc/letsencrypt/live/mail.a.example/fullchain.pem\n" in text24
     assert "\nssl_server_key_file = /etc/letsencrypt/live/mail.a.example/privkey.pem\n" in text24
     assert "ssl_cert" not in text24 and "<" not in text24
@@ -118,7 +122,7 @@ def test_render_23_and_24() -> None:
 
 
 def test_render_sni_blocks_sorted_one_per_name() -> None:
-    text = dovecot.render_plugin_file(
+    text = dovecot_plan.render_plugin_file(
         V23, LE, sni=[(["mail.b.example", "*.b.example"], LE_B), (["mail.b.example"], LE)]
     )
     assert text.index("local_name *.b.example {") < text.index("local_name mail.b.example {")
@@ -129,7 +133,7 @@ def test_render_sni_blocks_sorted_one_per_name() -> None:
         "  ssl_cert = </etc/letsencrypt/live/mail.b.example/fullchain.pem\n"
         "  ssl_key = </etc/letsencrypt/live/mail.b.example/privkey.pem\n}\n"
     )
-    text24 = dovecot.render_plugin_file(V24, LE, sni=[(["mail.b.example"], LE_B)])
+    text24 = dovecot_plan.render_plugin_file(V24, LE, sni=[(["mail.b.example"], LE_B)])
     assert (
         "local_name mail.b.example {\n"
         "  ssl_server_cert_file = /etc/letsencrypt/live/mail.b.example/fullchain.pem\n"
@@ -137,7 +141,7 @@ def test_render_sni_blocks_sorted_one_per_name() -> None:
 
 
 def test_render_sasl_listener() -> None:
-    text = dovecot.render_plugin_file(V23, LE, sasl_listener=SASL)
+    text = dovecot_plan.render_plugin_file(V23, LE, sasl_listener=SASL)
     assert text.endswith(
         "service auth {\n"
         "  unix_listener /var/spool/postfix/private/auth {\n"
@@ -156,12 +160,12 @@ def test_render_sasl_listener() -> None:
 )
 def test_render_refuses_paths_dovecot_cannot_hold(cert: CertFiles) -> None:
     with pytest.raises(errors.PluginError):
-        dovecot.render_plugin_file(V23, cert)
+        dovecot_plan.render_plugin_file(V23, cert)
 
 
 def test_render_refuses_odd_sni_names() -> None:
     with pytest.raises(errors.PluginError, match="local_name"):
-        dovecot.render_plugin_file(V23, LE, sni=[(["mail.b.example {"], LE_B)])
+        dovecot_plan.render_plugin_file(V23, LE, sni=[(["mail.b.example {"], LE_B)])
 
 
 # --- planning on the stock trees ----------------------------------------------------------
@@ -191,8 +195,8 @@ def test_stock_plan_comments_out_competitors_byte_exactly(
     changed = [i + 1 for i, (a, b) in enumerate(zip(old, new)) if a != b]
     assert tuple(changed) == lines
     for n in lines:
-        assert new[n - 1] == dovecot.MARKER + old[n - 1]
-    assert dovecot.uncomment(plan.writes[ssl_conf]).encode() == before[ssl_conf]
+        assert new[n - 1] == dovecot_plan.MARKER + old[n - 1]
+    assert dovecot_plan.uncomment(plan.writes[ssl_conf]).encode() == before[ssl_conf]
 
     apply(plan)
     assert plan_for(conf, version, sasl_listener=SASL, sni=[(["mail.b.example"], LE_B)]).empty
@@ -216,7 +220,7 @@ def test_include_following(tmp_path: Path) -> None:
     )
     (extra / "a.conf").write_text("ssl_alt_cert = </etc/ssl/ecdsa.pem\nssl_alt_key = \\\n </k\n")
     (tmp_path / "dovecot/in-block.inc").write_text("ssl_cert = </etc/ssl/imap-only.pem\n")
-    tree = dovecot.read_config(str(conf))
+    tree = dovecot_conftree.read_config(str(conf))
     files = list(tree.files)
     assert files.index(str(extra / "a.conf")) < files.index(str(extra / "b.conf"))
     plan = plan_for(conf, V23)
@@ -270,7 +274,7 @@ def test_sasl_listener_merges_with_debian_service_auth(tmp_path: Path) -> None:
     apply(plan_for(conf, V23, cert=CertFiles(str(cert), str(cert)), sasl_listener=SASL))
     out = subprocess.run(["doveconf", "-c", str(conf), "-n", "service/auth"],
                          capture_output=True, text=True, check=True).stdout
-    section = dict(dovecot.parse_doveconf(out).children)["service auth"]
+    section = dict(doveconf.parse_doveconf(out).children)["service auth"]
     listeners = dict(section.children)
     assert listeners[f"unix_listener {SASL}"].settings == {
         "group": "postfix", "mode": "0660", "user": "postfix",
@@ -282,7 +286,7 @@ def test_sasl_listener_merges_with_debian_service_auth(tmp_path: Path) -> None:
 
 def eps(text: str, address: str = "192.0.2.1") -> set[tuple[str, str, int, str, str]]:
     return {(e.protocol, e.address, e.port, e.tls, e.label)
-            for e in dovecot.endpoints_from_doveconf(text, address)}
+            for e in doveconf.endpoints_from_doveconf(text, address)}
 
 
 STOCK = {
@@ -297,7 +301,7 @@ STOCK = {
 def test_endpoints_of_stock_config(fixture: Path) -> None:
     text = (fixture / "doveconf-endpoints.txt").read_text()
     assert eps(text) == STOCK  # "*, ::" (2.3) / "* ::" (2.4) -> the verify address
-    result = dovecot.endpoints_from_doveconf(text, "127.0.0.1")
+    result = doveconf.endpoints_from_doveconf(text, "127.0.0.1")
     assert all(isinstance(e, Endpoint) and e.service == "dovecot" for e in result)
 
 
@@ -322,8 +326,8 @@ def test_endpoints_ssl_no_protocols_and_23_address() -> None:
 
 
 def test_parse_version() -> None:
-    assert dovecot.parse_version("2.3.19.1 (9b53102964)\n") == (2, 3, 19, 1)
-    assert dovecot.parse_version("2.4.1-4 (7d8c0e5759)") >= (2, 4)
+    assert process.version_tuple("2.3.19.1 (9b53102964)\n") == (2, 3, 19, 1)
+    assert process.version_tuple("2.4.1-4 (7d8c0e5759)") >= (2, 4)
 
 
 # --- the process boundary, mocked -----------------------------------------------------------
@@ -358,7 +362,7 @@ def test_version_detection_and_24_check_message(tmp_path: Path, monkeypatch) -> 
     assert "ssl_server_cert_file: open(/etc/dovecot/private/dovecot.pem) failed" in str(err.value)
     assert str(conf) in str(err.value)
     assert ["doveconf", "-c", str(conf), "-x", "base_dir"] in calls
-    assert "ssl_server_cert_file = " in dv.plan(LE).writes[dv.plugin_file]
+    assert "ssl_server_cert_file = " in dv.plan_files(LE).writes[dv.plugin_file]
 
 
 def test_no_doveconf_or_no_config(tmp_path: Path, monkeypatch) -> None:
@@ -382,20 +386,20 @@ def test_endpoints_and_check_with_real_doveconf(tmp_path: Path) -> None:
     ssl_conf.write_text(ssl_conf.read_text().replace("/etc/dovecot/private", str(missing)))
     dv = Dovecot(str(conf))
     assert dv.version[:2] == (2, 3)
-    assert {(e.port, e.address) for e in dv.endpoints("192.0.2.1")} >= {(143, "127.0.0.1"),
-                                                                         (993, "127.0.0.1")}
+    found = {(e.port, e.address) for e in dv.effective_endpoints("192.0.2.1")}
+    assert found >= {(143, "127.0.0.1"), (993, "127.0.0.1")}
     dv.check_syntax()  # the snakeoil file is missing: only -x notices
     with pytest.raises(errors.MisconfigurationError, match="/etc/dovecot/private/dovecot.pem"):
         dv.check()
 
 
 def test_count_sessions_23_and_24_headers() -> None:
-    assert dovecot.count_sessions(
+    assert doveconf.count_sessions(
         "username\tproto\tpid\tip\nu1\timap\t1\t127.0.0.1\nu1\timap\t2\t127.0.0.1\n"
         "u2\tpop3\t3\t127.0.0.1\n") == {"imap": 2, "pop3": 1}
-    assert dovecot.count_sessions("username\tservice\tpid\tip\nu\timap\t1\t::1\n") == {"imap": 1}
-    assert dovecot.count_sessions("username\tproto\tpid\tip\n") == {}
-    assert dovecot.count_sessions("") == {}
+    assert doveconf.count_sessions("username\tservice\tpid\tip\nu\timap\t1\t::1\n") == {"imap": 1}
+    assert doveconf.count_sessions("username\tproto\tpid\tip\n") == {}
+    assert doveconf.count_sessions("") == {}
 
 
 # --- established sessions: --postfix-tls-dovecot-sessions ----------------------------------
@@ -412,7 +416,7 @@ def test_plan_keep_cut_and_an_operators_own_setting(
     plugin = str(tmp_path / "dovecot/conf.d/99-certbot-postfix-tls.conf")
     cut = plan_for(conf, version, sessions="cut")
     assert "shutdown_clients" not in cut.writes[plugin]
-    assert cut.writes[plugin] == dovecot.render_plugin_file(version, LE)  # as before
+    assert cut.writes[plugin] == dovecot_plan.render_plugin_file(version, LE)  # as before
     keep = plan_for(conf, version, sessions="keep")
     assert "\nshutdown_clients = no\n" in keep.writes[plugin]
     for path, text in keep.writes.items():
@@ -447,15 +451,15 @@ def test_rhel_tree_is_planned_like_debian(tmp_path: Path) -> None:
     (conf_d / "10-ssl.conf").write_text(ssl_text)
     main = str(tmp_path / "dovecot.conf")
 
-    plugin_file, include_from = dovecot.plugin_layout(main, Path(main).read_text())
-    assert (plugin_file, include_from) == (str(conf_d / dovecot.DEBIAN_PLUGIN_NAME), None)
+    plugin_file, include_from = dovecot_plan.plugin_layout(main, Path(main).read_text())
+    assert (plugin_file, include_from) == (str(conf_d / dovecot_plan.DEBIAN_PLUGIN_NAME), None)
 
-    tree = dovecot.read_config(main, [plugin_file])
-    cert = dovecot.CertFiles("/etc/letsencrypt/live/a/fullchain.pem",
+    tree = dovecot_conftree.read_config(main, [plugin_file])
+    cert = dovecot_plan.CertFiles("/etc/letsencrypt/live/a/fullchain.pem",
                              "/etc/letsencrypt/live/a/privkey.pem")
-    plan = dovecot.plan_config(tree, (2, 3, 16), plugin_file, None, cert)
+    plan = dovecot_plan.plan_config(tree, (2, 3, 16), plugin_file, None, cert)
     new_ssl = plan.writes[str(conf_d / "10-ssl.conf")]
-    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}\n" in new_ssl
-    assert f"{dovecot.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
+    assert f"{dovecot_plan.MARKER}ssl_cert = <{RHEL_CERT}\n" in new_ssl
+    assert f"{dovecot_plan.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
     assert "\nssl = required\n" in new_ssl
-    assert dovecot.uncomment(new_ssl) == ssl_text  # restorable byte for byte
+    assert dovecot_plan.uncomment(new_ssl) == ssl_text  # restorable byte for byte

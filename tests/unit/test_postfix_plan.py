@@ -11,11 +11,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from certbot import errors
 from conftest import FIXTURES
 
-from certbot_postfix_tls._internal import postfix
+from certbot_postfix_tls._internal import process
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
+from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 
-FILES = postfix.CertificateFiles(
+FILES = postfix_policy.CertificateFiles(
     chain_file="/etc/letsencrypt/postfix-tls/lineages/mail/key-fullchain.pem",
     fullchain="/etc/letsencrypt/live/mail/fullchain.pem",
     key="/etc/letsencrypt/live/mail/privkey.pem",
@@ -28,7 +33,7 @@ def _postconf() -> None:
         pytest.skip("postconf is not installed (apt-get install postfix)")
 
 
-def instance(tmp_path: Path, fixture: str) -> postfix.Postfix:
+def instance(tmp_path: Path, fixture: str) -> Postfix:
     """A copy of a fixture pair that reads nothing of the host's /etc.
 
     Debian's stock main.cf says ``myorigin = /etc/mailname``, a file postconf
@@ -47,16 +52,16 @@ def instance(tmp_path: Path, fixture: str) -> postfix.Postfix:
                                         f"\nmyorigin = {mailname}\n"))
     assert not [line for line in main_cf.read_text().splitlines()
                 if "/etc/mailname" in line and not line.startswith("#")]
-    return postfix.Postfix(str(target))
+    return Postfix(str(target))
 
 
-def params(plan: postfix.TLSPlan, service: str) -> dict[str, str]:
+def params(plan: postfix_policy.TLSPlan, service: str) -> dict[str, str]:
     return {p.param: p.value for p in plan.service_params if p.service == service}
 
 
 def test_debian_stock_plan(tmp_path: Path) -> None:
     pf = instance(tmp_path, "debian12")
-    plan = postfix.plan_tls(pf.read(), FILES, postfix.Options())
+    plan = postfix_policy.plan_tls(pf.read(), FILES, postfix_policy.Options())
     assert plan.main == {
         "smtpd_tls_chain_files": FILES.chain_file,
         "smtpd_tls_cert_file": "",
@@ -81,8 +86,8 @@ def test_debian_stock_plan(tmp_path: Path) -> None:
 
 def test_apply_then_plan_again_is_empty(tmp_path: Path) -> None:
     pf = instance(tmp_path, "debian12")
-    options = postfix.Options(smtps=True)
-    pf.apply(postfix.plan_tls(pf.read(), FILES, options))
+    options = postfix_policy.Options(smtps=True)
+    pf.apply(postfix_policy.plan_tls(pf.read(), FILES, options))
     config = pf.read()
     assert config.main["smtpd_tls_chain_files"] == FILES.chain_file
     assert config.main["smtpd_tls_security_level"] == "may"  # port 25 keeps plaintext
@@ -90,7 +95,7 @@ def test_apply_then_plan_again_is_empty(tmp_path: Path) -> None:
     assert len(config.services_on_port(587)) == 1
     smtps = config.services_on_port(465)
     assert len(smtps) == 1 and smtps[0].overrides["smtpd_tls_wrappermode"] == "yes"
-    again = postfix.plan_tls(config, FILES, options)
+    again = postfix_policy.plan_tls(config, FILES, options)
     assert again.empty, again
     # Deploying twice never duplicates a service.
     pf.apply(again)
@@ -100,7 +105,7 @@ def test_apply_then_plan_again_is_empty(tmp_path: Path) -> None:
 def test_custom_config_is_never_weakened(tmp_path: Path) -> None:
     pf = instance(tmp_path, "custom")
     config = pf.read()
-    plan = postfix.plan_tls(config, FILES, postfix.Options(smtps=True))
+    plan = postfix_policy.plan_tls(config, FILES, postfix_policy.Options(smtps=True))
     # smtpd_enforce_tls=yes (obsolete) stays in force: no level is set over it.
     assert "smtpd_tls_security_level" not in plan.main
     assert "smtp_tls_security_level" not in plan.main  # dane is stronger than may
@@ -123,7 +128,7 @@ def test_custom_config_is_never_weakened(tmp_path: Path) -> None:
 
 def test_custom_endpoints_from_master_cf(tmp_path: Path) -> None:
     config = instance(tmp_path, "custom").read()
-    found = {(e.address, e.port, e.tls) for e in postfix.endpoints(config, "127.0.0.1")}
+    found = {(e.address, e.port, e.tls) for e in postfix_listeners.endpoints(config, "127.0.0.1")}
     assert found == {
         ("127.0.0.1", 25, "starttls"),  # postscreen
         ("127.0.0.1", 587, "starttls"),  # bound to 127.0.0.1
@@ -134,14 +139,14 @@ def test_custom_endpoints_from_master_cf(tmp_path: Path) -> None:
 
 def test_endpoints_use_verify_address_for_wildcard_listeners(tmp_path: Path) -> None:
     config = instance(tmp_path, "custom").read()
-    addresses = {e.port: e.address for e in postfix.endpoints(config, "192.0.2.7")}
+    addresses = {e.port: e.address for e in postfix_listeners.endpoints(config, "192.0.2.7")}
     assert addresses[25] == "192.0.2.7" and addresses[587] == "127.0.0.1"
 
 
 def test_old_postfix_gets_cert_and_key_files(tmp_path: Path) -> None:
     config = instance(tmp_path, "debian12").read()
     config.main["mail_version"] = "3.3.2"
-    plan = postfix.plan_tls(config, FILES, postfix.Options())
+    plan = postfix_policy.plan_tls(config, FILES, postfix_policy.Options())
     assert plan.main["smtpd_tls_cert_file"] == FILES.fullchain  # never cert.pem
     assert plan.main["smtpd_tls_key_file"] == FILES.key
     assert "smtpd_tls_chain_files" not in plan.main
@@ -149,25 +154,26 @@ def test_old_postfix_gets_cert_and_key_files(tmp_path: Path) -> None:
 
 def test_dovecot_sasl_is_wired_only_when_asked(tmp_path: Path) -> None:
     config = instance(tmp_path, "debian12").read()
-    plan = postfix.plan_tls(
-        config, FILES, postfix.Options(sasl="auto", dovecot_sasl_path="private/auth")
+    plan = postfix_policy.plan_tls(
+        config, FILES, postfix_policy.Options(sasl="auto", dovecot_sasl_path="private/auth")
     )
     sub = params(plan, "submission/inet")
     assert sub["smtpd_sasl_auth_enable"] == "yes"
     assert sub["smtpd_sasl_type"] == "dovecot" and sub["smtpd_sasl_path"] == "private/auth"
     assert not plan.warnings
-    none = postfix.plan_tls(config, FILES, postfix.Options(sasl="none", dovecot_sasl_path="x"))
+    options = postfix_policy.Options(sasl="none", dovecot_sasl_path="x")
+    none = postfix_policy.plan_tls(config, FILES, options)
     assert "smtpd_sasl_auth_enable" not in params(none, "submission/inet")
 
 
 def test_no_submission_when_disabled(tmp_path: Path) -> None:
     config = instance(tmp_path, "debian12").read()
-    plan = postfix.plan_tls(config, FILES, postfix.Options(submission=False))
+    plan = postfix_policy.plan_tls(config, FILES, postfix_policy.Options(submission=False))
     assert plan.new_services == [] and plan.service_params == []
 
 
 def test_master_arg_groups_and_ports() -> None:
-    service = postfix.MasterService.parse(
+    service = postfix_config.MasterService.parse(
         "[::1]:2587 inet n - y - - smtpd -o { smtpd_tls_mandatory_protocols = >=TLSv1.2 }"
         " -o smtpd_tls_wrappermode=yes"
     )
@@ -176,8 +182,8 @@ def test_master_arg_groups_and_ports() -> None:
         "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
         "smtpd_tls_wrappermode": "yes",
     }
-    assert postfix.resolve_port("submissions") == 465
-    assert postfix.parse_version("3.10.13") == (3, 10, 13)
+    assert postfix_config.resolve_port("submissions") == 465
+    assert process.version_tuple("3.10.13") == (3, 10, 13)
 
 
 def test_all_names_are_literal_domains(tmp_path: Path) -> None:
@@ -189,12 +195,52 @@ def test_broken_main_cf_is_one_clear_error(tmp_path: Path) -> None:
     pf = instance(tmp_path, "debian12")
     with open(pf.main_cf, "a") as handle:
         handle.write("this line has no equals sign\n")
-    with pytest.raises(postfix.errors.MisconfigurationError, match=r"main.cf, line \d+"):
+    with pytest.raises(errors.MisconfigurationError, match=r"main.cf, line \d+"):
         pf.read()
 
 
 def test_postfix_not_installed_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # The process boundary only: no postconf/postfix on this machine.
-    monkeypatch.setattr(postfix.process, "find_tool", lambda name: None)
-    with pytest.raises(postfix.errors.NoInstallationError, match="install the postfix package"):
-        postfix.Postfix()
+    monkeypatch.setattr(process, "find_tool", lambda name: None)
+    with pytest.raises(errors.NoInstallationError, match="install the postfix package"):
+        Postfix()
+
+
+def test_policy_table_is_read_and_applied_entry_by_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One table entry is all a new main.cf setting needs: postconf is asked for it and
+    # the plan writes it unless the value in force is acceptable.
+    extra = postfix_policy.MainSetting(
+        "smtpd_tls_received_header", "yes",
+        lambda config, name: postfix_config.is_yes(config.main.get(name, "")))
+    monkeypatch.setattr(postfix_policy, "MAIN_POLICY", (*postfix_policy.MAIN_POLICY, extra))
+    pf = instance(tmp_path, "debian12")
+    config = pf.read()
+    assert "smtpd_tls_received_header" in config.main  # asked from postconf
+    plan = postfix_policy.plan_tls(config, FILES, postfix_policy.Options())
+    assert plan.main["smtpd_tls_received_header"] == "yes"
+    pf.apply(plan)
+    again = postfix_policy.plan_tls(pf.read(), FILES, postfix_policy.Options())
+    assert "smtpd_tls_received_header" not in again.main
+
+
+def test_policy_levels_accept_stronger_and_replace_obsolete_settings() -> None:
+    def config(**main: str) -> postfix_config.PostfixConfig:
+        return postfix_config.PostfixConfig(main={"mail_version": "3.7.11", **main},
+                                            explicit=dict(main), services=[],
+                                            map_types={"btree"})
+
+    def planned(cfg: postfix_config.PostfixConfig) -> dict[str, str]:
+        return postfix_policy.plan_tls(cfg, FILES, postfix_policy.Options(submission=False)).main
+
+    strong = planned(config(smtpd_tls_security_level="encrypt", smtp_tls_security_level="dane",
+                            smtpd_tls_session_cache_database="lmdb:/x",
+                            smtp_tls_session_cache_database="lmdb:/y", smtpd_tls_loglevel="2"))
+    assert set(strong) == {"smtpd_tls_chain_files"}  # nothing of the policy is weakened
+    weak = planned(config(smtpd_use_tls="yes", smtpd_tls_loglevel="x"))
+    assert weak["smtpd_tls_security_level"] == "may"  # the obsolete smtpd_use_tls, restated
+    assert weak["smtp_tls_security_level"] == "may"
+    assert weak["smtpd_tls_session_cache_database"] == "btree:${data_directory}/smtpd_scache"
+    assert weak["smtp_tls_session_cache_database"] == "btree:${data_directory}/smtp_scache"
+    assert weak["smtpd_tls_loglevel"] == "1"

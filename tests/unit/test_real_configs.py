@@ -12,12 +12,20 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from certbot import errors
 from conftest import FIXTURES
 
-from certbot_postfix_tls._internal import dialogues, dovecot, postfix, tls_client, verify
+from certbot_postfix_tls._internal import dialogues, tls_client, verify
+from certbot_postfix_tls._internal.daemons.dovecot import conftree as dovecot_conftree
+from certbot_postfix_tls._internal.daemons.dovecot import doveconf
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
+from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 
 SASL = "/var/spool/postfix/private/auth"
-CERT = dovecot.CertFiles("/etc/letsencrypt/live/mail/fullchain.pem",
+CERT = dovecot_plan.CertFiles("/etc/letsencrypt/live/mail/fullchain.pem",
                          "/etc/letsencrypt/live/mail/privkey.pem")
 
 
@@ -26,7 +34,7 @@ def needs(tool: str) -> None:
         pytest.skip(f"{tool} is not installed")
 
 
-def instance(tmp_path: Path, fixture: str, main: str = "", master: str = "") -> postfix.Postfix:
+def instance(tmp_path: Path, fixture: str, main: str = "", master: str = "") -> Postfix:
     needs("postconf")
     target = tmp_path / fixture
     shutil.copytree(FIXTURES / fixture, target)
@@ -39,12 +47,12 @@ def instance(tmp_path: Path, fixture: str, main: str = "", master: str = "") -> 
     (target / "main.cf").write_text("".join(lines) + "myorigin = $myhostname\n" + main)
     with open(target / "master.cf", "a") as handle:
         handle.write(master)
-    return postfix.Postfix(str(target))
+    return Postfix(str(target))
 
 
-def endpoint_set(config: postfix.PostfixConfig, address: str = "127.0.0.1",
+def endpoint_set(config: postfix_config.PostfixConfig, address: str = "127.0.0.1",
                  ports: list[int] | None = None) -> set[tuple[str, int, str]]:
-    return {(e.address, e.port, e.tls) for e in postfix.endpoints(config, address, ports)}
+    return {(e.address, e.port, e.tls) for e in postfix_listeners.endpoints(config, address, ports)}
 
 
 # --- 1. postconf warnings are notes ---------------------------------------------------------
@@ -66,19 +74,19 @@ def test_postconf_warnings_are_returned_not_raised(tmp_path: Path) -> None:
     assert len(warnings) == len(set(warnings)) == 2  # one line each
     assert all(not w.startswith("postconf") for w in warnings)
     # The plan amends the submission entry and leaves the operator's settings alone.
-    plan = postfix.plan_tls(config, _files(), postfix.Options())
+    plan = postfix_policy.plan_tls(config, _files(), postfix_policy.Options())
     assert not any(p.param == "smtpd_client_restrictions" for p in plan.service_params)
     assert "policyd-spf_time_limit" not in plan.main
 
 
 def test_what_postconf_refuses_is_still_an_error(tmp_path: Path) -> None:
     pf = instance(tmp_path, "debian12", main="this line has no equals sign\n")
-    with pytest.raises(postfix.errors.MisconfigurationError, match=r"main.cf, line \d+"):
+    with pytest.raises(errors.MisconfigurationError, match=r"main.cf, line \d+"):
         pf.read()
 
 
-def _files() -> postfix.CertificateFiles:
-    return postfix.CertificateFiles(
+def _files() -> postfix_policy.CertificateFiles:
+    return postfix_policy.CertificateFiles(
         chain_file="/etc/letsencrypt/postfix-tls/lineages/mail/key-fullchain.pem",
         fullchain="/etc/letsencrypt/live/mail/fullchain.pem",
         key="/etc/letsencrypt/live/mail/privkey.pem",
@@ -90,7 +98,7 @@ def _files() -> postfix.CertificateFiles:
 def test_ipv6_only_host_is_checked_on_loopback_v6(tmp_path: Path) -> None:
     pf = instance(tmp_path, "debian12", main="inet_protocols = ipv6\ninet_interfaces = all\n")
     config = pf.read()
-    assert postfix.inet_families(config) == [6]
+    assert postfix_listeners.inet_families(config) == [6]
     # 127.0.0.1 (the default verify address) is not accepted by an IPv6-only listener.
     assert endpoint_set(config) == {("::1", 25, "starttls")}
 
@@ -103,7 +111,7 @@ def test_every_inet_interfaces_value_and_myhostname_expanded(tmp_path: Path) -> 
         "myhostname = localhost\ninet_protocols = all\ninet_interfaces = $myhostname\n"))
     config = pf.read()
     assert config.value("inet_interfaces") == "localhost"  # postconf -x expanded it
-    assert postfix.bound_addresses(config, config.services_on_port(25)[0]) == [
+    assert postfix_listeners.bound_addresses(config, config.services_on_port(25)[0]) == [
         "127.0.0.1", "::1"]
     six = instance(tmp_path / "6", "debian12", main=(
         "inet_protocols = ipv6\ninet_interfaces = ::1\n"))
@@ -112,7 +120,7 @@ def test_every_inet_interfaces_value_and_myhostname_expanded(tmp_path: Path) -> 
     four = instance(tmp_path / "4", "debian12", main=(
         "inet_protocols = all\ninet_interfaces = [::1], 127.0.0.1\n"))
     config4 = four.read()
-    assert postfix.bound_addresses(config4, config4.services_on_port(25)[0]) == [
+    assert postfix_listeners.bound_addresses(config4, config4.services_on_port(25)[0]) == [
         "::1", "127.0.0.1"]  # every value, not just the first
     assert endpoint_set(config4) == {("127.0.0.1", 25, "starttls")}
     assert endpoint_set(config4, "::1") == {("::1", 25, "starttls")}  # it accepts that too
@@ -153,7 +161,7 @@ def test_choose_address_prefers_the_matching_loopback() -> None:
 def test_dovecot_listen_values(listen: str, expected: list[str]) -> None:
     text = (FIXTURES / "dovecot23" / "doveconf-endpoints.txt").read_text()
     text = text.replace("listen = *, ::", f"listen = {listen}")
-    found = dovecot.endpoints_from_doveconf(text, "192.0.2.1")
+    found = doveconf.endpoints_from_doveconf(text, "192.0.2.1")
     assert sorted({e.address for e in found}) == sorted(expected)
     assert {e.port for e in found} == {143, 993, 110, 995}
 
@@ -208,7 +216,7 @@ def test_internal_and_unverifiable_listeners_are_listed_not_checked(tmp_path: Pa
     assert {(a, p) for a, p, _ in endpoint_set(config)} == {
         ("127.0.0.1", 25), ("127.0.0.1", 587),  # loopback 587 is still a public port
     }
-    unchecked = dict(postfix.unchecked_endpoints(config))
+    unchecked = dict(postfix_listeners.unchecked_endpoints(config))
     off = unchecked["127.0.0.1:10025/inet (port 10025)"]
     assert "TLS is off (-o smtpd_tls_security_level=none" in off
     assert "content filter" in unchecked["127.0.0.1:10027/inet (port 10027)"]
@@ -222,7 +230,7 @@ def test_internal_and_unverifiable_listeners_are_listed_not_checked(tmp_path: Pa
     chosen = endpoint_set(config, ports=[25, 10027, 10026, 10025, 10028])
     assert {(a, p) for a, p, _ in chosen} == {
         ("127.0.0.1", 25), ("127.0.0.1", 10027), ("::1", 10028)}
-    named = dict(postfix.unchecked_endpoints(config, [25, 10027]))
+    named = dict(postfix_listeners.unchecked_endpoints(config, [25, 10027]))
     assert "not in --postfix-tls-verify-ports" in named["127.0.0.1:587/inet (port 587)"]
 
 
@@ -230,15 +238,15 @@ def test_postscreen_proxy_protocol_from_main_cf(tmp_path: Path) -> None:
     pf = instance(tmp_path, "custom", main="postscreen_upstream_proxy_protocol = haproxy\n")
     config = pf.read()
     assert 25 not in {p for _, p, _ in endpoint_set(config)}
-    why = dict(postfix.unchecked_endpoints(config))["smtp/inet (port 25)"]
+    why = dict(postfix_listeners.unchecked_endpoints(config))["smtp/inet (port 25)"]
     assert "postscreen_upstream_proxy_protocol = haproxy in" in why
 
 
 def test_parse_ports() -> None:
-    assert postfix.parse_ports("auto") == [] and postfix.parse_ports("") == []
-    assert postfix.parse_ports("25, 587,submissions,25") == [25, 587, 465]
-    with pytest.raises(postfix.errors.PluginError, match="not a port"):
-        postfix.parse_ports("25,nope")
+    assert postfix_listeners.parse_ports("auto") == [] and postfix_listeners.parse_ports("") == []
+    assert postfix_listeners.parse_ports("25, 587,submissions,25") == [25, 587, 465]
+    with pytest.raises(errors.PluginError, match="not a port"):
+        postfix_listeners.parse_ports("25,nope")
 
 
 # --- 4. implicit TLS on 587; an operator's Dovecot auth listener -------------------------
@@ -247,7 +255,7 @@ def test_wrappermode_on_587_is_a_warning_naming_the_setting(tmp_path: Path) -> N
     pf = instance(tmp_path, "debian12", master=(
         "submission inet n - y - - smtpd\n  -o smtpd_tls_wrappermode=yes\n"))
     config = pf.read()
-    plan = postfix.plan_tls(config, _files(), postfix.Options())
+    plan = postfix_policy.plan_tls(config, _files(), postfix_policy.Options())
     [warning] = [w for w in plan.warnings if "wrappermode" in w]
     assert "-o smtpd_tls_wrappermode=yes" in warning and "465" in warning
     assert "RFC 6409" in warning and "postconf -PX submission/inet/smtpd_tls_wrappermode" in warning
@@ -277,17 +285,17 @@ def _dovecot_tree(tmp_path: Path, extra: str) -> Path:
 
 def test_operator_auth_listener_is_kept_not_redeclared(tmp_path: Path) -> None:
     conf = _dovecot_tree(tmp_path, MODOBOA_AUTH)
-    plugin_file = str(conf / "conf.d" / dovecot.DEBIAN_PLUGIN_NAME)
-    tree = dovecot.read_config(str(conf / "dovecot.conf"), [plugin_file])
-    where = dovecot.declared_auth_listener(tree, SASL, plugin_file)
+    plugin_file = str(conf / "conf.d" / dovecot_plan.DEBIAN_PLUGIN_NAME)
+    tree = dovecot_conftree.read_config(str(conf / "dovecot.conf"), [plugin_file])
+    where = dovecot_plan.declared_auth_listener(tree, SASL, plugin_file)
     assert where is not None and where[0].endswith("10-master.conf")
-    plan = dovecot.plan_config(tree, (2, 3, 19), plugin_file, None, CERT, sasl_listener=SASL)
+    plan = dovecot_plan.plan_config(tree, (2, 3, 19), plugin_file, None, CERT, sasl_listener=SASL)
     assert "service auth" not in plan.writes[plugin_file]
     assert any("kept the auth listener" in note for note in plan.notes)
 
     # Without the operator's listener the plugin declares its own (0660).
-    plain = dovecot.read_config(str(_dovecot_tree(tmp_path / "b", "") / "dovecot.conf"))
-    assert dovecot.declared_auth_listener(plain, SASL, plugin_file) is None
+    plain = dovecot_conftree.read_config(str(_dovecot_tree(tmp_path / "b", "") / "dovecot.conf"))
+    assert dovecot_plan.declared_auth_listener(plain, SASL, plugin_file) is None
 
     # What Dovecot itself makes of it: the operator's mode 0666 stays in effect.
     needs("doveconf")
@@ -295,7 +303,7 @@ def test_operator_auth_listener_is_kept_not_redeclared(tmp_path: Path) -> None:
     proc = subprocess.run(["doveconf", "-c", str(conf / "dovecot.conf"), "service/auth"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    auth = dovecot.parse_doveconf(proc.stdout).children[0][1]
+    auth = doveconf.parse_doveconf(proc.stdout).children[0][1]
     listeners = dict(auth.children)
     assert listeners[f"unix_listener {SASL}"].settings["mode"] == "0666"
 
@@ -303,12 +311,12 @@ def test_operator_auth_listener_is_kept_not_redeclared(tmp_path: Path) -> None:
 def test_relative_and_24_path_listeners(tmp_path: Path) -> None:
     conf = _dovecot_tree(tmp_path, "base_dir = /var/spool/postfix\nservice auth {\n"
                                    "  unix_listener private/auth {\n    mode = 0660\n  }\n}\n")
-    tree = dovecot.read_config(str(conf / "dovecot.conf"))
-    assert dovecot.declared_auth_listener(tree, SASL, "/nowhere") is not None
+    tree = dovecot_conftree.read_config(str(conf / "dovecot.conf"))
+    assert dovecot_plan.declared_auth_listener(tree, SASL, "/nowhere") is not None
     conf24 = _dovecot_tree(tmp_path / "c", "service auth {\n  unix_listener postfix-auth {\n"
                                            f"    path = {SASL}\n  }}\n}}\n")
-    tree24 = dovecot.read_config(str(conf24 / "dovecot.conf"))
-    assert dovecot.declared_auth_listener(tree24, SASL, "/nowhere") is not None
+    tree24 = dovecot_conftree.read_config(str(conf24 / "dovecot.conf"))
+    assert dovecot_plan.declared_auth_listener(tree24, SASL, "/nowhere") is not None
 
 
 # --- 5. failure summaries --------------------------------------------------------------------
@@ -335,11 +343,11 @@ def test_summary_groups_sni_and_names_the_cause_from_the_log(tmp_path: Path) -> 
         f"{stamp} mail postfix/smtpd[41]: connect from localhost[127.0.0.1]\n"
     )
     smtp = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", 25, "starttls", "smtp",
-                           setting="smtpd_tls_chain_files in /etc/postfix/main.cf",
-                           log_file=str(log))
+                               setting="smtpd_tls_chain_files in /etc/postfix/main.cf",
+                               log_file=str(log), advice=postfix_config.ADVICE)
     sub = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", 587, "starttls", "submission",
-                          setting="smtpd_tls_chain_files in /etc/postfix/main.cf",
-                          log_file=str(log))
+                              setting="smtpd_tls_chain_files in /etc/postfix/main.cf",
+                              log_file=str(log), advice=postfix_config.ADVICE)
     where = "127.0.0.1:25 (postfix smtp)"
     refused = (f"{where} answered STARTTLS with '454 4.7.0 TLS not available due to local "
                "problem' instead of 220.")
@@ -365,6 +373,7 @@ def test_summary_groups_sni_and_names_the_cause_from_the_log(tmp_path: Path) -> 
     assert "private key" not in lines[1]  # no cause guessed where none was shown
 
     # Without a log file, no cause is invented.
-    quiet = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", 25, "starttls", "smtp")
+    quiet = tls_client.Endpoint("postfix", "smtp", "127.0.0.1", 25, "starttls", "smtp",
+                                advice=postfix_config.ADVICE)
     [line] = verify.summarize([_result(quiet, None, refused, "starttls-refused")])
     assert "private key" not in line and "maillog_file" in line

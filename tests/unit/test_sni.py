@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from certbot_postfix_tls._internal import sni
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 
@@ -61,7 +62,7 @@ def test_map_is_order_independent_and_handles_wildcards() -> None:
 
 def test_dovecot_local_names_skip_the_default() -> None:
     state = state_of(lineage("a", "mail.a.example"), lineage("host", "mx.example.net"))
-    entries = sni.dovecot_sni(state)
+    entries = dovecot_plan.sni_entries(state)
     assert [names for names, _ in entries] == [["mail.a.example"]]
     assert entries[0][1].fullchain == "/l/a/fullchain.pem"
 

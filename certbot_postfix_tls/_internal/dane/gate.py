@@ -13,7 +13,8 @@ from typing import Any, Optional
 from certbot import errors
 from cryptography import x509
 
-from certbot_postfix_tls._internal import certs, postfix
+from certbot_postfix_tls._internal import certs
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.dane import archive, report
 from certbot_postfix_tls._internal.dane.lookup import ERROR, Lookup
 from certbot_postfix_tls._internal.dane.records import IGNORE
@@ -76,7 +77,7 @@ def _chain(material: certs.Material) -> list[x509.Certificate]:
 
 
 def choose_material(lineage: certs.Lineage, deployed: DeployedLineage,
-                    material: certs.Material, config: Optional[postfix.PostfixConfig],
+                    material: certs.Material, config: Optional[postfix_config.PostfixConfig],
                     lookups: Optional[Lookups] = None,
                     now: Optional[datetime.datetime] = None) -> Choice:
     """The material to put into service for ``lineage`` (its live files: ``material``).

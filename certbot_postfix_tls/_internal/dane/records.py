@@ -14,7 +14,10 @@ from certbot import errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certbot_postfix_tls._internal import certs, postfix
+from certbot_postfix_tls._internal import certs
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dane import archive
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
@@ -98,9 +101,9 @@ def query_names(names: Iterable[str]) -> list[str]:
     return sorted({n.rstrip(".").lower() for n in names if n and not n.startswith("*.")})
 
 
-def smtp_ports(config: postfix.PostfixConfig) -> list[int]:
+def smtp_ports(config: postfix_config.PostfixConfig) -> list[int]:
     """The ports among 25, 465 and 587 where Postfix serves TLS (25 when none is found)."""
-    found = {endpoint.port for endpoint in postfix.endpoints(config, "127.0.0.1",
+    found = {endpoint.port for endpoint in postfix_listeners.endpoints(config, "127.0.0.1",
                                                              list(SMTP_PORTS))}
     return sorted(found & set(SMTP_PORTS)) or [25]
 
@@ -132,7 +135,7 @@ def rollover_set(config_dir: str, cert_name: Optional[str] = None) -> list[str]:
             f"{'The lineage ' + cert_name if cert_name else 'Nothing'} was not deployed by "
             f"postfix-tls in {config_dir}: deploy it with certbot install.")
     for state in states:
-        ports = smtp_ports(postfix.Postfix(state.postfix_dir).read())
+        ports = smtp_ports(Postfix(state.postfix_dir).read())
         for name in sorted(state.lineages):
             if cert_name is not None and name != cert_name:
                 continue

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from certbot import errors
 from cryptography import x509
 
-from certbot_postfix_tls._internal import postfix
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dane import archive
 from certbot_postfix_tls._internal.dane.lookup import (
     ERROR,
@@ -116,7 +116,7 @@ def doctor_checks(config_dir: str, state: State) -> list[Finding]:
     lineage whose renewals change the key, records the next renewal would break."""
     checks: list[Finding] = []
     try:
-        ports = smtp_ports(postfix.Postfix(state.postfix_dir).read())
+        ports = smtp_ports(Postfix(state.postfix_dir).read())
     except errors.Error as exc:
         return [Finding("dane", UNKNOWN, str(exc))]
     for name, deployed in sorted(state.lineages.items()):

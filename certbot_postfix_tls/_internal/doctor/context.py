@@ -8,17 +8,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional
 
-from certbot_postfix_tls._internal import dovecot, postfix, verify
+from certbot_postfix_tls._internal import verify
+
+# Every Postfix parameter the checks read beyond postfix_config.MAIN_PARAMS, read expanded
+# (smtpd_tls_key_file defaults to $smtpd_tls_cert_file).
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dialogues import Handshake, PlaintextSmtp
 from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.state import State
 from certbot_postfix_tls._internal.tls_client import Endpoint, VerifyError
 
-# Every Postfix parameter the checks read beyond postfix.MAIN_PARAMS, read expanded
-# (smtpd_tls_key_file defaults to $smtpd_tls_cert_file).
 POSTFIX_PARAMS = (
     "smtpd_tls_chain_files",
-    *postfix.LEGACY_CERT_PARAMS,
+    *postfix_config.LEGACY_CERT_PARAMS,
     "smtpd_tls_protocols",
     "smtpd_tls_mandatory_protocols",
     "smtpd_tls_auth_only",
@@ -62,16 +66,16 @@ class Context:
     state: State
     verify_address: str
     verify_ports: list[int]
-    mta: Optional[postfix.Postfix] = None
-    config: Optional[postfix.PostfixConfig] = None  # POSTFIX_PARAMS expanded
+    mta: Optional[Postfix] = None
+    config: Optional[postfix_config.PostfixConfig] = None  # POSTFIX_PARAMS expanded
     sasl_types: set[str] = field(default_factory=set)  # postconf -a
-    imap: Optional[dovecot.Dovecot] = None
+    imap: Optional[Dovecot] = None
     imap_settings: dict[str, str] = field(default_factory=dict)
     postfix_running: Optional[bool] = None
     dovecot_running: Optional[bool] = None
     findings: list[Finding] = field(default_factory=list)  # what finding them showed
     # Postfix's probed endpoints and the master.cf service each belongs to.
-    services: dict[Endpoint, postfix.MasterService] = field(default_factory=dict)
+    services: dict[Endpoint, postfix_config.MasterService] = field(default_factory=dict)
     endpoints: list[Endpoint] = field(default_factory=list)
     probes: list[Probe] = field(default_factory=list)
     # The verdict per endpoint (verify's when deployed), or why there is none.

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import dovecot, hooks, permissions
+from certbot_postfix_tls._internal import hooks, permissions
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
 from certbot_postfix_tls._internal.doctor.context import Context, is_root
 from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.state import State
@@ -103,7 +104,7 @@ def session_checks(context: Context) -> list[Finding]:
         mode = imap.session_mode()
     except errors.Error as exc:
         return [Finding("dovecot-sessions", "UNKNOWN", str(exc))]
-    keep = mode == dovecot.SESSIONS_KEEP
+    keep = mode == dovecot_plan.SESSIONS_KEEP
     where = f"shutdown_clients = {'no' if keep else 'yes'} in {imap.config_file}"
     if state.dovecot_config and state.dovecot_sessions != mode:
         where += (f", your own setting: --postfix-tls-dovecot-sessions "

@@ -8,7 +8,7 @@ import re
 import time
 from typing import Optional
 
-from certbot_postfix_tls._internal import process, tls_client, verify
+from certbot_postfix_tls._internal import daemons, process, tls_client, verify
 from certbot_postfix_tls._internal.doctor.context import Context
 
 # Where syslog puts mail logs when a daemon has no log file of its own.
@@ -60,7 +60,7 @@ def log_says(context: Context, service: str, pattern: Optional[re.Pattern[str]] 
     while True:
         text, _ = _log(context, service, fresh)
         if pattern is None:
-            found = verify.log_cause(text, service)
+            found = verify.log_cause(text, daemons.by_name(service).advice.log_programs)
         else:
             lines = [line for line in text.splitlines()[-400:] if pattern.search(line)]
             found = ""

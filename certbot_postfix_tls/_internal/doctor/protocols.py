@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from certbot_postfix_tls._internal import postfix
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.doctor.context import Context, Probe, ports_phrase
 from certbot_postfix_tls._internal.doctor.servers import MODERN
 from certbot_postfix_tls._internal.findings import Finding
@@ -47,7 +47,7 @@ def _protocol_setting(context: Context, item: Probe) -> tuple[str, str, str]:
                 "", f"set `ssl_min_protocol = TLSv1.2` in {file}, then doveadm reload")
     service = context.services.get(endpoint)
     level = (service.overrides.get("smtpd_tls_security_level") if service else None) \
-        or postfix.effective_smtpd_level(config.main)
+        or postfix_config.effective_smtpd_level(config.main)
     name = ("smtpd_tls_mandatory_protocols" if level in ("encrypt", "secure", "verify")
             else "smtpd_tls_protocols")
     value, override = config.in_force(service, name)

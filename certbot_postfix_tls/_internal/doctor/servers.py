@@ -18,7 +18,11 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import constants, dialogues, dovecot, postfix
+from certbot_postfix_tls._internal import constants, dialogues
+from certbot_postfix_tls._internal.daemons.dovecot import doveconf
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.doctor.context import POSTFIX_PARAMS, Context, Probe, is_root
 from certbot_postfix_tls._internal.doctor.settings import dovecot_cert_names
 from certbot_postfix_tls._internal.findings import Finding
@@ -44,7 +48,7 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
         list(state.verify_ports) if deployed else [],
     )
     try:
-        mta = postfix.Postfix(postfix_dir or state.postfix_dir)
+        mta = Postfix(postfix_dir or state.postfix_dir)
         context.config = mta.read(expand=POSTFIX_PARAMS)
         context.sasl_types = set(mta.postconf("-a").split())
         context.postfix_running = mta.running()
@@ -54,10 +58,10 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
     path = dovecot_config or state.dovecot_config
     explicit = path is not None
     if path is None:
-        path = dovecot.find_config()
+        path = doveconf.find_config()
     if path is not None and (explicit or os.path.isfile(path)):
         try:
-            imap = dovecot.Dovecot(path)
+            imap = Dovecot(path)
             context.imap_settings = imap.settings(
                 "ssl", "ssl_min_protocol", "log_path", *dovecot_cert_names(imap))
             context.dovecot_running = imap.running()
@@ -71,7 +75,7 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
 def _find_endpoints(context: Context) -> None:
     ports = context.verify_ports
     if context.config is not None and context.postfix_running is not False:
-        for listener in postfix.listeners(context.config, context.verify_address):
+        for listener in postfix_listeners.listeners(context.config, context.verify_address):
             port = listener.endpoint.port
             if listener.skip is None and (listener.internal is None if not ports
                                           else port in ports):
@@ -80,7 +84,7 @@ def _find_endpoints(context: Context) -> None:
     imap = context.imap
     if imap is not None and context.dovecot_running is not False:
         try:
-            found = imap.endpoints(context.verify_address)
+            found = imap.effective_endpoints(context.verify_address)
         except errors.Error as exc:
             context.findings.append(Finding("dovecot", "UNKNOWN", str(exc)))
             return
@@ -97,7 +101,7 @@ def unchecked(context: Context) -> list[tuple[str, str]]:
     """(label, why) of every Postfix listener not probed (TLS off, PROXY, internal)."""
     if context.config is None:
         return []
-    return postfix.unchecked_endpoints(context.config, context.verify_ports,
+    return postfix_listeners.unchecked_endpoints(context.config, context.verify_ports,
                                        context.verify_address)
 
 

@@ -11,11 +11,15 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import constants, dovecot, postfix
+from certbot_postfix_tls._internal import constants
+
+# (certificate, key) parameter pairs of smtpd before smtpd_tls_chain_files (3.4).
+from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.doctor.context import Context
 from certbot_postfix_tls._internal.tls_client import Endpoint
 
-# (certificate, key) parameter pairs of smtpd before smtpd_tls_chain_files (3.4).
 CERT_KEY_PARAMS = (
     ("smtpd_tls_cert_file", "smtpd_tls_key_file"),
     ("smtpd_tls_eccert_file", "smtpd_tls_eckey_file"),
@@ -67,13 +71,13 @@ class CertSetting:
         return "postfix reload" if self.service == "postfix" else "doveadm reload"
 
 
-def dovecot_cert_names(imap: dovecot.Dovecot) -> tuple[str, str]:
+def dovecot_cert_names(imap: Dovecot) -> tuple[str, str]:
     """Dovecot's certificate and key setting names (2.4 renamed them)."""
     return (("ssl_server_cert_file", "ssl_server_key_file") if imap.uses_24_syntax
             else ("ssl_cert", "ssl_key"))
 
 
-def postfix_cert_settings(context: Context, service: Optional[postfix.MasterService]
+def postfix_cert_settings(context: Context, service: Optional[postfix_config.MasterService]
                           ) -> list[CertSetting]:
     """The server certificate settings in force for a master.cf service (main.cf's
     for ``None``): smtpd_tls_chain_files when set (3.4+), else the cert/key pairs."""
@@ -89,7 +93,7 @@ def postfix_cert_settings(context: Context, service: Optional[postfix.MasterServ
     chain, override = config.in_force(service, "smtpd_tls_chain_files")
     if chain.strip() and config.version >= (3, 4):
         return [setting("smtpd_tls_chain_files", path, "", path, override)
-                for path in postfix.split_list(chain)]
+                for path in postfix_config.split_list(chain)]
     found = []
     for cert_name, key_name in CERT_KEY_PARAMS:
         cert, cert_override = config.in_force(service, cert_name)
@@ -115,7 +119,7 @@ def dovecot_cert_settings(context: Context) -> list[CertSetting]:
         return []
     source = key_source = imap.config_file
     try:
-        competing = dovecot.competing_settings(imap.read(), imap.version, "")
+        competing = dovecot_plan.competing_settings(imap.read(), imap.version, "")
     except errors.Error:
         competing = []
     for name, short in ((cert_name, "cert_file"), (key_name, "key_file")):

@@ -14,7 +14,9 @@ from collections.abc import Iterable, Sequence
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certbot_postfix_tls._internal import postfix
+from certbot_postfix_tls._internal import constants
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
 from certbot_postfix_tls._internal.doctor.certificates import leaf_of, read_file
 from certbot_postfix_tls._internal.doctor.context import (
     Context,
@@ -40,12 +42,12 @@ def _has_auth(keywords: Iterable[str]) -> bool:
     return any(k.upper().split()[:1] == ["AUTH"] for k in keywords)
 
 
-def _set_service(service: postfix.MasterService, values: Sequence[tuple[str, str]]) -> str:
+def _set_service(service: postfix_config.MasterService, values: Sequence[tuple[str, str]]) -> str:
     return "postconf -P " + " ".join(shlex.quote(f"{service.key}/{name}={value}")
                                      for name, value in values)
 
 
-def _probes_of(context: Context, service: postfix.MasterService) -> list[Probe]:
+def _probes_of(context: Context, service: postfix_config.MasterService) -> list[Probe]:
     return [p for p in context.probes if context.services.get(p.endpoint) is service]
 
 
@@ -58,7 +60,7 @@ def submission_checks(context: Context) -> list[Finding]:
     if config is None:
         return []
     checks = []
-    submission = config.services_on_port(postfix.SUBMISSION_PORT)
+    submission = config.services_on_port(constants.SUBMISSION_PORT)
     if not submission:
         template = "submission inet n - y - - smtpd"
         checks.append(Finding(
@@ -71,7 +73,7 @@ def submission_checks(context: Context) -> list[Finding]:
             "submission/inet/smtpd_tls_auth_only=yes, then postfix reload"))
     for service in submission:
         level = service.overrides.get("smtpd_tls_security_level") or (
-            postfix.effective_smtpd_level(config.main))
+            postfix_config.effective_smtpd_level(config.main))
         accepted = [p for p in _probes_of(context, service)
                     if p.plain is not None and p.plain.mail_code == 250]
         seen = (f"{ports_phrase(accepted)} accepted MAIL FROM before STARTTLS "
@@ -112,11 +114,11 @@ def submission_checks(context: Context) -> list[Finding]:
                 f"{item.where} offers AUTH before STARTTLS ({source}): passwords can cross the "
                 f"network in clear; fix: {_set_service(owner, [('smtpd_tls_auth_only', 'yes')])}"
                 ", then postfix reload"))
-        elif item.endpoint.port == postfix.SUBMISSION_PORT and item.shake is not None:
+        elif item.endpoint.port == constants.SUBMISSION_PORT and item.shake is not None:
             if _has_auth(item.shake.capabilities_after_tls):
                 checks.append(Finding("submission-auth", "OK",
                                       f"{item.where} offers AUTH only after STARTTLS"))
-            elif postfix.is_yes(config.in_force(owner, "smtpd_sasl_auth_enable")[0]):
+            elif postfix_config.is_yes(config.in_force(owner, "smtpd_sasl_auth_enable")[0]):
                 checks.append(Finding(
                     "submission-auth", "WARNING",
                     f"{item.where} offers no AUTH after STARTTLS although master.cf service "
@@ -137,7 +139,7 @@ def wrappermode_checks(context: Context) -> list[Finding]:
     if context.config is None:
         return []
     return [Finding("submission-wrappermode", "CRITICAL", problem)
-            for problem in postfix.submission_wrappermode(context.config)]
+            for problem in postfix_policy.submission_wrappermode(context.config)]
 
 
 # --- SASL ----------------------------------------------------------------------------------
@@ -165,7 +167,7 @@ def _socket_problem(path: str) -> tuple[str, bool]:
     return "", True
 
 
-def _cyrus_problem(context: Context, config: postfix.PostfixConfig, app: str, chroot: bool
+def _cyrus_problem(context: Context, config: postfix_config.PostfixConfig, app: str, chroot: bool
                    ) -> tuple[str, str]:
     """(what is missing for Cyrus SASL, the fix); ("", "") when it has a password source."""
     configured = config.value("cyrus_sasl_config_path")
@@ -202,11 +204,11 @@ def sasl_checks(context: Context) -> list[Finding]:
     config = context.config
     if config is None:
         return []
-    groups: dict[tuple[str, str], list[postfix.MasterService]] = {}
+    groups: dict[tuple[str, str], list[postfix_config.MasterService]] = {}
     for service in config.services:
         if service.type != "inet" or not service.runs_smtpd or service.port is None:
             continue
-        if not postfix.is_yes(config.in_force(service, "smtpd_sasl_auth_enable")[0]):
+        if not postfix_config.is_yes(config.in_force(service, "smtpd_sasl_auth_enable")[0]):
             continue
         kind = config.in_force(service, "smtpd_sasl_type")[0] or "cyrus"
         path = config.in_force(service, "smtpd_sasl_path")[0] or "smtpd"
@@ -276,9 +278,10 @@ def port25_checks(context: Context) -> list[Finding]:
     checks = []
     for service in config.services_on_port(25):
         level = service.overrides.get("smtpd_tls_security_level") or (
-            postfix.effective_smtpd_level(config.main))
+            postfix_config.effective_smtpd_level(config.main))
         override = "smtpd_tls_security_level" in service.overrides
-        wrapper = postfix.is_yes(config.in_force(service, "smtpd_tls_wrappermode")[0] or "no")
+        wrapper = postfix_config.is_yes(
+            config.in_force(service, "smtpd_tls_wrappermode")[0] or "no")
         refused = [p for p in _probes_of(context, service)
                    if p.plain is not None and p.plain.mail_code != 250]
         if wrapper:
@@ -319,7 +322,7 @@ def outbound_checks(context: Context) -> list[Finding]:
     if config is None:
         return []
     checks = []
-    level = postfix.effective_smtp_level({**config.main, **config.expanded})
+    level = postfix_config.effective_smtp_level({**config.main, **config.expanded})
     explicit = config.explicit.get("smtp_tls_security_level")
     source = (f"smtp_tls_security_level = {explicit} in {context.main_cf}" if explicit
               else f"smtp_tls_security_level unset in {context.main_cf} (so: {level})")
@@ -338,7 +341,7 @@ def outbound_checks(context: Context) -> list[Finding]:
         checks.append(Finding("outbound-tls", "OK",
                               f"{source}: outgoing mail uses TLS when the other side offers it"))
     client = [("smtp_tls_chain_files", p)
-              for p in postfix.split_list(config.value("smtp_tls_chain_files"))]
+              for p in postfix_config.split_list(config.value("smtp_tls_chain_files"))]
     if not client and config.value("smtp_tls_cert_file").strip():
         client = [("smtp_tls_cert_file", config.value("smtp_tls_cert_file").strip())]
     for name, path in client:

@@ -9,7 +9,9 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import certs, pipeline, postfix
+from certbot_postfix_tls._internal import certs, pipeline
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
 from certbot_postfix_tls._internal.dane import archive, flag, gate, lookup, records, update
 from certbot_postfix_tls._internal.state import State
 
@@ -17,9 +19,9 @@ from certbot_postfix_tls._internal.state import State
 def render(
     site: pipeline.Site,
     state: State,
-    config: postfix.PostfixConfig,
+    config: postfix_config.PostfixConfig,
     rebuild: Iterable[str] = (),
-    policy: Optional[postfix.Options] = None,
+    policy: Optional[postfix_policy.Options] = None,
 ) -> pipeline.Desired:
     """The configuration ``state`` calls for (``pipeline.render``), with DNS asked
     before and the gate's RFC 2136 updates and held flag done after."""
@@ -34,7 +36,7 @@ def render(
     return desired
 
 
-def tlsa_lookups(config_dir: str, state: State, config: postfix.PostfixConfig,
+def tlsa_lookups(config_dir: str, state: State, config: postfix_config.PostfixConfig,
                  names: Iterable[str]) -> dict[str, list[lookup.Lookup]]:
     """The TLSA lookups of each lineage of ``names`` whose live files the gate decides on:
     its names (the certificate's and the recorded ones) on Postfix's SMTP ports."""

@@ -27,7 +27,7 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import hooks, pipeline
+from certbot_postfix_tls._internal import daemons, hooks, pipeline
 from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.ops import dane_check
 from certbot_postfix_tls._internal.ops.render import render
@@ -83,7 +83,7 @@ def _where(state: State) -> str:
 
 
 def _mark_pending(state: State, name: str) -> None:
-    for service in state.services():
+    for service in daemons.configured_names(state):
         if service not in state.pending:
             state.pending.append(service)
     if name not in state.renewed:

@@ -19,7 +19,8 @@ from typing import Optional, cast
 
 from certbot import configuration, errors, reverter
 
-from certbot_postfix_tls._internal import permissions, pipeline, postfix
+from certbot_postfix_tls._internal import permissions, pipeline
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.ops.render import render
 from certbot_postfix_tls._internal.state import State
@@ -51,7 +52,7 @@ def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say,
             pipeline.regenerate(config_dir, warn)
             warn(f"an unfinished earlier operation was undone from {work_dir}/IN_PROGRESS")
         if postfix_dir is not None:
-            states = [State.load(config_dir, postfix.Postfix(postfix_dir).instance_key)]
+            states = [State.load(config_dir, Postfix(postfix_dir).instance_key)]
         else:
             states = [s for s in State.load_all(config_dir) if name in s.lineages]
         states = [s for s in states if name in s.lineages]
@@ -114,13 +115,12 @@ def _undeploy_one(
     state.remove(name)
     state.renewed = [n for n in state.renewed if n != name]
     site = pipeline.Site.from_state(config_dir, state)
-    config = site.mta.read()
-    desired = render(site, state, config)
-    if not state.lineages:
-        _refuse_dangling_sasl(config, desired, state)
+    # With no lineage left, Postfix's plan refuses to leave submission pointing at the
+    # SASL socket that goes with the plugin's Dovecot file.
+    desired = render(site, state, site.mta.read())
     pipeline.write(site, desired, checkpoint)
     judged = [state.default] if state.default and state.default != old_default else []
-    return site, desired, pipeline.activate(site, state, state.services(), judged, warn)
+    return site, desired, pipeline.activate(site, state, site.names(), judged, warn)
 
 
 def _undo(config_dir: str, revert: reverter.Reverter,
@@ -134,30 +134,4 @@ def _undo(config_dir: str, revert: reverter.Reverter,
         restored.postfix_dir = restored.postfix_dir or state.postfix_dir
         restored.dovecot_config = restored.dovecot_config or state.dovecot_config
         site = pipeline.Site.from_state(config_dir, restored)
-        pipeline.activate(site, restored, restored.services(), [], warn)
-
-
-def _refuse_dangling_sasl(
-    config: postfix.PostfixConfig, desired: pipeline.Desired, state: State
-) -> None:
-    """Never leave smtpd pointing at the Dovecot socket the plugin's file declared
-    once that file is gone: smtpd would die ("no SASL authentication mechanisms")."""
-    if not state.sasl_listener or not postfix.uses_dovecot_socket(config):
-        return
-    removing = set(desired.params_remove) | {
-        f"{p.service}/{p.param}" for p in desired.service_params
-    }
-    for service in config.services_on_port(postfix.SUBMISSION_PORT) + config.services_on_port(
-        postfix.SMTPS_PORT
-    ):
-        if service.key in desired.services_remove:
-            continue
-        if service.overrides.get("smtpd_sasl_type") == "dovecot" and (
-            f"{service.key}/smtpd_sasl_type" not in removing
-        ):
-            raise errors.PluginError(
-                f"master.cf service {service.name} authenticates through Dovecot's socket "
-                f"{state.sasl_listener}, which only the plugin's Dovecot file declares: "
-                "declare that unix_listener in Dovecot's own configuration (or remove "
-                "smtpd_sasl_type=dovecot from the service), then undeploy again."
-            )
+        pipeline.activate(site, restored, site.names(), [], warn)
