@@ -242,8 +242,8 @@ def _verify_configured(args: argparse.Namespace, snapshot: metrics.Snapshot) -> 
     status = findings.worst([r.status for r in results] + [c.status for c in checks])
     if args.prometheus:
         snapshot.status, snapshot.results = status, results
-        snapshot.services = [name for name, on in (("dovecot", context.imap),
-                                                   ("postfix", context.mta)) if on]
+        snapshot.services = [daemon.name for daemon in (context.imap, context.mta)
+                             if daemon is not None]
         _write_metrics(args.prometheus, snapshot, checks)
         status = findings.worst([status] + [c.status for c in checks])
     bad = sum(1 for r in results if r.status != "OK")

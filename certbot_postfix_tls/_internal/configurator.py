@@ -87,7 +87,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             help="Configure port 587 (submission) with mandatory TLS (default: yes).")
         add("smtps", default=False, type=yes_no, metavar="yes/no",
             help="Configure port 465 (submissions, implicit TLS) (default: no).")
-        add("sasl", default="auto", choices=("auto", "dovecot", "none"),
+        add("sasl", default="auto", choices=("auto", Dovecot.name, "none"),
             help="SASL backend for submission: keep an existing one, else Dovecot's when "
                  "present (default: auto).")
         add("key-group", default=constants.CLI_DEFAULTS["key_group"], metavar="NAME",
@@ -180,14 +180,14 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
     def _dovecot_sasl(self, config: PostfixConfig) -> bool:
         """Should submission authenticate through Dovecot's auth socket?"""
         sasl = str(self.conf("sasl"))
-        if sasl == "dovecot" and self._dovecot is None:
+        if sasl == Dovecot.name and self._dovecot is None:
             raise errors.PluginError(
                 "--postfix-tls-sasl dovecot needs Dovecot, which is not configured here: "
                 "install dovecot-core or use --postfix-tls-sasl auto."
             )
         if self._dovecot is None or sasl == "none" or not self.conf("submission"):
             return False
-        if sasl == "dovecot" or postfix_config.uses_dovecot_socket(config):
+        if sasl == Dovecot.name or postfix_config.uses_dovecot_socket(config):
             # Asked for, or already wired (by an earlier deploy): keep the listener,
             # or Dovecot's reload would remove the socket submission depends on.
             return True

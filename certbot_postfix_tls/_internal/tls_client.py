@@ -66,6 +66,10 @@ class Advice:
     log_programs: tuple[str, ...] = ()
     # Said when the endpoint has no log file to read a cause from ("" says nothing).
     no_log_hint: str = ""
+    # The service units and init scripts that run it (a name prefix: ``postfix@-``), and
+    # its own commands that stop it: a renewal hook running either takes it down.
+    units: tuple[str, ...] = ()
+    stop_commands: tuple[str, ...] = ()  # "postfix stop"
 
 
 @dataclass(frozen=True)

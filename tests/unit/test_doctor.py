@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from certbot_postfix_tls._internal import cli, doctor
+from certbot_postfix_tls._internal import cli, daemons, doctor
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.doctor import protocols, registry, restart_hooks
 from certbot_postfix_tls._internal.doctor.context import Context
 from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.state import State
+from certbot_postfix_tls._internal.tls_client import Advice
 
 # --- the parsers, on the text administrators write ----------------------------------------
 
@@ -34,6 +35,37 @@ def test_restart_commands_in_hooks() -> None:
         ("/etc/init.d/dovecot stop", ["dovecot"]),
         ("postfix -c /etc/postfix-out stop", ["postfix"]),
     ]
+
+
+class _OtherDaemon:
+    """A third daemon, as far as restart hooks care: its name and its advice."""
+
+    name = "other"
+    advice = Advice(display="Other", reload="otherctl reload", units=("other",),
+                    stop_commands=("otherctl stop",))
+
+
+def test_restart_hook_fix_is_each_daemons_reload(tmp_path: Path) -> None:
+    """The units, stop commands and reload command of every registered daemon."""
+    hook = tmp_path / "renewal-hooks" / "deploy" / "restart-mail"
+    hook.parent.mkdir(parents=True)
+    hook.write_text("#!/bin/sh\nsystemctl restart postfix@-.service dovecot\n"
+                    "postfix abort\ndoveadm stop\nsystemctl restart other.service\n"
+                    "otherctl stop\n")
+    hook.chmod(0o755)
+    context = Context(str(tmp_path), State(), "127.0.0.1", [])
+    with daemons.register(_OtherDaemon):
+        [finding] = restart_hooks.hook_file_checks(context)
+    assert finding.status == "WARNING"
+    fixes = finding.message.split("; fix: ")[1]
+    assert fixes.startswith(
+        "replace `systemctl restart postfix@-.service dovecot` by "
+        "`postfix reload; doveadm reload`, replace `postfix abort` by `postfix reload`, "
+        "replace `doveadm stop` by `doveadm reload`, "
+        "replace `systemctl restart other.service` by `otherctl reload`, "
+        "replace `otherctl stop` by `otherctl reload` in ")
+    assert [sorted(d) for _, d in restart_hooks.restart_commands(hook.read_text())] == [
+        ["dovecot", "postfix"], ["postfix"], ["dovecot"]]
 
 
 def test_postfix_protocol_lists() -> None:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from certbot_postfix_tls._internal import certs, services, tls_client, verify
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dialogues import Handshake
 from certbot_postfix_tls._internal.doctor.context import Context, Probe, is_root, ports_phrase
 from certbot_postfix_tls._internal.doctor.logs import log_phrase, log_says
@@ -135,7 +136,7 @@ def _pair_fix(context: Context, setting: CertSetting) -> str:
     if setting.key_name:
         pair.append((setting.key_name, os.path.join(live, "privkey.pem")))
     fix = f"{setting.assign(pair)}, then {setting.reload}"
-    if setting.service == "postfix":
+    if setting.service == Postfix.name:
         fix += f" (or {install_fix(context).replace('NAME', name)})"
     return fix
 
@@ -208,7 +209,7 @@ def _issuer(der: bytes) -> str:
 def _fullchain_fix(context: Context, setting: CertSetting) -> str:
     lineage = lineage_of(context, setting.path)
     install = (f" (or let {install_fix(context)} manage it)"
-               if lineage and setting.service == "postfix" else "")
+               if lineage and setting.service == Postfix.name else "")
     if setting.name == "smtpd_tls_chain_files":
         return (f"put the intermediate certificates after the certificate in {setting.path} "
                 f"(key, certificate, intermediates), then {setting.reload}{install}")

@@ -9,6 +9,8 @@ import time
 from typing import Optional
 
 from certbot_postfix_tls._internal import daemons, process, tls_client, verify
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.doctor.context import Context
 
 # Where syslog puts mail logs when a daemon has no log file of its own.
@@ -29,14 +31,21 @@ def _journal() -> str:
     return proc.stdout if proc.returncode == 0 else ""
 
 
+def _own_log(context: Context, service: str) -> str:
+    """The log file the daemon called ``service`` is told to write (Postfix's
+    maillog_file, Dovecot's log_path) as configured; "" for none."""
+    if service == Postfix.name:
+        return context.config.value("maillog_file") if context.config else ""
+    if service == Dovecot.name:
+        return context.imap_settings.get("log_path", "")
+    return ""
+
+
 def _log(context: Context, service: str, fresh: bool = False) -> tuple[str, str]:
-    """(recent log text, where it came from) of ``postfix`` or ``dovecot``: its own log
-    file (maillog_file, log_path), else syslog's /var/log/mail.log, else the journal."""
+    """(recent log text, where it came from) of the daemon called ``service``: its own
+    log file, else syslog's /var/log/mail.log, else the journal."""
     if fresh or service not in context.logs:
-        if service == "postfix":
-            own = context.config.value("maillog_file") if context.config else ""
-        else:
-            own = context.imap_settings.get("log_path", "")
+        own = _own_log(context, service)
         sources = [own] if own.startswith("/") and not own.startswith("/dev/") else []
         sources.append(SYSLOG_MAIL)
         text, where = "", ""
@@ -80,5 +89,5 @@ def log_says(context: Context, service: str, pattern: Optional[re.Pattern[str]] 
 
 def log_phrase(service: str, cause: str) -> str:
     """``; Postfix's log says: CAUSE`` (or Dovecot's), "" without a cause."""
-    name = "Postfix" if service == "postfix" else "Dovecot"
+    name = daemons.by_name(service).advice.display
     return f"; {name}'s log says: {cause}" if cause else ""

@@ -8,7 +8,7 @@ from typing import Any
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import certs, services, tls_client, verify
+from certbot_postfix_tls._internal import certs, daemons, services, tls_client, verify
 from certbot_postfix_tls._internal.doctor.certificates import (
     chain_complete,
     load_der,
@@ -21,7 +21,7 @@ from certbot_postfix_tls._internal.tls_client import Endpoint, VerifyError
 
 def reload_of(endpoint: Endpoint) -> str:
     """The command that makes the endpoint's daemon load its files again."""
-    return "postfix reload" if endpoint.service == "postfix" else "doveadm reload"
+    return daemons.by_name(endpoint.service).advice.reload
 
 
 def endpoint_results(context: Context) -> list[verify.EndpointResult]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 
+from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.doctor.context import Context, Probe, ports_phrase
 from certbot_postfix_tls._internal.doctor.servers import MODERN
@@ -40,7 +41,7 @@ def _protocol_setting(context: Context, item: Probe) -> tuple[str, str, str]:
     """(the setting that decides the protocols, its value's verdict, the fix)."""
     endpoint = item.endpoint
     config = context.config  # never None for a Postfix endpoint: they come from it
-    if endpoint.service == "dovecot" or config is None:
+    if endpoint.service == Dovecot.name or config is None:
         value = context.imap_settings.get("ssl_min_protocol", "")
         file = context.imap.config_file if context.imap else "dovecot.conf"
         return (f"ssl_min_protocol = {value} (and ssl_cipher_list) in Dovecot's configuration",

@@ -9,7 +9,7 @@ import re
 import shlex
 from collections.abc import Iterable
 
-from certbot_postfix_tls._internal import hooks
+from certbot_postfix_tls._internal import daemons, hooks
 from certbot_postfix_tls._internal.doctor.certificates import read_file
 from certbot_postfix_tls._internal.doctor.context import Context
 from certbot_postfix_tls._internal.doctor.settings import install_fix
@@ -17,14 +17,14 @@ from certbot_postfix_tls._internal.findings import Finding
 
 _STOPPING = ("restart", "stop", "try-restart", "kill", "force-reload")
 _WRAPPERS = ("sudo", "env", "command", "exec", "nice", "nohup", "timeout")
-_RELOADS = {"postfix": "postfix reload", "dovecot": "doveadm reload"}
 _COST = ("every renewal then refuses connections while the daemon restarts (the README's "
          "benchmark: failed handshakes on 25, 587 and 993 at each renewal, and 587 down for "
          "60 s when Postfix starts before Dovecot's auth socket is back)")
 
 
 def _stopping(command: str) -> set[str]:
-    """The daemons (postfix, dovecot) one shell command restarts or stops."""
+    """The names of the daemons one shell command restarts or stops (each daemon's
+    ``Advice`` says which units run it and which of its own commands stop it)."""
     try:
         words = shlex.split(command)
     except ValueError:
@@ -38,8 +38,8 @@ def _stopping(command: str) -> set[str]:
     args = [w for w in words[1:] if not w.startswith("-")]
 
     def named(units: Iterable[str]) -> set[str]:
-        return {d for d in ("postfix", "dovecot") for unit in units
-                if os.path.basename(unit).startswith(d)}
+        return {daemon.name for daemon in daemons.REGISTRY for unit in units
+                if os.path.basename(unit).startswith(daemon.advice.units)}
 
     if tool == "systemctl" and args and args[0] in _STOPPING:
         return named(args[1:])
@@ -50,11 +50,9 @@ def _stopping(command: str) -> set[str]:
         return named(args[1:])
     if ("/init.d/" in words[0] or "/rc.d/" in words[0]) and args and args[0] in _STOPPING:
         return named([tool])
-    if tool == "postfix" and ("stop" in args or "abort" in args):
-        return {"postfix"}
-    if tool == "doveadm" and "stop" in args:
-        return {"dovecot"}
-    return set()
+    return {daemon.name for daemon in daemons.REGISTRY
+            for stop in daemon.advice.stop_commands
+            if stop.split()[0] == tool and stop.split()[1] in args}
 
 
 def restart_commands(script: str) -> list[tuple[str, set[str]]]:
@@ -65,14 +63,15 @@ def restart_commands(script: str) -> list[tuple[str, set[str]]]:
             continue
         for part in re.split(r";|&&|\|\|?|\n", line):
             command = part.strip()
-            daemons = _stopping(command) if command else set()
-            if daemons:
-                found.append((command, daemons))
+            stopped = _stopping(command) if command else set()
+            if stopped:
+                found.append((command, stopped))
     return found
 
 
-def _reload_for(daemons: set[str]) -> str:
-    return "; ".join(_RELOADS[d] for d in ("postfix", "dovecot") if d in daemons)
+def _reload_for(names: set[str]) -> str:
+    return "; ".join(daemon.advice.reload for daemon in daemons.REGISTRY
+                     if daemon.name in names)
 
 
 def hook_file_checks(context: Context) -> list[Finding]:
@@ -109,8 +108,8 @@ def hook_file_checks(context: Context) -> list[Finding]:
             if context.deployed:
                 fix = f"rm {path} (the postfix-tls hooks already reload and verify)"
             else:
-                fix = ", ".join(f"replace `{command}` by `{_reload_for(daemons)}`"
-                                for command, daemons in commands)
+                fix = ", ".join(f"replace `{command}` by `{_reload_for(stopped)}`"
+                                for command, stopped in commands)
                 fix += f" in {path} ({replacement})"
             checks.append(Finding("restart-hook", "WARNING",
                                   f"{path} runs {runs}: {_COST}; fix: {fix}"))
@@ -123,8 +122,8 @@ def hook_file_checks(context: Context) -> list[Finding]:
                                      r"(.*?)\s*$", text, re.MULTILINE):
             new = value
             commands = restart_commands(value)
-            for command, daemons in commands:
-                new = new.replace(command, _reload_for(daemons))
+            for command, stopped in commands:
+                new = new.replace(command, _reload_for(stopped))
             if commands:
                 checks.append(Finding(
                     "restart-hook", "WARNING",

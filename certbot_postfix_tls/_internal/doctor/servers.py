@@ -54,7 +54,7 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
         context.postfix_running = mta.running()
         context.mta = mta
     except errors.Error as exc:
-        context.findings.append(Finding("postfix", "UNKNOWN", str(exc)))
+        context.findings.append(Finding(Postfix.name, "UNKNOWN", str(exc)))
     path = dovecot_config or state.dovecot_config
     explicit = path is not None
     if path is None:
@@ -67,7 +67,7 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
             context.dovecot_running = imap.running()
             context.imap = imap
         except errors.Error as exc:
-            context.findings.append(Finding("dovecot", "UNKNOWN", str(exc)))
+            context.findings.append(Finding(Dovecot.name, "UNKNOWN", str(exc)))
     _find_endpoints(context)
     return context
 
@@ -86,7 +86,7 @@ def _find_endpoints(context: Context) -> None:
         try:
             found = imap.effective_endpoints(context.verify_address)
         except errors.Error as exc:
-            context.findings.append(Finding("dovecot", "UNKNOWN", str(exc)))
+            context.findings.append(Finding(Dovecot.name, "UNKNOWN", str(exc)))
             return
         names = "/".join(dovecot_cert_names(imap))
         log_path = context.imap_settings.get("log_path", "")

@@ -11,12 +11,13 @@ from typing import Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import constants
+from certbot_postfix_tls._internal import constants, daemons
 
 # (certificate, key) parameter pairs of smtpd before smtpd_tls_chain_files (3.4).
 from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
 from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.doctor.context import Context
 from certbot_postfix_tls._internal.tls_client import Endpoint
 
@@ -32,7 +33,7 @@ class CertSetting:
     """A setting that names a certificate (and its key) file, where it is set, and how
     to change it."""
 
-    service: str  # "postfix" or "dovecot"
+    service: str  # the daemon's name: Postfix.name or Dovecot.name
     name: str  # smtpd_tls_cert_file, smtpd_tls_chain_files, ssl_cert, ...
     path: str
     key_name: str  # "" when the file holds the key too (smtpd_tls_chain_files)
@@ -56,7 +57,7 @@ class CertSetting:
 
     def assign(self, values: Sequence[tuple[str, str]]) -> str:
         """The exact command (Postfix) or line (Dovecot) that sets ``values``."""
-        if self.service == "dovecot":
+        if self.service == Dovecot.name:
             prefix = "<" if self.dovecot_23 else ""
             lines = " and ".join(f"`{name} = {prefix}{value}`" for name, value in values)
             where = self.source.split(" line ")[0] if len(values) > 1 else self.source
@@ -68,7 +69,7 @@ class CertSetting:
 
     @property
     def reload(self) -> str:
-        return "postfix reload" if self.service == "postfix" else "doveadm reload"
+        return daemons.by_name(self.service).advice.reload
 
 
 def dovecot_cert_names(imap: Dovecot) -> tuple[str, str]:
@@ -88,7 +89,7 @@ def postfix_cert_settings(context: Context, service: Optional[postfix_config.Mas
     def setting(name: str, path: str, key_name: str, key_path: str, override: bool
                 ) -> CertSetting:
         key = service.key if override and service is not None else ""
-        return CertSetting("postfix", name, path, key_name, key_path, context.main_cf, key)
+        return CertSetting(Postfix.name, name, path, key_name, key_path, context.main_cf, key)
 
     chain, override = config.in_force(service, "smtpd_tls_chain_files")
     if chain.strip() and config.version >= (3, 4):
@@ -128,13 +129,13 @@ def dovecot_cert_settings(context: Context) -> list[CertSetting]:
             source = f"{placed[-1].path} line {placed[-1].lineno}"
         elif placed:
             key_source = f"{placed[-1].path} line {placed[-1].lineno}"
-    return [CertSetting("dovecot", cert_name, cert, key_name, key or cert, source,
+    return [CertSetting(Dovecot.name, cert_name, cert, key_name, key or cert, source,
                         dovecot_23=not imap.uses_24_syntax, key_source=key_source)]
 
 
 def cert_settings(context: Context, endpoint: Endpoint) -> list[CertSetting]:
     """The certificate settings in force for one probed endpoint."""
-    if endpoint.service == "postfix":
+    if endpoint.service == Postfix.name:
         return postfix_cert_settings(context, context.services.get(endpoint))
     return dovecot_cert_settings(context)
 

@@ -17,6 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from certbot_postfix_tls._internal import constants
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.doctor.certificates import leaf_of, read_file
 from certbot_postfix_tls._internal.doctor.context import (
     Context,
@@ -224,14 +225,14 @@ def sasl_checks(context: Context) -> list[Finding]:
             problem = (f"this Postfix has no {kind} SASL support (postconf -a lists "
                        f"{', '.join(sorted(context.sasl_types)) or 'none'})")
             fix = "postconf -e smtpd_sasl_type=dovecot smtpd_sasl_path=private/auth"
-        elif kind == "dovecot" and path.startswith("inet:"):
+        elif kind == postfix_config.DOVECOT_SASL_TYPE and path.startswith("inet:"):
             host, _, port = path[5:].rpartition(":")
             try:
                 socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
             except (OSError, ValueError) as exc:
                 problem = f"nothing answers on {path[5:]} ({exc})"
                 fix = "start Dovecot's auth service there (its inet_listener), then postfix reload"
-        elif kind == "dovecot":
+        elif kind == postfix_config.DOVECOT_SASL_TYPE:
             queue = config.value("queue_directory") or "/var/spool/postfix"
             socket_path = path if path.startswith("/") else os.path.join(queue, path)
             reason, checked = _socket_problem(socket_path)
@@ -259,10 +260,10 @@ def sasl_checks(context: Context) -> list[Finding]:
         if not problem:
             checks.append(Finding("sasl-backend", "OK", f"{enabled}, and its backend answers"))
             continue
-        cause = log_says(context, "postfix", _SASL_LOG)
+        cause = log_says(context, Postfix.name, _SASL_LOG)
         checks.append(Finding(
             "sasl-backend", "CRITICAL",
-            f"{enabled}, but {problem}{log_phrase('postfix', cause)}; fix: {fix}, then "
+            f"{enabled}, but {problem}{log_phrase(Postfix.name, cause)}; fix: {fix}, then "
             f"postfix reload ({THROTTLE_NOTE})"))
     return checks
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from certbot import errors
 
 from certbot_postfix_tls._internal import findings, pipeline
+from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dane import flag, update
 from certbot_postfix_tls._internal.dane.report import now, parse_time
 from certbot_postfix_tls._internal.lock import plugin_lock
@@ -104,13 +105,13 @@ def _check_state(config_dir: str, state: State, held: list[str], warn: Warn,
         return
     try:
         pipeline.write(site, desired)
-        problems = pipeline.activate(site, state, ["postfix"], activated, warn)
+        problems = pipeline.activate(site, state, [Postfix.name], activated, warn)
     except (errors.Error, OSError) as exc:
         problems = [str(exc)]
     if problems:
         # The post hook and verify take it from here, as after a failed renewal reload.
         marked = State.load(config_dir, state.instance)
-        marked.pending = list(dict.fromkeys([*marked.pending, "postfix"]))
+        marked.pending = list(dict.fromkeys([*marked.pending, Postfix.name]))
         marked.renewed = list(dict.fromkeys([*marked.renewed, *activated]))
         marked.save(config_dir)
         result.lines.append(f"CRITICAL: activating {', '.join(activated)} failed: "

@@ -30,6 +30,8 @@ ADVICE = Advice(
     listen_setting="listen and the inet_listener",
     protocol_setting="ssl_min_protocol/ssl_cipher_list",
     log_programs=("imap-login", "pop3-login", "config", "dovecot"),
+    units=("dovecot",),
+    stop_commands=("doveadm stop",),
 )
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
 

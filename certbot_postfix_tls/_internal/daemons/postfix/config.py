@@ -36,9 +36,13 @@ ADVICE = Advice(
     protocol_setting="smtpd_tls_protocols/smtpd_tls_ciphers",
     log_programs=("smtpd[", "tlsproxy[", "postscreen["),
     no_log_hint="the reason is in Postfix's log (set maillog_file to have it shown here)",
+    units=("postfix",),
+    stop_commands=("postfix stop", "postfix abort"),
 )
-# Dovecot's auth socket for Postfix, relative to the queue directory (smtpd_sasl_path).
+# Dovecot's auth socket for Postfix, relative to the queue directory (smtpd_sasl_path),
+# and the smtpd_sasl_type that talks to it.
 DOVECOT_SASL_PATH = "private/auth"
+DOVECOT_SASL_TYPE = "dovecot"
 
 # Read once more with postconf -x: Postfix binds to the expanded values.
 EXPANDED_PARAMS = ("inet_interfaces", "inet_protocols", "maillog_file")
@@ -317,7 +321,7 @@ def uses_dovecot_socket(config: PostfixConfig) -> bool:
         settings = {**config.main, **service.overrides}
         if (
             is_yes(settings.get("smtpd_sasl_auth_enable", ""))
-            and settings.get("smtpd_sasl_type") == "dovecot"
+            and settings.get("smtpd_sasl_type") == DOVECOT_SASL_TYPE
             and settings.get("smtpd_sasl_path") == DOVECOT_SASL_PATH
         ):
             return True

@@ -19,6 +19,7 @@ from certbot import errors
 from certbot_postfix_tls._internal import constants
 from certbot_postfix_tls._internal.daemons.base import DaemonPlan
 from certbot_postfix_tls._internal.daemons.postfix.config import (
+    DOVECOT_SASL_TYPE,
     LEGACY_CERT_PARAMS,
     MasterService,
     PostfixConfig,
@@ -263,7 +264,7 @@ def _plan_submission_service(
             wanted.extend(
                 [
                     ("smtpd_sasl_auth_enable", "yes"),
-                    ("smtpd_sasl_type", "dovecot"),
+                    ("smtpd_sasl_type", DOVECOT_SASL_TYPE),
                     ("smtpd_sasl_path", options.dovecot_sasl_path),
                 ]
             )
@@ -391,7 +392,7 @@ def _refuse_dangling_sasl(config: PostfixConfig, plan: TLSPlan, state: State) ->
     ):
         if service.key in plan.services_remove:
             continue
-        if service.overrides.get("smtpd_sasl_type") == "dovecot" and (
+        if service.overrides.get("smtpd_sasl_type") == DOVECOT_SASL_TYPE and (
             f"{service.key}/smtpd_sasl_type" not in removing
         ):
             raise errors.PluginError(
