@@ -121,6 +121,29 @@ def test_run_without_servers(tmp_path: Path,
     assert {f.status for f in found if f.name in ("postfix", "dovecot")} == {"UNKNOWN"}
 
 
+def test_a_check_is_one_function_and_one_registry_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Adding a check takes nothing but the function and its line in ``CHECKS``: doctor
+    runs it with the context and reports its findings, in the JSON report too."""
+    seen: list[Context] = []
+
+    def extra_checks(context: Context) -> list[Finding]:
+        seen.append(context)
+        return [Finding("extra", "WARNING", f"checked {context.config_dir}; fix: nothing")]
+
+    monkeypatch.setattr(registry, "CHECKS", (*registry.CHECKS, extra_checks))
+    code = cli.main(["--config-dir", str(tmp_path), "doctor", "--json",  # no servers
+                     "--postfix-dir", str(tmp_path / "postfix"),
+                     "--dovecot-config", str(tmp_path / "dovecot.conf")])
+    report = json.loads(capsys.readouterr().out)
+    assert len(seen) == 1 and seen[0].config_dir == str(tmp_path)
+    assert report["checks"][-1] == {"name": "extra", "status": "WARNING",
+                                    "message": f"checked {tmp_path}; fix: nothing"}
+    assert report["summary"].endswith("look at: postfix, dovecot, extra")
+    assert code == 3  # UNKNOWN: neither Postfix nor Dovecot could be examined
+
+
 # --- the report ----------------------------------------------------------------------------
 
 
