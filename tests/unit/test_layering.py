@@ -19,6 +19,8 @@ from certbot_postfix_tls._internal import daemons
 
 RUNTIME = Path(runtime.__file__).resolve().parent
 DAEMONS = RUNTIME / "daemons"
+DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
+PACKAGE = "certbot_postfix_tls._internal"
 # (module, name) where a literal daemon name is data, not a branch: a key such as an
 # entry of the state's pending list, when no Daemon class can be named there. Branches
 # are never allowed. Empty: today every such key is spelled ``Postfix.name``.
@@ -101,3 +103,49 @@ def test_no_module_outside_daemons_branches_on_a_daemon_name() -> None:
                             "registry) instead of its name: " + ", ".join(branches))
     assert data == [], ("name the daemon by its class (Postfix.name), or allow a data key "
                         "in ALLOWED: " + ", ".join(data))
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(RUNTIME).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(path: Path) -> bool:
+    """Not an empty ``__init__.py``, nor _internal's own (it says "not a public API")."""
+    if path.name != "__init__.py":
+        return True
+    return path.parent != RUNTIME and path.stat().st_size > 0
+
+
+def _imports(path: Path) -> set[str]:
+    """The runtime modules (or packages) ``path`` imports, as dotted names below
+    ``_internal``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module \
+                and node.module.startswith(PACKAGE):
+            base = node.module[len(PACKAGE):].lstrip(".")
+            found.update(f"{base}.{alias.name}".lstrip(".") for alias in node.names)
+    return found
+
+
+def test_the_design_module_table_lists_every_module_in_layer_order() -> None:
+    """docs/design.md has one row per runtime module, and every module is listed before
+    the modules it imports (so the table reads from the top of the layering down)."""
+    lines = DESIGN.read_text().splitlines()
+    start = lines.index("| module | concern |") + 2
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("| `"):
+            break
+        table.append(line.split("`")[1])
+    modules = {_module_name(path): path for path in RUNTIME.rglob("*.py") if _is_module(path)}
+    assert sorted(table) == sorted(modules)
+    misplaced = []
+    for name, path in modules.items():
+        for imported in _imports(path):
+            while imported and imported not in table:  # a name in a module: the module
+                imported = imported.rpartition(".")[0]
+            if imported and table.index(imported) <= table.index(name):
+                misplaced.append(f"{name} imports {imported}")
+    assert misplaced == []
