@@ -28,3 +28,12 @@ LOCK_TIMEOUT = 120.0
 
 # Name of the renewal hook files under <config-dir>/renewal-hooks/{deploy,post}/.
 HOOK_NAME = "certbot-postfix-tls"
+
+# DANE (dane/): the activation history, kept outside certbot's checkpoints so that a
+# rollback never serves a key older than one already in service.
+DANE_HISTORY_FILE = "dane-history.json"
+# A hold that never cleared turns verify/doctor/metrics CRITICAL when this share of the
+# held certificate's lifetime is left (15 days of 90); the lifetime assumed for a hold
+# recorded without its certificate's start.
+DANE_HELD_CRITICAL_SHARE = 1 / 6
+DANE_ASSUMED_LIFETIME_DAYS = 90
