@@ -110,7 +110,7 @@ def main() -> int:
     try:
         dnslab.start()
         dnslab.use_as_system_resolver()
-        certbot = lab.Certbot(pebble, scratch / "certbot")
+        certbot = lab.Certbot(pebble, scratch / "certbot", dane="auto")
         domains = [arg for name in names for arg in ("-d", name)]
         certbot.run("certonly", "-a", "standalone", *domains, *certbot.acme_args())
         certbot.run("install", "-i", "postfix-tls", "--cert-name", names[0],

@@ -107,6 +107,11 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         add("dane-resolver", default=None, metavar="ADDR",
             help="Validating resolver for the TLSA lookups (ADDR or ADDR@PORT; default: "
                  "what the last deploy recorded, else the system resolver).")
+        add("dane-names", default=None, metavar="LIST",
+            help="Comma list of more host names senders use to reach this certificate "
+                 "(MX hosts, names behind a proxy), whose TLSA records a renewal must match "
+                 "besides its own names, myhostname and the MX hosts of its domains that "
+                 "point here (default: what the last deploy recorded, else none).")
         add("dane-update", default=None, metavar="FILE",
             help="certbot-dns-rfc2136 credentials file: publish a held renewal's TLSA "
                  "records by RFC 2136 dynamic update (TSIG), and remove the retired key's "
@@ -342,6 +347,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 held=previous.held if previous else {},
                 dane=str(self.conf("dane") or (previous.dane if previous else "auto")),
                 dane_resolver=str(resolver) if resolver else None,
+                dane_names=_name_list(self.conf("dane-names"))
+                if self.conf("dane-names") is not None
+                else (previous.dane_names if previous else []),
                 dane_update=os.path.abspath(str(update)) if update else None,
                 dane_retire=previous.dane_retire if previous else [],
             ),
@@ -484,3 +492,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                                          os.path.dirname(lineage.fullchain_path))
         if result.code:
             raise errors.PluginError(result.message)
+
+
+def _name_list(value: object) -> list[str]:
+    """--postfix-tls-dane-names: a comma (or space) separated list of host names."""
+    return sorted({part.strip().rstrip(".").lower()
+                   for part in str(value).replace(",", " ").split() if part.strip()})

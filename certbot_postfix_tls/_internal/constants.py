@@ -42,3 +42,12 @@ PUBLIC_SMTP_PORTS = (SMTP_PORT, SMTPS_PORT, SUBMISSION_PORT)
 POSTFIX_CONFIG_DIR = "/etc/postfix"
 POSTFIX_QUEUE_DIR = "/var/spool/postfix"
 DOVECOT_BASE_DIR = "/run/dovecot"
+
+# DANE (dane/): the activation history, kept outside certbot's checkpoints so that a
+# rollback never serves a key older than one already in service.
+DANE_HISTORY_FILE = "dane-history.json"
+# A hold that never cleared turns verify/doctor/metrics CRITICAL when this share of the
+# held certificate's lifetime is left (15 days of 90); the lifetime assumed for a hold
+# recorded without its certificate's start.
+DANE_HELD_CRITICAL_SHARE = 1 / 6
+DANE_ASSUMED_LIFETIME_DAYS = 90

@@ -51,7 +51,7 @@ from certbot_postfix_tls._internal.daemons.base import Daemon, DaemonPlan, PlanR
 from certbot_postfix_tls._internal.daemons.postfix.config import PostfixConfig
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.daemons.postfix.policy import Options
-from certbot_postfix_tls._internal.dane import gate
+from certbot_postfix_tls._internal.dane import gate, history
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 logger = logging.getLogger(__name__)
@@ -145,8 +145,9 @@ def render(
         try:
             live = _lineage(site.config_dir, lineage)
             # DANE: the live files, or the version served now while TLSA records reject them.
-            choice = gate.choose_material(live, lineage, certs.load_material(live), config,
-                                          lookups.get(name))
+            choice = gate.choose_material(
+                live, lineage, certs.load_material(live), config, lookups.get(name),
+                others_held=[o.lineages[name].held for o in others if name in o.lineages])
         except errors.Error as exc:
             if name in required:
                 raise
@@ -297,6 +298,7 @@ def write(
     except BaseException:
         snapshot.restore()
         raise
+    history.record(site.config_dir, desired.state)  # outside checkpoints: never rolled back
     return snapshot
 
 
@@ -439,8 +441,10 @@ def regenerate(config_dir: str, warn: Warn) -> None:
         for name in sorted(state.lineages):
             lineage = state.lineages[name]
             try:
-                # A lineage held back by DANE keeps its held version (no DNS lookup here).
-                material = gate.held_material(_lineage(config_dir, lineage), lineage)
+                # A lineage held back by DANE keeps its held version (no DNS lookup here),
+                # never older than one already served (the history outlives checkpoints).
+                material = gate.held_material(_lineage(config_dir, lineage), lineage,
+                                              history.newest(config_dir, name))
             except errors.Error as exc:
                 warn(f"lineage {name}: {exc}")
                 continue

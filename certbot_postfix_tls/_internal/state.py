@@ -39,6 +39,9 @@ class DeployedLineage:
     # does not; the resolver to ask (--postfix-tls-dane-resolver; None: resolv.conf's).
     dane: str = "auto"
     dane_resolver: Optional[str] = None
+    # More host names senders use to reach this lineage (--postfix-tls-dane-names), looked
+    # up besides its certificate's, myhostname and the MX hosts pointing here (dane/names).
+    dane_names: list[str] = field(default_factory=list)
     # While a renewed key waits for its TLSA record: the archive version Postfix serves
     # instead, the records to publish, when matching records were first seen (dane/gate.py).
     held: dict[str, Any] = field(default_factory=dict)

@@ -157,6 +157,9 @@ def run(keep: bool = False) -> int:
         proc = certbot.run("run", "-a", "standalone", "-i", "postfix-tls", "-d", NAME,
                            *certbot.acme_args())
         _say(_indent(proc.stdout))
+        _say(f"  (the demo has no DNS, so its deploys carry --postfix-tls-dane ignore, from "
+             f"{certbot.cli_ini()}: without it every TLSA lookup would fail and the renewal "
+             "below would be held, as on a server whose resolver is down)")
         _say(f"  (certbot {certbot.version()} took {time.monotonic() - started:.1f} s)")
 
         _step("4. What each port serves now (verified by handshake, SNI " + NAME + ")")

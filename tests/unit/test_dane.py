@@ -30,7 +30,9 @@ from certbot_postfix_tls._internal.dane import (
     archive,
     flag,
     gate,
+    history,
     lookup,
+    names,
     records,
     report,
     update,
@@ -202,6 +204,9 @@ class TinyDNS:
         self.port = self.sock.getsockname()[1]
         self.zone: dict[str, tuple[list[str], bool]] = {}  # owner -> (rdata texts, AD)
         self.servfail: set[str] = set()
+        # owner -> the TTL an RRSIG says the zone signed (the answer's own TTL stays 300,
+        # as a caching resolver counts it down)
+        self.signed: dict[str, int] = {}
         self.queries: list[dns.message.Message] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -227,6 +232,11 @@ class TinyDNS:
             elif qname in self.zone:
                 texts, ad = self.zone[qname]
                 reply.answer.append(dns.rrset.from_text(qname, 300, "IN", "TLSA", *texts))
+                if qname in self.signed:
+                    reply.answer.append(dns.rrset.from_text(
+                        qname, 300, "IN", "RRSIG",
+                        f"TLSA 13 4 {self.signed[qname]} 20300101000000 20200101000000 1 "
+                        "example.org. " + "A" * 88))
                 if ad:
                     reply.flags |= dns.flags.AD
             else:
@@ -252,20 +262,26 @@ def tiny_dns() -> Iterator[TinyDNS]:
     server.close()
 
 
-def test_lookup_asks_for_dnssec_and_obeys_only_validated_answers(tiny_dns: TinyDNS) -> None:
+def test_lookup_obeys_signed_records_validated_or_not(tiny_dns: TinyDNS) -> None:
     record = "3 1 1 " + "ab" * 32
     tiny_dns.zone["_25._tcp.mail.example.org."] = ([record], True)
+    tiny_dns.zone["_25._tcp.signed.example.org."] = ([record], False)
+    tiny_dns.signed["_25._tcp.signed.example.org."] = 3600
     tiny_dns.zone["_25._tcp.unsigned.example.org."] = ([record], False)
     tiny_dns.servfail.add("_25._tcp.bogus.example.org.")
     found = {f.name: f for f in lookup.lookup(
-        ["mail.example.org", "unsigned.example.org", "bogus.example.org", "none.example.org",
-         "*.example.org"], [25], tiny_dns.address)}
-    assert set(found) == {"mail.example.org", "unsigned.example.org", "bogus.example.org",
-                          "none.example.org"}  # no lookup for a wildcard
+        ["mail.example.org", "signed.example.org", "unsigned.example.org", "bogus.example.org",
+         "none.example.org", "*.example.org"], [25], tiny_dns.address)}
+    assert set(found) == {"mail.example.org", "signed.example.org", "unsigned.example.org",
+                          "bogus.example.org", "none.example.org"}  # no lookup for a wildcard
     assert found["mail.example.org"].status == lookup.SECURE
     assert found["mail.example.org"].binding and found["mail.example.org"].ttl == 300
     assert [r.text() for r in found["mail.example.org"].records] == [record]
-    assert found["unsigned.example.org"].status == lookup.INSECURE
+    # Signed, not validated by this resolver: what validating senders see, so obeyed, with
+    # the TTL the zone signed rather than the one the resolver counted down.
+    assert found["signed.example.org"].status == lookup.INSECURE
+    assert found["signed.example.org"].binding and found["signed.example.org"].ttl == 3600
+    assert found["unsigned.example.org"].status == lookup.UNSIGNED
     assert not found["unsigned.example.org"].binding
     assert found["bogus.example.org"].status == lookup.ERROR
     assert "SERVFAIL" in found["bogus.example.org"].error
@@ -273,6 +289,10 @@ def test_lookup_asks_for_dnssec_and_obeys_only_validated_answers(tiny_dns: TinyD
     for query in tiny_dns.queries:  # EDNS DO and AD set, as a DANE client sends them
         assert query.ednsflags & dns.flags.DO and query.flags & dns.flags.AD
         assert query.question[0].rdtype == dns.rdatatype.TLSA
+    notes = report.lookup_notes(list(found.values()), tiny_dns.address)
+    assert "does not validate DNSSEC" in notes[0] and "--postfix-tls-dane-resolver" in notes[0]
+    assert "_25._tcp.signed.example.org." in notes[0]
+    assert "not signed" in notes[1] and "_25._tcp.unsigned.example.org." in notes[1]
 
 
 def test_silent_resolver_is_an_error_not_a_hold() -> None:
@@ -294,21 +314,98 @@ def test_resolver_option_is_checked() -> None:
 # --- the gate ---------------------------------------------------------------------------
 
 
-def test_no_validated_records_serve_the_renewal(site: Certbot) -> None:
+def test_unsigned_records_are_reported_not_obeyed(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
     site.renew(*ca.issue(_key()))
     old = records.Record.for_cert(chain_of((site.archive / "fullchain1.pem").read_bytes())[0])
-    unsigned = lookup.Lookup(25, NAME, lookup.INSECURE, (old,), 300)
-    failed = lookup.Lookup(587, NAME, lookup.ERROR, error="no answer (timed out)")
-    choice = choose(site, deployed, [unsigned, failed, lookup.Lookup(465, NAME, lookup.NONE)])
+    unsigned = lookup.Lookup(25, NAME, lookup.UNSIGNED, (old,), 300)
+    choice = choose(site, deployed, [unsigned, lookup.Lookup(465, NAME, lookup.NONE)])
     assert choice.material.leaf_sha256 == site.material().leaf_sha256
     assert not deployed.held
-    assert "reported, not obeyed" in choice.notes[0] and "_25._tcp.mail.example.org." in \
-        choice.notes[0]
-    assert "_587._tcp.mail.example.org." in choice.warnings[0]
-    assert "without checking them" in choice.warnings[0]
+    assert "not signed" in choice.notes[0] and "_25._tcp.mail.example.org." in choice.notes[0]
+
+
+def test_signed_records_hold_through_a_resolver_that_does_not_validate(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    old = records.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))
+    signed = lookup.Lookup(25, NAME, lookup.INSECURE, (old,), 300)
+    choice = choose(site, deployed, [signed])
+    assert choice.material.leaf_sha256 == deployed.expected["leaf_sha256"]
+    assert deployed.held["version"] == 1 and deployed.held["publish"]
+    assert "does not validate DNSSEC" in choice.notes[0]
+    assert "--postfix-tls-dane-resolver" in choice.notes[0]
+
+
+def test_a_failed_lookup_holds_a_renewal(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    site.renew(*ca.issue(_key()))
+    failed = lookup.Lookup(587, NAME, lookup.ERROR, error="no answer (timed out)")
+    choice = choose(site, deployed, [failed, lookup.Lookup(25, NAME, lookup.NONE)])
+    assert choice.material.leaf_sha256 == deployed.expected["leaf_sha256"]
+    assert deployed.held["version"] == 1 and choice.flag
+    assert "_587._tcp.mail.example.org." in deployed.held["failed"]
+    assert "cannot be checked" in choice.warnings[0] and "is held" in choice.warnings[0]
+    [finding] = report.verify_checks(State(lineages={NAME: deployed}), [NAME])
+    assert finding.status == "WARNING" and "timed out" in finding.message
+    # The resolver is back and there are no records: the renewal goes into service.
+    choice = choose(site, deployed, [lookup.Lookup(587, NAME, lookup.NONE)])
+    assert not deployed.held and choice.material.leaf_sha256 == site.material().leaf_sha256
+
+
+def test_a_failed_lookup_on_a_first_deploy_deploys_with_a_warning(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    deployed.expected = {}  # nothing of it in service yet
+    failed = lookup.Lookup(25, NAME, lookup.ERROR, error="Network is unreachable")
+    choice = choose(site, deployed, [failed])
+    assert choice.material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
+    assert "nothing of it is in service yet" in choice.warnings[0]
+
+
+def test_activation_waits_for_the_largest_ttl_since_the_hold_began(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    old = records.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))
+    new = records.Record.for_cert(site.material().leaf)
+    choose(site, deployed, [secure(old, ttl=3600)])  # the old set: an hour
+    assert deployed.held["ttl"] == {"_25._tcp.mail.example.org.": 3600}
+    # Published with the TTL lowered to 60 s: caches may keep the old set for an hour.
+    choose(site, deployed, [secure(old, new, ttl=60)])
+    choice = choose(site, deployed, [secure(old, new, ttl=60)],
+                    NOW + datetime.timedelta(seconds=7199))
+    assert deployed.held and "2030-01-01 02:00:00" in choice.warnings[0]
+    choice = choose(site, deployed, [secure(old, new, ttl=60)],
+                    NOW + datetime.timedelta(seconds=7200))
+    assert not deployed.held and choice.material.leaf_sha256 == site.material().leaf_sha256
+
+
+def test_a_hold_in_one_instance_is_the_hold_of_every_instance(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    first, second = site.deployed(), site.deployed()
+    old = records.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))
+    new = records.Record.for_cert(site.material().leaf)
+    choose(site, first, [secure(old, ttl=600)])
+    earlier = NOW - datetime.timedelta(hours=1)
+    first.held["since"] = earlier.isoformat()
+    # The other instance sees the new record for the first time: the first one's hold
+    # (its start and the old set's TTL) decides for both.
+    choice = gate.choose_material(site.lineage, second, site.material(), None,
+                                  [secure(old, new, ttl=2)], NOW, others_held=[first.held])
+    assert second.held["since"] == earlier.isoformat()
+    assert second.held["ttl"]["_25._tcp.mail.example.org."] == 600
+    assert choice.material.leaf_sha256 == second.expected["leaf_sha256"]
 
 
 def test_new_key_is_held_until_its_record_has_been_seen_for_twice_the_ttl(
@@ -341,7 +438,7 @@ def test_new_key_is_held_until_its_record_has_been_seen_for_twice_the_ttl(
     assert not deployed.held and "activated" in choice.notes[0]
 
 
-def test_a_failed_lookup_neither_holds_nor_releases(site: Certbot) -> None:
+def test_a_failed_lookup_never_releases_a_hold(site: Certbot) -> None:
     ca = CA.make()
     site.renew(*ca.issue(_key()))
     deployed = site.deployed()
@@ -522,20 +619,25 @@ def test_rollback_rebuilds_the_held_version(site: Certbot) -> None:
     assert archive.served_chain(str(site.config_dir), deployed)[0] == held.leaf
 
 
-def test_verify_warns_while_held_and_is_critical_a_week_before_expiry(site: Certbot) -> None:
+def test_verify_warns_while_held_and_is_critical_well_before_expiry(site: Certbot) -> None:
     state = State()
     ca = CA.make()
-    for days, status in ((60, "WARNING"), (5, "CRITICAL")):
-        site = Certbot(site.config_dir.parent / f"c{days}")
-        site.renew(*ca.issue(_key(), days=days))
+    # 90-day certificates: CRITICAL once a sixth of the lifetime (15 days) is left; a 6-day
+    # certificate: one day.
+    for lifetime, days, status in ((90, 60, "WARNING"), (90, 14, "CRITICAL"),
+                                   (6, 2, "WARNING"), (6, 0.9, "CRITICAL")):
+        site = Certbot(site.config_dir.parent / f"c{lifetime}-{days}")
+        site.renew(*ca.issue(_key(), days=lifetime))
         deployed = site.deployed()
         old = records.Record.for_cert(site.material().leaf)
         site.renew(*ca.issue(_key()))
-        choose(site, deployed, [secure(old)], datetime.datetime.now(datetime.timezone.utc))
+        start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+        when = start + datetime.timedelta(days=lifetime - days)
+        choose(site, deployed, [secure(old)], when)
+        finding = report.held_finding(NAME, deployed.held, when)
+        assert finding.status == status, (lifetime, days, finding)
+        assert deployed.held["publish"][0] in finding.message
         state.lineages[NAME] = deployed
-        [check] = report.verify_checks(state, [NAME])
-        assert check.status == status, check
-        assert deployed.held["publish"][0] in check.message
     assert report.verify_checks(State(), [NAME]) == []
 
 
@@ -598,9 +700,18 @@ def test_doctor_names_what_dns_and_renewals_will_break(site: Certbot) -> None:
                                     records.Record.for_cert(chain[0])))
     assert status == "OK"
     [(status, message)] = statuses(lookup.Lookup(25, NAME, lookup.NONE))
-    assert status == "OK" and "no validated TLSA records" in message
+    assert status == "OK" and "no signed TLSA records" in message
     [(status, message)] = statuses(lookup.Lookup(25, NAME, lookup.ERROR, error="timed out"))
-    assert status == "OK" and message.startswith("not checked: the TLSA lookups of _25._tcp")
+    assert status == "WARNING" and message.startswith("the TLSA lookups of _25._tcp")
+    assert "would be held" in message
+    # A resolver that does not validate, a zone that is not signed: named.
+    [(status, message), _] = statuses(lookup.Lookup(25, NAME, lookup.INSECURE,
+                                                    (records.Record.for_cert(chain[1], 2),
+                                                     records.Record.for_cert(chain[0]))))
+    assert status == "WARNING" and "does not validate DNSSEC" in message
+    [(status, message), (status2, _)] = statuses(lookup.Lookup(25, NAME, lookup.UNSIGNED,
+                                                               (stale,)))
+    assert status == "WARNING" and "not signed" in message and status2 == "OK"
 
 
 def test_flag_follows_the_states(tmp_path: Path) -> None:
@@ -614,3 +725,51 @@ def test_flag_follows_the_states(tmp_path: Path) -> None:
     state.save(config_dir)
     flag.sync_flag(config_dir)
     assert not os.path.exists(flag.flag_path(config_dir))
+
+
+def test_the_names_senders_use() -> None:
+    assert names.covers("*.example.com", "mx.example.com")
+    assert not names.covers("*.example.com", "example.com")
+    assert not names.covers("*.example.com", "a.mx.example.com")
+    state = State(lineages={
+        "wild": DeployedLineage("wild", "k", "f", "c", ["example.com", "*.example.com"]),
+        "other": DeployedLineage("other", "k", "f", "c", ["other.org"])},
+        order=["other", "wild"])
+    # myhostname covered by the wildcard: looked up; a wildcard itself never is.
+    assert names.sender_names([(state, "mx.example.com")], "wild",
+                              ["example.com", "*.example.com"], []) == [
+        "example.com", "mx.example.com"]
+    # A name no lineage lists goes with the default certificate (the first deployed).
+    assert names.sender_names([(state, "host.lan")], "other", ["other.org"],
+                              ["mail.other.net"], ["extra.example.net"]) == [
+        "extra.example.net", "host.lan", "mail.other.net", "other.org"]
+    assert names.sender_names([(state, "host.lan")], "wild", ["example.com", "*.example.com"],
+                              ["mail.other.net"]) == ["example.com"]
+    assert names.domains_of(["*.example.com", "mail.example.org"]) == [
+        "example.com", "mail.example.org"]
+    assert names.is_local("127.0.0.1") and not names.is_local("192.0.2.1")
+    assert names.local_mail_hosts({"a.example": ["192.0.2.1"], "b.example": ["127.0.0.1"]}) \
+        == ["b.example"]
+
+
+def test_rollback_never_serves_a_key_older_than_one_in_service(site: Certbot) -> None:
+    ca = CA.make()
+    site.renew(*ca.issue(_key()))
+    deployed = site.deployed()
+    old = records.Record.for_cert(site.material().leaf)
+    site.renew(*ca.issue(_key()))
+    choose(site, deployed, [secure(old)])
+    restored = dict(deployed.held)  # what the checkpoint holds: held at version 1
+    state = State(lineages={NAME: deployed})
+    deployed.held = {}  # activated: version 2 in service
+    history.record(str(site.config_dir), state)
+    assert history.newest(str(site.config_dir), NAME) == 2
+    deployed.held = {**restored}
+    history.record(str(site.config_dir), state)  # never lowered
+    material = gate.held_material(site.lineage, deployed, history.newest(str(site.config_dir),
+                                                                         NAME))
+    assert material.leaf_sha256 == site.material().leaf_sha256 and not deployed.held
+    # Without a newer version in service the held one stays.
+    deployed.held = {**restored}
+    assert gate.held_material(site.lineage, deployed, 1).leaf_sha256 != \
+        site.material().leaf_sha256

@@ -21,7 +21,11 @@ from certbot_postfix_tls._internal.dane.records import Record, owner, query_name
 LOOKUP_TIMEOUT = 4.0  # seconds per lookup; a silent resolver costs this once (parallel)
 PARALLEL_LOOKUPS = 16
 
-SECURE, INSECURE, NONE, ERROR = "secure", "insecure", "none", "error"
+# SECURE: validated (AD bit). INSECURE: signed (RRSIGs came with DO) but the resolver did
+# not validate: obeyed all the same, since senders' validating resolvers see those records.
+# UNSIGNED: no RRSIG at all (an unsigned zone): DANE senders ignore it, so does the gate.
+SECURE, INSECURE, UNSIGNED, NONE, ERROR = "secure", "insecure", "unsigned", "none", "error"
+OBEYED = (SECURE, INSECURE)
 
 
 @dataclass
@@ -30,9 +34,9 @@ class Lookup:
 
     port: int
     name: str
-    status: str  # SECURE (validated: AD bit), INSECURE (not validated), NONE, ERROR
+    status: str  # SECURE, INSECURE, UNSIGNED, NONE, ERROR (above)
     records: tuple[Record, ...] = ()
-    ttl: int = 0
+    ttl: int = 0  # the TTL the zone signed (the RRSIG's original TTL), else the answer's
     error: str = ""
 
     @property
@@ -45,8 +49,8 @@ class Lookup:
 
     @property
     def binding(self) -> bool:
-        """Validated usable records: DANE clients require a match."""
-        return self.status == SECURE and bool(self.usable)
+        """Signed usable records (validated here or not): DANE clients require a match."""
+        return self.status in OBEYED and bool(self.usable)
 
     def matching(self, chain: Sequence[x509.Certificate]) -> list[Record]:
         return [record for record in self.usable if record.matches(chain)]
@@ -115,8 +119,17 @@ def lookup_one(resolver: dns.resolver.Resolver, port: int, name: str) -> Lookup:
     if answer.rrset is None:
         return Lookup(port, name, NONE)
     records = tuple(Record(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer.rrset)
-    secure = bool(answer.response.flags & dns.flags.AD)
-    return Lookup(port, name, SECURE if secure else INSECURE, records, int(answer.rrset.ttl))
+    signatures = [sig for rrset in answer.response.answer
+                  if rrset.rdtype == dns.rdatatype.RRSIG and rrset.covers == dns.rdatatype.TLSA
+                  for sig in rrset]
+    # A caching resolver counts the TTL down (and may cap it); the zone's own TTL is what
+    # remote caches may keep the set for: the RRSIG carries it.
+    ttl = max([int(answer.rrset.ttl), *(int(sig.original_ttl) for sig in signatures)])
+    if answer.response.flags & dns.flags.AD:
+        status = SECURE
+    else:
+        status = INSECURE if signatures else UNSIGNED
+    return Lookup(port, name, status, records, ttl)
 
 
 def lookup(names: Iterable[str], ports: Iterable[int], resolver_address: Optional[str] = None,
@@ -132,3 +145,33 @@ def lookup(names: Iterable[str], ports: Iterable[int], resolver_address: Optiona
                 for port, name in jobs]
     with ThreadPoolExecutor(max_workers=min(PARALLEL_LOOKUPS, len(jobs))) as pool:
         return list(pool.map(lambda job: lookup_one(resolver, *job), jobs))
+
+
+def _answer_texts(resolver: dns.resolver.Resolver, name: str, rdtype: str) -> list[str]:
+    try:
+        answer = resolver.resolve(name, rdtype, raise_on_no_answer=False)
+    except (dns.exception.DNSException, OSError):
+        return []  # the TLSA lookups of the same resolver say whether it works
+    return [rdata.to_text() for rdata in answer.rrset or ()]
+
+
+def mail_hosts(domains: Iterable[str], resolver_address: Optional[str] = None,
+               timeout: float = LOOKUP_TIMEOUT) -> dict[str, list[str]]:
+    """The MX hosts of ``domains`` with their addresses (A and AAAA), side by side."""
+    domains = sorted({d.rstrip(".").lower() for d in domains if d})
+    if not domains:
+        return {}
+    try:
+        resolver = make_resolver(resolver_address, timeout)
+    except dns.resolver.NoResolverConfiguration:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_LOOKUPS, len(domains))) as pool:
+        mx = list(pool.map(lambda d: _answer_texts(resolver, d, "MX"), domains))
+        hosts = sorted({text.split()[-1].rstrip(".").lower() for texts in mx
+                        for text in texts if text.split()[-1] != "."})
+        jobs = [(host, rdtype) for host in hosts for rdtype in ("A", "AAAA")]
+        answers = list(pool.map(lambda job: _answer_texts(resolver, *job), jobs))
+    found: dict[str, list[str]] = {host: [] for host in hosts}
+    for (host, _), texts in zip(jobs, answers):
+        found[host] += texts
+    return found

@@ -10,13 +10,17 @@ from typing import Any, Optional
 from certbot import errors
 from cryptography import x509
 
+from certbot_postfix_tls._internal import constants
+from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
-from certbot_postfix_tls._internal.dane import archive
+from certbot_postfix_tls._internal.dane import archive, names
 from certbot_postfix_tls._internal.dane.lookup import (
     ERROR,
     INSECURE,
+    UNSIGNED,
     Lookup,
     lookup,
+    mail_hosts,
     resolver_label,
 )
 from certbot_postfix_tls._internal.dane.records import (
@@ -29,8 +33,6 @@ from certbot_postfix_tls._internal.dane.records import (
 )
 from certbot_postfix_tls._internal.findings import CRITICAL, OK, UNKNOWN, WARNING, Finding
 from certbot_postfix_tls._internal.state import DeployedLineage, State
-
-EXPIRY_CRITICAL_DAYS = 7  # verify is CRITICAL when the held certificate expires sooner
 
 
 def now() -> datetime.datetime:
@@ -58,56 +60,88 @@ def publish_lines(binding: Sequence[Lookup], chain: Sequence[x509.Certificate]) 
     return list(dict.fromkeys(lines))
 
 
-def lookup_notes(lookups: Sequence[Lookup], resolver: Optional[str]
-                 ) -> tuple[list[str], list[str]]:
-    """(notes, warnings) about lookups not obeyed: unvalidated records, failed lookups."""
-    notes = [f"DANE: {found.owner} has TLSA records ({texts(found.records)}) that "
-             f"{resolver_label(resolver)} did not validate (no AD bit: an unsigned zone, or a "
-             "resolver that does not check DNSSEC): reported, not obeyed"
-             for found in lookups if found.status == INSECURE and found.records]
+def lookup_notes(lookups: Sequence[Lookup], resolver: Optional[str]) -> list[str]:
+    """Notes about records obeyed without validation here, and records not obeyed."""
+    notes = []
+    unvalidated = [found for found in lookups if found.status == INSECURE and found.records]
+    if unvalidated:
+        notes.append(
+            f"DANE: {resolver_label(resolver)} does not validate DNSSEC (no AD bit), but the "
+            f"TLSA records of {', '.join(f.owner for f in unvalidated)} are signed, so they are "
+            "what validating senders see and they are obeyed; point the plugin at a "
+            "validating resolver with --postfix-tls-dane-resolver ADDR")
+    notes += [f"DANE: {found.owner} has TLSA records ({texts(found.records)}) in a zone that "
+              "is not signed (no RRSIG): DANE senders ignore them, so they are reported, "
+              "not obeyed" for found in lookups if found.status == UNSIGNED and found.records]
+    return notes
+
+
+def failed_text(lookups: Sequence[Lookup], resolver: Optional[str]) -> str:
+    """Which lookups failed, through which resolver, why ("" when none did)."""
     failed = [found for found in lookups if found.status == ERROR]
-    warnings = []
-    if failed:
-        reasons = sorted({found.error for found in failed})
-        warnings.append(
-            f"DANE: the TLSA lookups of {', '.join(f.owner for f in failed)} failed through "
-            f"{resolver_label(resolver)} ({'; '.join(reasons)}): the certificate was deployed "
-            "without checking them; certbot-postfix-tls dane check looks again")
-    return notes, warnings
+    if not failed:
+        return ""
+    reasons = sorted({found.error for found in failed})
+    return (f"the TLSA lookups of {', '.join(f.owner for f in failed)} failed through "
+            f"{resolver_label(resolver)} ({'; '.join(reasons)})")
 
 
 def held_message(name: str, held: dict[str, Any], when: Optional[datetime.datetime] = None
                  ) -> str:
-    """One sentence: what is held, why, and what to do."""
+    """One sentence: what is held, since when, why, and what to do."""
     when = when or now()
     expires = parse_time(held["not_after"])
     days = (expires - when).days
-    head = (f"DANE: lineage {name} is held: Postfix keeps serving archive version "
+    since = parse_time(held["since"]) if held.get("since") else when
+    head = (f"DANE: lineage {name} is held (since {since:%Y-%m-%d %H:%M} UTC, "
+            f"{(when - since).days} days): Postfix keeps serving archive version "
             f"{held['version']} (expires {expires:%Y-%m-%d}, in {days} days) because ")
+    if held.get("failed"):
+        return (head + f"{held['failed']}, so the renewal cannot be checked against the "
+                "published records; certbot-postfix-tls dane check looks again (hourly while "
+                "held): fix the resolver, or give a working one with "
+                "--postfix-tls-dane-resolver")
     if held.get("publish"):
-        return (head + "validated TLSA records do not match its renewed certificate; publish "
+        return (head + "TLSA records do not match its renewed certificate; publish "
                 + "; ".join(held["publish"])
                 + " (then certbot-postfix-tls dane check activates it twice their TTL later)")
     ready = str(held.get("ready_at") or "")
     at = f" at {parse_time(ready):%Y-%m-%d %H:%M:%S} UTC" if ready else ""
     return (head + "the TLSA records matching its renewed certificate are new: resolvers may "
             f"still cache the old set; certbot-postfix-tls dane check activates it{at}, "
-            "twice their TTL after they were first seen")
+            "twice the record set's TTL after they were first seen")
+
+
+def critical_at(held: dict[str, Any]) -> datetime.datetime:
+    """When a hold that never cleared turns CRITICAL: a fixed share of the held
+    certificate's lifetime before its end (15 days of a 90-day certificate, one of a
+    6-day one), so that there is time to publish the record or deploy without DANE."""
+    end = parse_time(held["not_after"])
+    start = parse_time(held["not_before"]) if held.get("not_before") else (
+        end - datetime.timedelta(days=constants.DANE_ASSUMED_LIFETIME_DAYS))
+    return end - (end - start) * constants.DANE_HELD_CRITICAL_SHARE
+
+
+def held_finding(name: str, held: dict[str, Any], when: datetime.datetime) -> Finding:
+    """WARNING while held; CRITICAL once the held certificate nears its end."""
+    message = held_message(name, held, when)
+    if when >= critical_at(held):
+        return Finding(f"dane-held {name}", CRITICAL,
+                       message + "; the hold has lasted too long: the served certificate "
+                       "expires soon (publish the record, or deploy with "
+                       f"certbot install --cert-name {name} --postfix-tls-dane ignore)")
+    return Finding(f"dane-held {name}", WARNING, message)
 
 
 def verify_checks(state: State, names: Iterable[str]) -> list[Finding]:
-    """verify's findings for held lineages: WARNING, CRITICAL within 7 days of expiry."""
+    """verify's (and the metrics') findings for held lineages (``held_finding``)."""
     current = now()
     checks = []
     for name in sorted(names):
         lineage = state.lineages.get(name)
         if lineage is None or not lineage.held:
             continue
-        expires = parse_time(lineage.held["not_after"])
-        status = CRITICAL if expires - current < datetime.timedelta(
-            days=EXPIRY_CRITICAL_DAYS) else WARNING
-        checks.append(Finding(f"dane-held {name}", status,
-                              held_message(name, lineage.held, current)))
+        checks.append(held_finding(name, lineage.held, current))
     return checks
 
 
@@ -116,7 +150,8 @@ def doctor_checks(config_dir: str, state: State) -> list[Finding]:
     lineage whose renewals change the key, records the next renewal would break."""
     checks: list[Finding] = []
     try:
-        ports = smtp_ports(Postfix(state.postfix_dir).read())
+        config = Postfix(state.postfix_dir).read()
+        ports = smtp_ports(config)
     except errors.Error as exc:
         return [Finding("dane", UNKNOWN, str(exc))]
     for name, deployed in sorted(state.lineages.items()):
@@ -133,32 +168,40 @@ def doctor_checks(config_dir: str, state: State) -> list[Finding]:
         except (OSError, ValueError, errors.Error) as exc:
             checks.append(Finding(f"dane {name}", UNKNOWN, f"cannot read what is served: {exc}"))
             continue
-        found = lookup(list(deployed.names), ports, deployed.dane_resolver)
+        found = lookup(_doctor_names(state, deployed, config), ports, deployed.dane_resolver)
         checks += _doctor_lineage(config_dir, deployed, chain, found)
     return checks
+
+
+def _doctor_names(state: State, deployed: DeployedLineage,
+                  config: postfix_config.PostfixConfig) -> list[str]:
+    """The names senders use for a lineage (``dane.names``), as seen from this instance."""
+    hosts = mail_hosts(names.domains_of(deployed.names), deployed.dane_resolver)
+    return names.sender_names([(state, config.main.get("myhostname", ""))], deployed.name,
+                              deployed.names, names.local_mail_hosts(hosts),
+                              deployed.dane_names)
 
 
 def _doctor_lineage(config_dir: str, deployed: DeployedLineage,
                     chain: Sequence[x509.Certificate], found: Sequence[Lookup]) -> list[Finding]:
     name = deployed.name
     checks: list[Finding] = []
-    notes, _ = lookup_notes(found, deployed.dane_resolver)
-    # Lookups that failed leave those names unchecked: said, not counted as a problem (a
-    # machine without DNS has its own findings; renewals are never blocked by it).
-    failed = sorted({f.error for f in found if f.status == ERROR})
+    failed = failed_text(found, deployed.dane_resolver)
     if failed:
-        checks.append(Finding(f"dane {name}", OK, "not checked: the TLSA lookups of "
-                              f"{', '.join(f.owner for f in found if f.status == ERROR)} failed "
-                              f"through {resolver_label(deployed.dane_resolver)} "
-                              f"({'; '.join(failed)})"))
-    checks += [Finding(f"dane {name}", OK, note) for note in notes]
+        checks.append(Finding(f"dane {name}", WARNING,
+                              f"{failed}: a renewal now would be held until they can be "
+                              "checked; fix the resolver or give one with "
+                              "--postfix-tls-dane-resolver"))
+    # An unvalidating resolver and an unsigned zone: both advice, as WARNING.
+    checks += [Finding(f"dane {name}", WARNING, note)
+               for note in lookup_notes(found, deployed.dane_resolver)]
     binding = [f for f in found if f.binding]
     for item in binding:
         if not item.matching(chain):
             fix = "; ".join(publish_lines([item], chain))
             checks.append(Finding(
                 f"dane {name}", CRITICAL,
-                f"{item.owner} has validated TLSA records ({texts(item.usable)}) that match "
+                f"{item.owner} has signed TLSA records ({texts(item.usable)}) that match "
                 f"nothing Postfix serves: DANE senders refuse mail; publish {fix}"))
             continue
         kinds = {r.usage for r in item.matching(chain)}
@@ -175,11 +218,11 @@ def _doctor_lineage(config_dir: str, deployed: DeployedLineage,
                                   f"{INTERMEDIATE_WARNING}"))
         else:
             checks.append(Finding(f"dane {name}", OK,
-                                  f"{item.owner}: validated TLSA records match what is served"))
+                                  f"{item.owner}: TLSA records match what is served"))
     if not binding and not failed:
         checks.append(Finding(f"dane {name}", OK,
-                              "no validated TLSA records: DANE senders do not pin this "
+                              "no signed TLSA records: DANE senders do not pin this "
                               "certificate"))
     if deployed.held:
-        checks.append(Finding(f"dane {name}", WARNING, held_message(name, deployed.held)))
+        checks.append(held_finding(name, deployed.held, now()))
     return checks

@@ -36,13 +36,21 @@ def check(config_dir: str, warn: Warn, skip_renewed: bool = False) -> CheckResul
     if not State.instances(config_dir):
         return result
     with plugin_lock(config_dir):
-        for state in State.load_all(config_dir):
-            held = sorted(name for name, lineage in state.lineages.items() if lineage.held
-                          and not (skip_renewed and name in state.renewed))
-            if held:
-                _check_state(config_dir, state, held, warn, result)
-            _retire(config_dir, State.load(config_dir, state.instance), result)
+        # Instances share a lineage's key+chain file and merge its hold: once one activates
+        # it, the others that held it are checked again in a second pass.
+        for attempt in range(2):
+            before = len(result.lines)
+            for state in State.load_all(config_dir):
+                held = sorted(name for name, lineage in state.lineages.items() if lineage.held
+                              and not (skip_renewed and name in state.renewed))
+                if held:
+                    _check_state(config_dir, state, held, warn, result)
+                if attempt == 0:
+                    _retire(config_dir, State.load(config_dir, state.instance), result)
+            if not any(line.startswith("OK: activated") for line in result.lines[before:]):
+                break
         flag.sync_flag(config_dir)
+    result.lines = list(dict.fromkeys(result.lines))
     return result
 
 
