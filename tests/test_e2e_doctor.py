@@ -140,10 +140,12 @@ def self_signed(directory: Path, name: str, days: float,
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(days=90))
-               .not_valid_after(now + datetime.timedelta(days=days))
+    builder = (lab.as_issued(x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                             .public_key(key.public_key())
+                             .serial_number(x509.random_serial_number())
+                             .not_valid_before(now - datetime.timedelta(days=90))
+                             .not_valid_after(now + datetime.timedelta(days=days)),
+                             key.public_key(), key.public_key(), ca=False)
                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]),
                               critical=False))
     if usages:
