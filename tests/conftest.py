@@ -14,8 +14,10 @@ skipped with that reason; unit tests still run.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +30,8 @@ import pytest
 from lab.dovecot import DovecotLab
 
 REPO = Path(__file__).resolve().parent.parent
+# Where Debian's python3-* packages install their modules.
+DISTRIBUTION_PACKAGES = "/usr/lib/python3/dist-packages/"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="certbot-postfix-tls-tests-"))
@@ -83,7 +87,8 @@ def need(tool: str) -> None:
 
 
 def certbot_pythons() -> list[tuple[str, str]]:
-    """Interpreters whose certbot the end-to-end tests run: PyPI newest, Debian 12's."""
+    """Interpreters whose certbot the end-to-end tests run: PyPI newest, the distribution's
+    (python3-certbot: 2.1 on Debian 12, 4.0 on Debian 13)."""
     flavors = [("pypi", sys.executable)]
     debian = os.environ.get("CERTBOT_DEBIAN_PYTHON", str(REPO / ".venv-deb" / "bin" / "python"))
     if Path(debian).exists():
@@ -160,9 +165,20 @@ def certbot(request: pytest.FixtureRequest, pebble: lab.Pebble) -> lab.Certbot:
     for directory in (_SCRATCH, root, base):
         directory.chmod(0o755)
     runner = lab.Certbot(pebble, base, python=python)
-    if flavor == "debian" and not runner.version().startswith("2."):
-        pytest.skip(f"{python} does not run Debian 12's certbot 2.x")
+    if flavor == "debian" and not runs_distribution_certbot(python):
+        pytest.skip(f"{python} does not run the distribution's certbot (python3-certbot)")
     return runner
+
+
+@functools.cache
+def runs_distribution_certbot(python: str) -> bool:
+    """Whether ``python`` imports certbot from the distribution's python3-certbot
+    (not a PyPI copy that pip put in a venv), whatever its version."""
+    proc = subprocess.run(  # noqa: S603
+        [python, "-c", "import certbot; print(certbot.__file__)"],
+        capture_output=True, text=True, check=False,
+    )
+    return proc.returncode == 0 and proc.stdout.strip().startswith(DISTRIBUTION_PACKAGES)
 
 
 # Tests that take minutes run from .ci/heavy (CERTBOT_POSTFIX_TLS_HEAVY=1), not from
