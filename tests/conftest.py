@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 # Where Debian's python3-* packages install their modules.
 DISTRIBUTION_PACKAGES = "/usr/lib/python3/dist-packages/"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Dovecot's stock /etc/dovecot by version: Debian 12's 2.3, Debian 13's 2.4.
+DOVECOT_STOCK_TREES = {(2, 3): FIXTURES / "dovecot23", (2, 4): FIXTURES / "dovecot24"}
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="certbot-postfix-tls-tests-"))
 # Why the lab is unavailable ("" once inside it); None until a test needed it.
@@ -84,6 +86,24 @@ def need(tool: str) -> None:
 
     if process.find_tool(tool) is None:
         pytest.skip(f"{tool} is not installed (see .ci/run for the packages)")
+
+
+def installed_dovecot_tree(target: Path) -> tuple[Path, tuple[int, ...]]:
+    """Copy the stock tree in the installed Dovecot's syntax to ``target``; return its
+    dovecot.conf and that Dovecot's version. Skips without Dovecot, or when it is neither
+    2.3 nor 2.4 (no stock tree to give it)."""
+    from certbot_postfix_tls._internal import dovecot, process
+
+    if process.find_tool("dovecot") is None or process.find_tool("doveconf") is None:
+        pytest.skip("dovecot is not installed (apt-get install dovecot-core)")
+    out = subprocess.run(["dovecot", "--version"],  # noqa: S607
+                         capture_output=True, text=True, check=True).stdout
+    version = dovecot.parse_version(out)
+    stock = DOVECOT_STOCK_TREES.get(version[:2])
+    if stock is None:
+        pytest.skip(f"no stock tree of Dovecot {out.strip()} in tests/fixtures (2.3, 2.4)")
+    shutil.copytree(stock, target, ignore=shutil.ignore_patterns("*.txt"))
+    return target / "dovecot.conf", version
 
 
 def certbot_pythons() -> list[tuple[str, str]]:

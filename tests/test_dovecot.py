@@ -3,7 +3,8 @@
 The fixtures are the stock configuration files the packages install
 (dovecot23/: Debian 12's /usr/share/dovecot copies, dovecot24/: Debian 13's
 /etc/dovecot) plus the ``doveconf`` output the endpoint parser reads. The
-end-to-end tests run Debian 12's Dovecot in the lab's private namespace.
+end-to-end tests run the installed Dovecot (Debian 12's 2.3 or Debian 13's 2.4) in the
+lab's private namespace.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import trustme
 from certbot import errors
-from conftest import FIXTURES, need, need_lab
+from conftest import FIXTURES, installed_dovecot_tree, need, need_lab
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -59,11 +60,6 @@ def plan_for(
 def apply(plan: dovecot.DovecotPlan) -> None:
     for path, text in plan.writes.items():
         Path(path).write_text(text)
-
-
-def needs_doveconf() -> None:
-    if process.find_tool("doveconf") is None:
-        pytest.skip("doveconf is not installed (apt-get install dovecot-core)")
 
 
 # --- layout ------------------------------------------------------------------------------
@@ -267,12 +263,12 @@ def test_24_ssl_server_block_counts_as_top_level(tmp_path: Path) -> None:
 
 
 def test_sasl_listener_merges_with_debian_service_auth(tmp_path: Path) -> None:
-    """Debian's 10-master.conf has its own `service auth {}`: 2.3 merges them by name."""
-    needs_doveconf()
-    conf = copy_tree(FIX23, tmp_path / "dovecot")
+    """Debian's 10-master.conf has its own `service auth {}`: the installed Dovecot (2.3 or
+    2.4) merges them by name."""
+    conf, version = installed_dovecot_tree(tmp_path / "dovecot")
     cert = tmp_path / "cert.pem"
     cert.write_text("not read by doveconf -n\n")
-    apply(plan_for(conf, V23, cert=CertFiles(str(cert), str(cert)), sasl_listener=SASL))
+    apply(plan_for(conf, version, cert=CertFiles(str(cert), str(cert)), sasl_listener=SASL))
     out = subprocess.run(["doveconf", "-c", str(conf), "-n", "service/auth"],
                          capture_output=True, text=True, check=True).stdout
     section = dict(dovecot.parse_doveconf(out).children)["service auth"]
@@ -377,16 +373,15 @@ def test_no_doveconf_or_no_config(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_endpoints_and_check_with_real_doveconf(tmp_path: Path) -> None:
-    """doveconf -n misses a missing `<file`; check() (doveconf -x) does not."""
-    needs_doveconf()
-    conf = copy_tree(FIX23, tmp_path / "dovecot")
+    """doveconf -n misses a missing certificate file; check() (doveconf -x) does not."""
+    conf, version = installed_dovecot_tree(tmp_path / "dovecot")
     (tmp_path / "dovecot/local.conf").write_text("listen = 127.0.0.1\n")
     # The stock snakeoil path, moved where no host file can be: it must be missing.
     ssl_conf = tmp_path / "dovecot/conf.d/10-ssl.conf"
     missing = tmp_path / "missing/etc/dovecot/private"
     ssl_conf.write_text(ssl_conf.read_text().replace("/etc/dovecot/private", str(missing)))
     dv = Dovecot(str(conf))
-    assert dv.version[:2] == (2, 3)
+    assert dv.version == version
     assert {(e.port, e.address) for e in dv.endpoints("192.0.2.1")} >= {(143, "127.0.0.1"),
                                                                          (993, "127.0.0.1")}
     dv.check_syntax()  # the snakeoil file is missing: only -x notices
