@@ -27,7 +27,7 @@ from typing import Optional
 
 import lab
 import pytest
-from lab.dovecot import DovecotLab
+from lab.dovecot import DovecotLab, installed_version
 
 REPO = Path(__file__).resolve().parent.parent
 # Where Debian's python3-* packages install their modules.
@@ -92,16 +92,14 @@ def installed_dovecot_tree(target: Path) -> tuple[Path, tuple[int, ...]]:
     """Copy the stock tree in the installed Dovecot's syntax to ``target``; return its
     dovecot.conf and that Dovecot's version. Skips without Dovecot, or when it is neither
     2.3 nor 2.4 (no stock tree to give it)."""
-    from certbot_postfix_tls._internal import dovecot, process
+    from certbot_postfix_tls._internal import process
 
     if process.find_tool("dovecot") is None or process.find_tool("doveconf") is None:
         pytest.skip("dovecot is not installed (apt-get install dovecot-core)")
-    out = subprocess.run(["dovecot", "--version"],  # noqa: S607
-                         capture_output=True, text=True, check=True).stdout
-    version = dovecot.parse_version(out)
+    version = installed_version()
     stock = DOVECOT_STOCK_TREES.get(version[:2])
     if stock is None:
-        pytest.skip(f"no stock tree of Dovecot {out.strip()} in tests/fixtures (2.3, 2.4)")
+        pytest.skip(f"no stock tree of Dovecot {version} in tests/fixtures (2.3, 2.4)")
     shutil.copytree(stock, target, ignore=shutil.ignore_patterns("*.txt"))
     return target / "dovecot.conf", version
 

@@ -79,6 +79,20 @@ def debian_conffiles() -> list[str]:
     ]
 
 
+def installed_version() -> tuple[int, ...]:
+    """The installed Dovecot's version: 2.3 on Debian 12, 2.4 on Debian 13."""
+    proc = process.run(["dovecot", "--version"], what="dovecot --version")
+    return process.version_tuple(proc.stdout)
+
+
+def cert_lines(cert: str, key: str) -> tuple[str, str]:
+    """How 10-ssl.conf names a certificate and its key in the installed Dovecot's syntax
+    (2.4 renamed the settings and reads plain paths, 2.3 reads ``<file``)."""
+    if installed_version() >= (2, 4):
+        return f"ssl_server_cert_file = {cert}", f"ssl_server_key_file = {key}"
+    return f"ssl_cert = <{cert}", f"ssl_key = <{key}"
+
+
 def write_self_signed(cert_path: str, key_path: str, name: str = "snakeoil.invalid") -> None:
     """A self-signed EC certificate and key (stand-in for Debian's snakeoil pair)."""
     key = ec.generate_private_key(ec.SECP256R1())
