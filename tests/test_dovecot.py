@@ -362,6 +362,24 @@ def test_version_detection_and_24_check_message(tmp_path: Path, monkeypatch) -> 
     assert "ssl_server_cert_file = " in dv.plan(LE).writes[dv.plugin_file]
 
 
+def test_24_settings_read_the_ssl_server_block(tmp_path: Path, monkeypatch) -> None:
+    """2.4's doveconf prints ssl_server_cert_file empty and its value in ssl_server {}."""
+    conf = copy_tree(FIX24, tmp_path / "dovecot")
+    printed = ("ssl = yes\nssl_server_cert_file = \nssl_server_key_file = \n"
+               "ssl_server {\n  cert_file = /le/fullchain.pem\n  key_file = /le/privkey.pem\n}\n")
+    run, calls = fake_run({"--version": (0, "2.4.1-4 (7d8c0e5759)\n", ""),
+                           "ssl_server": (0, printed, "")})
+    monkeypatch.setattr(process, "run", run)
+    monkeypatch.setattr(process, "find_tool", lambda name: f"/usr/bin/{name}")
+    dv = Dovecot(str(conf))
+    assert dv.settings("ssl", "ssl_server_cert_file", "ssl_server_key_file") == {
+        "ssl": "yes",
+        "ssl_server_cert_file": "/le/fullchain.pem",
+        "ssl_server_key_file": "/le/privkey.pem",
+    }
+    assert calls[-1][-1] == "ssl_server"
+
+
 def test_no_doveconf_or_no_config(tmp_path: Path, monkeypatch) -> None:
     # Installed or not on this machine: first doveconf is there, then it is not.
     monkeypatch.setattr(process, "find_tool", lambda name: f"/usr/bin/{name}")
