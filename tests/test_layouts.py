@@ -8,7 +8,9 @@ shows): in conf.d/10-ssl.conf ``ssl = required``, ``ssl_cert =
 </etc/pki/dovecot/certs/dovecot.pem``, ``ssl_key = </etc/pki/dovecot/private/dovecot.pem``,
 ``ssl_cipher_list = PROFILE=SYSTEM`` and no ``ssl_dh``. One adaptation: the cipher list
 is commented out, Debian's OpenSSL has no crypto-policies ``PROFILE=SYSTEM``. Dovecot is
-*started* with it (Debian's binary), then certbot deploys, renews and rolls back.
+*started* with it (Debian's binary), then certbot deploys, renews and rolls back. With
+Debian 13's Dovecot 2.4 the same changes are made to 2.4's tree: the same paths in
+``ssl_server_cert_file``/``ssl_server_key_file``, and 2.4 has no ``ssl_dh``.
 
 FreeBSD cannot run here: its layout (dovecot.conf under /usr/local/etc/dovecot, no
 /etc/dovecot) is reproduced in the lab on a private tmpfs over /usr/local/etc, and
@@ -26,7 +28,14 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import need, need_lab, once
-from lab.dovecot import DovecotLab, write_self_signed
+from lab.dovecot import (
+    SNAKEOIL_CERT,
+    SNAKEOIL_KEY,
+    DovecotLab,
+    cert_lines,
+    installed_version,
+    write_self_signed,
+)
 
 from certbot_postfix_tls._internal import certs, dovecot, permissions, process, verify
 
@@ -41,10 +50,10 @@ def rhel_ssl_conf(debian_text: str) -> str:
     """Debian's 10-ssl.conf turned into what RHEL 8/9 and Fedora install."""
     replaced = {
         "ssl = yes": "ssl = required",
-        "ssl_cert = </etc/dovecot/private/dovecot.pem": f"ssl_cert = <{RHEL_CERT}",
-        "ssl_key = </etc/dovecot/private/dovecot.key": f"ssl_key = <{RHEL_KEY}",
-        "ssl_dh = </usr/share/dovecot/dh.pem": "#ssl_dh = </etc/dovecot/dh.pem",
+        **dict(zip(cert_lines(SNAKEOIL_CERT, SNAKEOIL_KEY), cert_lines(RHEL_CERT, RHEL_KEY))),
     }
+    if installed_version() < (2, 4):
+        replaced["ssl_dh = </usr/share/dovecot/dh.pem"] = "#ssl_dh = </etc/dovecot/dh.pem"
     lines = []
     for line in debian_text.splitlines():
         lines.append(replaced.pop(line, line))
@@ -95,10 +104,11 @@ def test_rhel_tree_is_planned_like_debian(tmp_path: Path) -> None:
     tree = dovecot.read_config(main, [plugin_file])
     cert = dovecot.CertFiles("/etc/letsencrypt/live/a/fullchain.pem",
                              "/etc/letsencrypt/live/a/privkey.pem")
-    plan = dovecot.plan_config(tree, (2, 3, 16), plugin_file, None, cert)
+    plan = dovecot.plan_config(tree, installed_version(), plugin_file, None, cert)
     new_ssl = plan.writes[str(conf_d / "10-ssl.conf")]
-    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}\n" in new_ssl
-    assert f"{dovecot.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
+    rhel_cert, rhel_key = cert_lines(RHEL_CERT, RHEL_KEY)
+    assert f"{dovecot.MARKER}{rhel_cert}\n" in new_ssl
+    assert f"{dovecot.MARKER}{rhel_key}\n" in new_ssl
     assert "\nssl = required\n" in new_ssl
     assert dovecot.uncomment(new_ssl) == ssl_text  # restorable byte for byte
 
@@ -163,11 +173,15 @@ def test_rhel_dovecot_deploy_renew_rollback(
     before = lab.file_tree("/etc/dovecot")
 
     output = run_certbot(certbot)
-    assert "commented out ssl_cert in /etc/dovecot/conf.d/10-ssl.conf" in output
+    rhel_cert = cert_lines(RHEL_CERT, RHEL_KEY)[0]
+    setting = rhel_cert.split(" = ")[0]  # ssl_cert (2.3), ssl_server_cert_file (2.4)
+    assert f"commented out {setting} in /etc/dovecot/conf.d/10-ssl.conf" in output
     ssl_conf = Path("/etc/dovecot/conf.d/10-ssl.conf").read_text()
-    assert f"{dovecot.MARKER}ssl_cert = <{RHEL_CERT}" in ssl_conf
+    assert f"{dovecot.MARKER}{rhel_cert}\n" in ssl_conf
     assert "\nssl = required\n" in ssl_conf  # the policy is the operator's
-    effective = process.run(["doveconf", "ssl", "ssl_cert"], what="doveconf").stdout
+    # 2.4's doveconf shows the ssl_server_* settings as an ssl_server { cert_file } block.
+    query = "ssl_server/cert_file" if installed_version() >= (2, 4) else setting
+    effective = process.run(["doveconf", "ssl", query], what="doveconf").stdout
     assert "ssl = required" in effective and f"/live/{NAME}/fullchain.pem" in effective
     assert served(143, "starttls") == served(993, "implicit") == leaf_of(certbot)
 
