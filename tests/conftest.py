@@ -26,8 +26,10 @@ test command deselects them (``-m "not tier2"``), .ci/heavy runs ``-m tier2``.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,10 +40,14 @@ from typing import Optional
 import lab
 import pytest
 from lab import accounts
-from lab.dovecot import DovecotLab
+from lab.dovecot import DovecotLab, installed_version
 
 REPO = Path(__file__).resolve().parent.parent
+# Where Debian's python3-* packages install their modules.
+DISTRIBUTION_PACKAGES = "/usr/lib/python3/dist-packages/"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Dovecot's stock /etc/dovecot by version: Debian 12's 2.3, Debian 13's 2.4.
+DOVECOT_STOCK_TREES = {(2, 3): FIXTURES / "dovecot23", (2, 4): FIXTURES / "dovecot24"}
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="certbot-postfix-tls-tests-"))
 E2E = Path(__file__).resolve().parent / "e2e"
@@ -155,8 +161,25 @@ def need(tool: str) -> None:
         pytest.skip(f"{tool} is not installed (see .ci/run for the packages)")
 
 
+def installed_dovecot_tree(target: Path) -> tuple[Path, tuple[int, ...]]:
+    """Copy the stock tree in the installed Dovecot's syntax to ``target``; return its
+    dovecot.conf and that Dovecot's version. Skips without Dovecot, or when it is neither
+    2.3 nor 2.4 (no stock tree to give it)."""
+    from certbot_postfix_tls._internal import process
+
+    if process.find_tool("dovecot") is None or process.find_tool("doveconf") is None:
+        pytest.skip("dovecot is not installed (apt-get install dovecot-core)")
+    version = installed_version()
+    stock = DOVECOT_STOCK_TREES.get(version[:2])
+    if stock is None:
+        pytest.skip(f"no stock tree of Dovecot {version} in tests/fixtures (2.3, 2.4)")
+    shutil.copytree(stock, target, ignore=shutil.ignore_patterns("*.txt"))
+    return target / "dovecot.conf", version
+
+
 def certbot_pythons() -> list[tuple[str, str]]:
-    """Interpreters whose certbot the end-to-end tests run: PyPI newest, Debian 12's."""
+    """Interpreters whose certbot the end-to-end tests run: PyPI newest, the distribution's
+    (python3-certbot: 2.1 on Debian 12, 4.0 on Debian 13)."""
     flavors = [("pypi", sys.executable)]
     debian = os.environ.get("CERTBOT_DEBIAN_PYTHON", str(REPO / ".venv-deb" / "bin" / "python"))
     if Path(debian).exists():
@@ -233,6 +256,18 @@ def certbot(request: pytest.FixtureRequest, pebble: lab.Pebble) -> lab.Certbot:
     for directory in (_SCRATCH, root, base):
         directory.chmod(0o755)
     runner = lab.Certbot(pebble, base, python=python)
-    if flavor == "debian" and not runner.version().startswith("2."):
-        pytest.skip(f"{python} does not run Debian 12's certbot 2.x")
+    if flavor == "debian" and not runs_distribution_certbot(python):
+        pytest.skip(f"{python} does not run the distribution's certbot (python3-certbot)")
     return runner
+
+
+@functools.cache
+def runs_distribution_certbot(python: str) -> bool:
+    """Whether ``python`` imports certbot from the distribution's python3-certbot
+    (not a PyPI copy that pip put in a venv), whatever its version."""
+    proc = subprocess.run(  # noqa: S603
+        [python, "-c", "import certbot; print(certbot.__file__)"],
+        capture_output=True, text=True, check=False,
+    )
+    return proc.returncode == 0 and proc.stdout.strip().startswith(DISTRIBUTION_PACKAGES)
+

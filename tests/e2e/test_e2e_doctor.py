@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from lab.dovecot import DovecotLab
+from lab.dovecot import SNAKEOIL_CERT, SNAKEOIL_KEY, DovecotLab, cert_lines, installed_version
 
 from certbot_postfix_tls._internal import dialogues, tls_client
 
@@ -124,16 +124,19 @@ def postfix_certificate(postfix_lab: lab.PostfixLab, cert: str | Path, key: str 
 
 
 def dovecot_certificate(dovecot_config: DovecotLab, cert: str | Path, key: str | Path,
-                        extra: str = "") -> None:
-    """Debian's stock Dovecot with 10-ssl.conf edited as a how-to says, then started."""
+                        extra: str = "", local: str = "") -> None:
+    """Debian's stock Dovecot with 10-ssl.conf edited as a how-to says, then started.
+    ``extra`` goes to the end of 10-master.conf, ``local`` into local.conf (read last)."""
     dovecot_config.install_config(snakeoil=False)
     text = SSL_CONF.read_text()
-    text = text.replace("ssl_cert = </etc/dovecot/private/dovecot.pem", f"ssl_cert = <{cert}")
-    text = text.replace("ssl_key = </etc/dovecot/private/dovecot.key", f"ssl_key = <{key}")
+    for stock, own in zip(cert_lines(SNAKEOIL_CERT, SNAKEOIL_KEY), cert_lines(str(cert), str(key))):
+        text = text.replace(stock, own)
     SSL_CONF.write_text(text)
     if extra:
         with open("/etc/dovecot/conf.d/10-master.conf", "a") as handle:
             handle.write(extra)
+    if local:
+        Path("/etc/dovecot/local.conf").write_text(local)
     dovecot_config.start()
 
 
@@ -143,10 +146,12 @@ def self_signed(directory: Path, name: str, days: float,
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(days=90))
-               .not_valid_after(now + datetime.timedelta(days=days))
+    builder = (lab.as_issued(x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                             .public_key(key.public_key())
+                             .serial_number(x509.random_serial_number())
+                             .not_valid_before(now - datetime.timedelta(days=90))
+                             .not_valid_after(now + datetime.timedelta(days=days)),
+                             key.public_key(), key.public_key(), ca=False)
                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]),
                               critical=False))
     if usages:
@@ -283,11 +288,13 @@ def test_incomplete_chain_names_the_setting_and_its_fix(
     assert "verify what port 587 (postfix submission) serves" in postfix_chain
     assert (f"fix: postconf -P submission/inet/smtpd_tls_cert_file={live}/fullchain.pem, then "
             "postfix reload") in postfix_chain
-    line = SSL_CONF.read_text().splitlines().index(f"ssl_cert = <{live}/cert.pem") + 1
-    assert dovecot_chain.startswith(f"ssl_cert = <{live}/cert.pem in {SSL_CONF} line {line} "
+    cert_only = cert_lines(f"{live}/cert.pem", "")[0]
+    line = SSL_CONF.read_text().splitlines().index(cert_only) + 1
+    assert dovecot_chain.startswith(f"{cert_only} in {SSL_CONF} line {line} "
                                     "holds the certificate without its intermediate"), dovecot_chain
     assert "ports 143 (dovecot imap), 993 (dovecot imaps)" in dovecot_chain
-    assert (f"fix: set `ssl_cert = <{live}/fullchain.pem` in {SSL_CONF} line {line}, then "
+    full = cert_lines(f"{live}/fullchain.pem", "")[0]
+    assert (f"fix: set `{full}` in {SSL_CONF} line {line}, then "
             "doveadm reload") in dovecot_chain
     assert all(c["status"] == "OK" for c in named(report, "certificate-files"))
 
@@ -316,14 +323,18 @@ def test_missing_and_mismatched_keys_with_the_daemons_reasons(
         in postfix_files
     assert (f"fix: postconf -e smtpd_tls_cert_file={live}/fullchain.pem "
             f"smtpd_tls_key_file={live}/privkey.pem, then postfix reload") in postfix_files
-    assert dovecot_files.startswith(f"ssl_cert = <{live}/fullchain.pem in {SSL_CONF} line "), \
-        dovecot_files
-    assert (f"and ssl_key = <{other_key} in {SSL_CONF} line ") in dovecot_files
+    served_cert, served_key = cert_lines(f"{live}/fullchain.pem", str(other_key))
+    assert dovecot_files.startswith(f"{served_cert} in {SSL_CONF} line "), dovecot_files
+    assert (f"and {served_key} in {SSL_CONF} line ") in dovecot_files
     assert ": the private key does not match the certificate;" in dovecot_files
-    assert ("Dovecot's log says: Failed to initialize SSL server context: Can't load SSL "
-            "private key (ssl_key setting): Key is for a different cert than ssl_cert; fix: "
-            ) in dovecot_files
-    assert (f"fix: set `ssl_cert = <{live}/fullchain.pem` and `ssl_key = <{live}/privkey.pem` "
+    says = ("Failed to initialize SSL connection: Couldn't initialize SSL server context: "
+            "Can't load SSL private key (ssl_server_key_file setting): Key file is for a "
+            "different certificate file" if installed_version() >= (2, 4) else
+            "Failed to initialize SSL server context: Can't load SSL private key (ssl_key "
+            "setting): Key is for a different cert than ssl_cert")
+    assert f"Dovecot's log says: {says}; fix: " in dovecot_files
+    fix_cert, fix_key = cert_lines(f"{live}/fullchain.pem", f"{live}/privkey.pem")
+    assert (f"fix: set `{fix_cert}` and `{fix_key}` "
             f"in {SSL_CONF}, then doveadm reload") in dovecot_files
 
 
@@ -451,7 +462,8 @@ def test_protocols_that_exclude_tls12_and_tls13(
                          "smtpd_tls_security_level=encrypt -o "
                          "smtpd_tls_mandatory_protocols=>=TLSv1.3")
     reload_postfix()
-    dovecot_certificate(dovecot_config, cert, key, extra="ssl_min_protocol = TLSv1.3\n")
+    # In local.conf: 2.4's stock 10-ssl.conf sets ssl_min_protocol itself, after 10-master.conf.
+    dovecot_certificate(dovecot_config, cert, key, local="ssl_min_protocol = TLSv1.3\n")
 
     code, report = doctor(tmp_path)
     assert code == 2

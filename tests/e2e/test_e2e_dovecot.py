@@ -9,7 +9,7 @@ import lab
 import pytest
 from conftest import need, once
 from lab.accounts import add_mail_user
-from lab.dovecot import DovecotLab
+from lab.dovecot import SNAKEOIL_CERT, SNAKEOIL_KEY, DovecotLab, cert_lines
 
 from certbot_postfix_tls._internal import certs, dialogues, tls_client
 
@@ -64,7 +64,8 @@ def test_run_serves_every_port_and_wires_sasl(
     assert postfix_lab.master_pid() == postfix_pid
     # Debian's snakeoil line is commented out with a marker, not deleted.
     ssl_conf = Path("/etc/dovecot/conf.d/10-ssl.conf").read_text()
-    assert "#certbot-postfix-tls# ssl_cert = </etc/dovecot/private/dovecot.pem" in ssl_conf
+    snakeoil_cert = cert_lines(SNAKEOIL_CERT, SNAKEOIL_KEY)[0]
+    assert f"#certbot-postfix-tls# {snakeoil_cert}\n" in ssl_conf
 
     # A real client submits on 587: STARTTLS, then AUTH PLAIN against Dovecot's socket.
     add_mail_user("alice", "correct horse")

@@ -8,7 +8,9 @@ shows): in conf.d/10-ssl.conf ``ssl = required``, ``ssl_cert =
 </etc/pki/dovecot/certs/dovecot.pem``, ``ssl_key = </etc/pki/dovecot/private/dovecot.pem``,
 ``ssl_cipher_list = PROFILE=SYSTEM`` and no ``ssl_dh``. One adaptation: the cipher list
 is commented out, Debian's OpenSSL has no crypto-policies ``PROFILE=SYSTEM``. Dovecot is
-*started* with it (Debian's binary), then certbot deploys, renews and rolls back.
+*started* with it (Debian's binary), then certbot deploys, renews and rolls back. With
+Debian 13's Dovecot 2.4 the same changes are made to 2.4's tree: the same paths in
+``ssl_server_cert_file``/``ssl_server_key_file``, and 2.4 has no ``ssl_dh``.
 
 FreeBSD cannot run here: its layout (dovecot.conf under /usr/local/etc/dovecot, no
 /etc/dovecot) is reproduced in the lab on a private tmpfs over /usr/local/etc, and
@@ -26,7 +28,15 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import need, need_lab, once
-from lab.dovecot import RHEL_CERT, RHEL_KEY, DovecotLab, rhel_ssl_conf, write_self_signed
+from lab.dovecot import (
+    RHEL_CERT,
+    RHEL_KEY,
+    DovecotLab,
+    cert_lines,
+    installed_version,
+    rhel_ssl_conf,
+    write_self_signed,
+)
 
 from certbot_postfix_tls._internal import (
     certs,
@@ -125,11 +135,15 @@ def test_rhel_dovecot_deploy_renew_rollback(
     before = lab.file_tree("/etc/dovecot")
 
     output = run_certbot(certbot)
-    assert "commented out ssl_cert in /etc/dovecot/conf.d/10-ssl.conf" in output
+    rhel_cert = cert_lines(RHEL_CERT, RHEL_KEY)[0]
+    setting = rhel_cert.split(" = ")[0]  # ssl_cert (2.3), ssl_server_cert_file (2.4)
+    assert f"commented out {setting} in /etc/dovecot/conf.d/10-ssl.conf" in output
     ssl_conf = Path("/etc/dovecot/conf.d/10-ssl.conf").read_text()
-    assert f"{dovecot_plan.MARKER}ssl_cert = <{RHEL_CERT}" in ssl_conf
+    assert f"{dovecot_plan.MARKER}{rhel_cert}\n" in ssl_conf
     assert "\nssl = required\n" in ssl_conf  # the policy is the operator's
-    effective = process.run(["doveconf", "ssl", "ssl_cert"], what="doveconf").stdout
+    # 2.4's doveconf shows the ssl_server_* settings as an ssl_server { cert_file } block.
+    query = "ssl_server/cert_file" if installed_version() >= (2, 4) else setting
+    effective = process.run(["doveconf", "ssl", query], what="doveconf").stdout
     assert "ssl = required" in effective and f"/live/{NAME}/fullchain.pem" in effective
     assert served(143, "starttls") == served(993, "implicit") == leaf_of(certbot)
 

@@ -1,7 +1,7 @@
 """End to end, as a user runs it: real certbot, real Pebble, real Postfix on loopback.
 
-Every test here runs once per certbot flavour (newest from PyPI, and Debian
-12's python3-certbot 2.1 when installed) inside the lab namespace.
+Every test here runs once per certbot flavour (newest from PyPI, and the distribution's
+python3-certbot when installed: 2.1 on Debian 12, 4.0 on Debian 13) inside the lab namespace.
 """
 
 from __future__ import annotations

@@ -79,19 +79,36 @@ def debian_conffiles() -> list[str]:
     ]
 
 
+def installed_version() -> tuple[int, ...]:
+    """The installed Dovecot's version: 2.3 on Debian 12, 2.4 on Debian 13."""
+    proc = process.run(["dovecot", "--version"], what="dovecot --version")
+    return process.version_tuple(proc.stdout)
+
+
+def cert_lines(cert: str, key: str) -> tuple[str, str]:
+    """How 10-ssl.conf names a certificate and its key in the installed Dovecot's syntax
+    (2.4 renamed the settings and reads plain paths, 2.3 reads ``<file``)."""
+    if installed_version() >= (2, 4):
+        return f"ssl_server_cert_file = {cert}", f"ssl_server_key_file = {key}"
+    return f"ssl_cert = <{cert}", f"ssl_key = <{key}"
+
+
 def write_self_signed(cert_path: str, key_path: str, name: str = "snakeoil.invalid") -> None:
     """A self-signed EC certificate and key (stand-in for Debian's snakeoil pair)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        lab.as_issued(
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30)),
+            key.public_key(), key.public_key(), ca=False,
+        )
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -238,10 +255,10 @@ def rhel_ssl_conf(debian_text: str) -> str:
     """Debian's 10-ssl.conf turned into what RHEL 8/9 and Fedora install."""
     replaced = {
         "ssl = yes": "ssl = required",
-        "ssl_cert = </etc/dovecot/private/dovecot.pem": f"ssl_cert = <{RHEL_CERT}",
-        "ssl_key = </etc/dovecot/private/dovecot.key": f"ssl_key = <{RHEL_KEY}",
-        "ssl_dh = </usr/share/dovecot/dh.pem": "#ssl_dh = </etc/dovecot/dh.pem",
+        **dict(zip(cert_lines(SNAKEOIL_CERT, SNAKEOIL_KEY), cert_lines(RHEL_CERT, RHEL_KEY))),
     }
+    if installed_version() < (2, 4):
+        replaced["ssl_dh = </usr/share/dovecot/dh.pem"] = "#ssl_dh = </etc/dovecot/dh.pem"
     lines = []
     for line in debian_text.splitlines():
         lines.append(replaced.pop(line, line))

@@ -21,7 +21,7 @@ from typing import ClassVar, Optional
 import pytest
 import trustme
 
-from certbot_postfix_tls._internal import daemons, pipeline, verify
+from certbot_postfix_tls._internal import daemons, pipeline, tls_client, verify
 from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest
 from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
 from certbot_postfix_tls._internal.daemons.postfix.config import PostfixConfig
@@ -161,9 +161,9 @@ class FakeDaemon:
     def running(self) -> Optional[bool]:
         return True
 
-    def endpoints(self, state: State) -> list[verify.Endpoint]:
+    def endpoints(self, state: State) -> list[tls_client.Endpoint]:
         assert self.server is not None
-        return [verify.Endpoint(self.name, "pop3", state.verify_address, self.server.port,
+        return [tls_client.Endpoint(self.name, "pop3", state.verify_address, self.server.port,
                                 "implicit", "pop3s", advice=self.advice)]
 
     def unchecked(self, state: State) -> list[tuple[str, str]]:

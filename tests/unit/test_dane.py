@@ -17,6 +17,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
+import lab
 import pytest
 from certbot import errors
 from cryptography import x509
@@ -54,15 +55,15 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
           issuer_key: ec.EllipticCurvePrivateKey, ca: bool, names: tuple[str, ...] = (),
           days: int = 90) -> x509.Certificate:
     start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
-    builder = (
+    builder = lab.as_issued(
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .not_valid_after(start + datetime.timedelta(days=days)),
+        key.public_key(), issuer_key.public_key(), ca=ca,
     )
     if names:
         builder = builder.add_extension(

@@ -3,7 +3,8 @@
 The fixtures are the stock configuration files the packages install
 (dovecot23/: Debian 12's /usr/share/dovecot copies, dovecot24/: Debian 13's
 /etc/dovecot) plus the ``doveconf`` output the endpoint parser reads. The
-end-to-end tests run Debian 12's Dovecot in the lab's private namespace.
+end-to-end tests run the installed Dovecot (Debian 12's 2.3 or Debian 13's 2.4) in the
+lab's private namespace.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from certbot import errors
-from conftest import FIXTURES
-from lab.dovecot import RHEL_CERT, RHEL_KEY, rhel_ssl_conf
+from conftest import FIXTURES, installed_dovecot_tree
+from lab.dovecot import RHEL_CERT, RHEL_KEY, cert_lines, installed_version, rhel_ssl_conf
 
 from certbot_postfix_tls._internal import process
 from certbot_postfix_tls._internal.daemons.dovecot import conftree as dovecot_conftree
@@ -58,11 +59,6 @@ def plan_for(
 def apply(plan: dovecot_plan.DovecotPlan) -> None:
     for path, text in plan.writes.items():
         Path(path).write_text(text)
-
-
-def needs_doveconf() -> None:
-    if process.find_tool("doveconf") is None:
-        pytest.skip("doveconf is not installed (apt-get install dovecot-core)")
 
 
 # --- layout ------------------------------------------------------------------------------
@@ -266,12 +262,12 @@ def test_24_ssl_server_block_counts_as_top_level(tmp_path: Path) -> None:
 
 
 def test_sasl_listener_merges_with_debian_service_auth(tmp_path: Path) -> None:
-    """Debian's 10-master.conf has its own `service auth {}`: 2.3 merges them by name."""
-    needs_doveconf()
-    conf = copy_tree(FIX23, tmp_path / "dovecot")
+    """Debian's 10-master.conf has its own `service auth {}`: the installed Dovecot (2.3 or
+    2.4) merges them by name."""
+    conf, version = installed_dovecot_tree(tmp_path / "dovecot")
     cert = tmp_path / "cert.pem"
     cert.write_text("not read by doveconf -n\n")
-    apply(plan_for(conf, V23, cert=CertFiles(str(cert), str(cert)), sasl_listener=SASL))
+    apply(plan_for(conf, version, cert=CertFiles(str(cert), str(cert)), sasl_listener=SASL))
     out = subprocess.run(["doveconf", "-c", str(conf), "-n", "service/auth"],
                          capture_output=True, text=True, check=True).stdout
     section = dict(doveconf.parse_doveconf(out).children)["service auth"]
@@ -365,6 +361,24 @@ def test_version_detection_and_24_check_message(tmp_path: Path, monkeypatch) -> 
     assert "ssl_server_cert_file = " in dv.plan_files(LE).writes[dv.plugin_file]
 
 
+def test_24_settings_read_the_ssl_server_block(tmp_path: Path, monkeypatch) -> None:
+    """2.4's doveconf prints ssl_server_cert_file empty and its value in ssl_server {}."""
+    conf = copy_tree(FIX24, tmp_path / "dovecot")
+    printed = ("ssl = yes\nssl_server_cert_file = \nssl_server_key_file = \n"
+               "ssl_server {\n  cert_file = /le/fullchain.pem\n  key_file = /le/privkey.pem\n}\n")
+    run, calls = fake_run({"--version": (0, "2.4.1-4 (7d8c0e5759)\n", ""),
+                           "ssl_server": (0, printed, "")})
+    monkeypatch.setattr(process, "run", run)
+    monkeypatch.setattr(process, "find_tool", lambda name: f"/usr/bin/{name}")
+    dv = Dovecot(str(conf))
+    assert dv.settings("ssl", "ssl_server_cert_file", "ssl_server_key_file") == {
+        "ssl": "yes",
+        "ssl_server_cert_file": "/le/fullchain.pem",
+        "ssl_server_key_file": "/le/privkey.pem",
+    }
+    assert calls[-1][-1] == "ssl_server"
+
+
 def test_no_doveconf_or_no_config(tmp_path: Path, monkeypatch) -> None:
     # Installed or not on this machine: first doveconf is there, then it is not.
     monkeypatch.setattr(process, "find_tool", lambda name: f"/usr/bin/{name}")
@@ -376,16 +390,15 @@ def test_no_doveconf_or_no_config(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_endpoints_and_check_with_real_doveconf(tmp_path: Path) -> None:
-    """doveconf -n misses a missing `<file`; check() (doveconf -x) does not."""
-    needs_doveconf()
-    conf = copy_tree(FIX23, tmp_path / "dovecot")
+    """doveconf -n misses a missing certificate file; check() (doveconf -x) does not."""
+    conf, version = installed_dovecot_tree(tmp_path / "dovecot")
     (tmp_path / "dovecot/local.conf").write_text("listen = 127.0.0.1\n")
     # The stock snakeoil path, moved where no host file can be: it must be missing.
     ssl_conf = tmp_path / "dovecot/conf.d/10-ssl.conf"
     missing = tmp_path / "missing/etc/dovecot/private"
     ssl_conf.write_text(ssl_conf.read_text().replace("/etc/dovecot/private", str(missing)))
     dv = Dovecot(str(conf))
-    assert dv.version[:2] == (2, 3)
+    assert dv.version == version
     found = {(e.port, e.address) for e in dv.effective_endpoints("192.0.2.1")}
     assert found >= {(143, "127.0.0.1"), (993, "127.0.0.1")}
     dv.check_syntax()  # the snakeoil file is missing: only -x notices
@@ -456,10 +469,11 @@ def test_rhel_tree_is_planned_like_debian(tmp_path: Path) -> None:
 
     tree = dovecot_conftree.read_config(main, [plugin_file])
     cert = dovecot_plan.CertFiles("/etc/letsencrypt/live/a/fullchain.pem",
-                             "/etc/letsencrypt/live/a/privkey.pem")
-    plan = dovecot_plan.plan_config(tree, (2, 3, 16), plugin_file, None, cert)
+                                  "/etc/letsencrypt/live/a/privkey.pem")
+    plan = dovecot_plan.plan_config(tree, installed_version(), plugin_file, None, cert)
     new_ssl = plan.writes[str(conf_d / "10-ssl.conf")]
-    assert f"{dovecot_plan.MARKER}ssl_cert = <{RHEL_CERT}\n" in new_ssl
-    assert f"{dovecot_plan.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
+    rhel_cert, rhel_key = cert_lines(RHEL_CERT, RHEL_KEY)
+    assert f"{dovecot_plan.MARKER}{rhel_cert}\n" in new_ssl
+    assert f"{dovecot_plan.MARKER}{rhel_key}\n" in new_ssl
     assert "\nssl = required\n" in new_ssl
     assert dovecot_plan.uncomment(new_ssl) == ssl_text  # restorable byte for byte

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from certbot import errors
-from conftest import FIXTURES
+from conftest import FIXTURES, installed_dovecot_tree
 
 from certbot_postfix_tls._internal import dialogues, tls_client, verify
 from certbot_postfix_tls._internal.daemons.dovecot import conftree as dovecot_conftree
@@ -297,10 +297,16 @@ def test_operator_auth_listener_is_kept_not_redeclared(tmp_path: Path) -> None:
     plain = dovecot_conftree.read_config(str(_dovecot_tree(tmp_path / "b", "") / "dovecot.conf"))
     assert dovecot_plan.declared_auth_listener(plain, SASL, plugin_file) is None
 
-    # What Dovecot itself makes of it: the operator's mode 0666 stays in effect.
-    needs("doveconf")
-    Path(plugin_file).write_text(plan.writes[plugin_file])
-    proc = subprocess.run(["doveconf", "-c", str(conf / "dovecot.conf"), "service/auth"],
+    # What the installed Dovecot (2.3 or 2.4) makes of it: the operator's 0666 stays in effect.
+    real_conf, version = installed_dovecot_tree(tmp_path / "real")
+    with (real_conf.parent / "conf.d" / "10-master.conf").open("a") as handle:
+        handle.write(MODOBOA_AUTH)
+    real_plugin = str(real_conf.parent / "conf.d" / dovecot_plan.DEBIAN_PLUGIN_NAME)
+    real = dovecot_plan.plan_config(dovecot_conftree.read_config(str(real_conf), [real_plugin]),
+                                    version, real_plugin, None, CERT, sasl_listener=SASL)
+    assert "service auth" not in real.writes[real_plugin]
+    Path(real_plugin).write_text(real.writes[real_plugin])
+    proc = subprocess.run(["doveconf", "-c", str(real_conf), "service/auth"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     auth = doveconf.parse_doveconf(proc.stdout).children[0][1]

@@ -271,7 +271,19 @@ class Dovecot:
     def settings(self, *names: str) -> dict[str, str]:
         """Top-level values in effect (``doveconf NAME...``, files not expanded), e.g.
         ``{"ssl_cert": "</etc/.../fullchain.pem"}``; read-only, for ``doctor``."""
-        return parse_doveconf(self._doveconf(*names).stdout).settings
+        # 2.4's doveconf prints ssl_server_cert_file (set as such) empty and its value
+        # in an `ssl_server { cert_file = ... }` block: read it there.
+        block = self.uses_24_syntax and any(name in CERT_SETTINGS_24 for name in names)
+        root = parse_doveconf(self._doveconf(*names, *(["ssl_server"] if block else [])).stdout)
+        values = dict(root.settings)
+        for header, section in root.children:
+            if header != "ssl_server":
+                continue
+            for short, value in section.settings.items():
+                name = f"ssl_server_{short}"
+                if name in names and (value or not values.get(name)):
+                    values[name] = value
+        return values
 
     def session_mode(self) -> str:
         """``keep`` when the configuration on disk has ``shutdown_clients = no`` (what
