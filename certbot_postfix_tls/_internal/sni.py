@@ -120,12 +120,18 @@ def render_map(state: State) -> str:
     return "# Written by certbot-postfix-tls: one line per certificate name.\n" + body
 
 
-def write_map(text: str, path: str, postfix_dir: str, kind: str) -> None:
-    """Write the SNI table and rebuild its index with ``postmap -F`` (0600 both)."""
-    certs.write_atomic(path, text.encode(), mode=0o600)
+def write_map(text: str, path: str, postfix_dir: str, kind: str, rebuild: bool = True) -> None:
+    """Write the SNI table and rebuild its index with ``postmap -F`` (0600 both).
+
+    ``rebuild`` False: the files the table names are unchanged, so an index that exists
+    is left as it is when the table is too (``postmap -F`` copies the files into it).
+    """
+    index = path + INDEX_SUFFIX.get(kind, ".db")
+    if not certs.write_atomic(path, text.encode(), mode=0o600) and not rebuild and (
+            os.path.exists(index)):
+        return
     process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{path}"],
                 what=f"postmap -F could not build the SNI table {path}")
-    index = path + INDEX_SUFFIX.get(kind, ".db")
     fd = os.open(index, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         os.fchown(fd, 0, 0)
