@@ -22,7 +22,7 @@ import pytest
 import trustme
 
 from certbot_postfix_tls._internal import daemons, pipeline, verify
-from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest
+from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest, Preview
 from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
 from certbot_postfix_tls._internal.daemons.postfix.config import PostfixConfig
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
@@ -145,6 +145,15 @@ class FakeDaemon:
             os.unlink(self.config_file)
         elif plan.text is not None:
             Path(self.config_file).write_text(plan.text)
+
+    def preview(self, plan: DaemonPlan, state: State) -> Preview:
+        assert isinstance(plan, FakePlan)
+        files: dict[str, Optional[bytes]] = {}
+        if plan.remove:
+            files[self.config_file] = None
+        elif plan.text is not None:
+            files[self.config_file] = plan.text.encode()
+        return Preview(files, self.endpoints(state))
 
     def _chain_file(self) -> str:
         return Path(self.config_file).read_text().split("=", 1)[1].strip()
