@@ -138,7 +138,14 @@ def install_plan(args: argparse.Namespace) -> Plan:
             result.add(staged.site, staged.desired, pipeline.preview(staged.site, staged.desired))
     except errors.Error as exc:
         result.refused = str(exc)
+    except OSError as exc:
+        result.refused = _unreadable(exc)
     return result
+
+
+def _unreadable(exc: OSError) -> str:
+    return (f"{exc.filename or 'a file'} cannot be read ({exc.strerror}): run "
+            "certbot-postfix-tls plan as root, as certbot install runs.")
 
 
 def undeploy_plan(args: argparse.Namespace) -> Plan:
@@ -149,6 +156,9 @@ def undeploy_plan(args: argparse.Namespace) -> Plan:
                                 args.cert_name, args.postfix_dir)
     except errors.Error as exc:
         result.refused = str(exc)
+        return result
+    except OSError as exc:
+        result.refused = _unreadable(exc)
         return result
     for site, desired, shown in planned.steps:
         result.add(site, desired, shown)
