@@ -513,7 +513,7 @@ def preview(site: Site, desired: Desired) -> Preview:
         index = sni.index_path(config_dir, state.sni_map_type, state.instance)
         _directory(result, os.path.dirname(table), 0o755)
         table_changed = _key_file(result, table, desired.sni_map.encode())
-        if changed or table_changed or not os.path.exists(index):
+        if changed or table_changed or not sni.index_current(table, state.sni_map_type):
             result.key_files.append(KeyFile(
                 index, "replace" if os.path.exists(index) else "create", 0o600, "root:root"))
 

@@ -128,7 +128,7 @@ def write_map(text: str, path: str, postfix_dir: str, kind: str, rebuild: bool =
     """
     index = path + INDEX_SUFFIX.get(kind, ".db")
     if not certs.write_atomic(path, text.encode(), mode=0o600) and not rebuild and (
-            os.path.exists(index)):
+            index_current(path, kind)):
         return
     process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{path}"],
                 what=f"postmap -F could not build the SNI table {path}")
@@ -138,6 +138,20 @@ def write_map(text: str, path: str, postfix_dir: str, kind: str, rebuild: bool =
         os.fchmod(fd, 0o600)  # it holds private keys
     finally:
         os.close(fd)
+
+
+def index_current(path: str, kind: str) -> bool:
+    """Whether the table's index exists and is newer than the table and every file it
+    names (``postmap -F`` copies them in): an operation killed between writing them and
+    ``postmap`` leaves an older index, which the next one rebuilds."""
+    try:
+        built = os.stat(path + INDEX_SUFFIX.get(kind, ".db")).st_mtime_ns
+        with open(path, encoding="utf-8") as handle:
+            named = [f for line in handle if not line.startswith("#")
+                     for f in line.split()[1:]]
+        return all(os.stat(source).st_mtime_ns <= built for source in [path, *named])
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def split_tables(value: str) -> list[str]:
