@@ -70,6 +70,17 @@ def test_plan_is_the_install_then_no_changes(
     assert any(k["action"] == "remove" for k in shown["key_files"])
     flows.assert_serving(certbot, [HOST], HOST)
 
+    # The last lineage: Postfix and Dovecot get back what they had, the hooks go.
+    shown = plans.assert_plan_is_what_happens(
+        certbot, ["undeploy", "--cert-name", HOST, "--plan",
+                  "--work-dir", str(certbot.base / "work")],
+        lambda: flows.run_cli(certbot, "undeploy", "--cert-name", HOST,
+                              "--work-dir", str(certbot.base / "work")), probe)
+    removed = {f["path"] for f in shown["files"] if f["action"] == "remove"}
+    assert str(certbot.config_dir / "postfix-tls" / "state.json") in removed
+    assert "/etc/dovecot/conf.d/99-certbot-postfix-tls.conf" in removed
+    assert any(f["path"] == "/etc/postfix/main.cf" for f in shown["files"])
+
 
 def test_plan_refuses_with_the_install_sentence(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
