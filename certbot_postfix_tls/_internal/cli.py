@@ -1,7 +1,9 @@
-"""``certbot-postfix-tls``: verify, doctor, undeploy and hook.
+"""``certbot-postfix-tls``: verify, doctor, plan, undeploy and hook.
 
 Exit codes follow the monitoring-plugin convention:
-0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (usage errors included).
+0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (usage errors included); ``plan`` and
+``undeploy --plan`` those of ``diff``: 0 nothing to change, 1 changes shown, 2 refused,
+3 usage.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from certbot_postfix_tls._internal import (
     tls_client,
     verify,
 )
+from certbot_postfix_tls._internal import plan as planning
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dane import records
 from certbot_postfix_tls._internal.dane import report as dane_report
@@ -69,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--json", action="store_true", help="print one JSON object")
     _server_options(doc)
 
+    plan = sub.add_parser(
+        "plan", help="show what certbot install --installer postfix-tls would change, "
+                     "changing nothing (exit 0: nothing, 1: changes shown, 2: refused)")
+    which = plan.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cert-name", help="the lineage certbot install --cert-name would deploy")
+    which.add_argument("--lineage", help="a lineage directory (live/NAME)")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.add_argument("--work-dir", default=constants.CLI_DEFAULTS["work_dir"],
+                      help="certbot's work directory (default: %(default)s)")
+    planning.add_installer_options(plan)
+
     remove = sub.add_parser("undeploy", help="take one lineage out of service")
     remove.add_argument("--cert-name", required=True, help="the lineage to remove")
     remove.add_argument("--postfix-dir", metavar="DIR",
@@ -76,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--work-dir", default=constants.CLI_DEFAULTS["work_dir"],
                         help="certbot's work directory, where the undo checkpoint goes "
                              "(default: %(default)s)")
+    remove.add_argument("--plan", action="store_true",
+                        help="show what undeploy would change, changing nothing (exit 0: "
+                             "nothing, 1: changes shown, 2: refused)")
+    remove.add_argument("--json", action="store_true", help="with --plan: one JSON object")
 
     hook = sub.add_parser("hook", help="what the installed renewal hooks call")
     hook.add_argument("kind", choices=("deploy", "post"))
@@ -267,6 +285,8 @@ def _warn(message: str) -> None:
 
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
+    if args.plan:
+        return planning.run(args)
     problems = undeploy.undeploy(args.config_dir, args.work_dir, args.cert_name, print, _warn,
                                  args.postfix_dir)
     for problem in problems:
@@ -303,6 +323,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_verify(args)
         if args.command == "hook":
             return cmd_hook(args)
+        if args.command == "plan":
+            return planning.run(args)
         if args.command == "undeploy":
             return cmd_undeploy(args)
         if args.command == "doctor":

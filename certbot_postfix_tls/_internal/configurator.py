@@ -59,7 +59,7 @@ yes_no.__name__ = "yes/no"  # argparse names the type in its error message
 
 
 @dataclass
-class _Staged:
+class Staged:
     lineage: certs.Lineage
     site: pipeline.Site
     desired: pipeline.Desired
@@ -131,7 +131,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         super().__init__(*args, **kwargs)
         self._postfix: Optional[Postfix] = None
         self._dovecot: Optional[Dovecot] = None
-        self._staged: Optional[_Staged] = None
+        self._staged: Optional[Staged] = None
+        # Where deploy_cert's notes go: certbot's display; `plan` collects them.
+        self.notify: Callable[[str], None] = display_util.notify
 
     # -- helpers -------------------------------------------------------------
 
@@ -204,9 +206,20 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
 
     def prepare(self) -> None:
         """Postfix present, its configuration readable and sane, version known, lock taken."""
+        self.discover(test=True)
+        assert self._postfix is not None
+        util.lock_dir_until_exit(self._postfix.config_dir)
+        self._purge_key_backups()
+
+    def discover(self, test: bool = True) -> None:
+        """Find Postfix (and Dovecot) and refuse what the install refuses, writing
+        nothing: what ``prepare`` and ``certbot-postfix-tls plan`` share. ``test``:
+        also run ``postfix check`` (which may create Postfix's missing directories, so
+        ``plan`` leaves it out)."""
         self._postfix = Postfix(self.conf("postfix-dir"))
         config = self._postfix.read()
-        self.config_test()
+        if test:
+            self.config_test()
         if config.version < (2, 11):
             raise errors.NotSupportedError(
                 f"Postfix {config.main.get('mail_version')} is too old: "
@@ -216,8 +229,6 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         if want_dovecot:
             self._dovecot = Dovecot(self._dovecot_config() or doveconf.DEFAULT_CONFIG)
             self._dovecot.check_syntax()
-        util.lock_dir_until_exit(self._postfix.config_dir)
-        self._purge_key_backups()
 
     def _purge_key_backups(self) -> None:
         """Earlier versions checkpointed the derived key+chain files: remove those copies
@@ -262,6 +273,11 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                                            self.config.config_dir)
         if self._staged is not None and self._staged.lineage == lineage:
             return
+        self._staged = self.stage(lineage)
+
+    def stage(self, lineage: certs.Lineage, dry: bool = False) -> Staged:
+        """What deploying ``lineage`` writes, rendered (``pipeline.render``) and not yet
+        written. ``dry`` (``plan``): DNS updates and flags only said, not done."""
         material = certs.load_material(lineage)  # mismatch/missing: refuse before any change
         config = self.instance.read()
         state = State.load(self.config.config_dir, self.instance.instance_key)
@@ -269,7 +285,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         if owner is not None:
             # Another Postfix instance's deploys configure this Dovecot: one file, one
             # owner, so the instances never overwrite each other's Dovecot settings.
-            display_util.notify(
+            self.notify(
                 f"postfix-tls: Dovecot ({owner.dovecot_config}) is configured by the "
                 f"deploys to Postfix {owner.postfix_dir}; this instance leaves it alone."
             )
@@ -278,7 +294,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             # Deployed to Dovecot before: it stays configured and renewed, never
             # silently left serving an old certificate.
             self._dovecot = Dovecot(state.dovecot_config)
-            display_util.notify(
+            self.notify(
                 f"postfix-tls: Dovecot ({state.dovecot_config}) keeps the certificates an "
                 "earlier deploy gave it and is still reloaded on renewal."
             )
@@ -287,8 +303,8 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         dovecot_sasl = self._dovecot_sasl(config)
         self._prospective_state(state, lineage, material, config, dovecot_sasl)
         desired = render(site, state, config, rebuild=[lineage.name],
-                         policy=self._options(dovecot_sasl))
-        self._staged = _Staged(lineage, site, desired)
+                         policy=self._options(dovecot_sasl), dry=dry)
+        return Staged(lineage, site, desired)
 
     def _dovecot_owner(self, state: State) -> Optional[State]:
         """The other instance's state that already configures this Dovecot, if any."""
@@ -404,7 +420,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         if title and not temporary:
             self.finalize_checkpoint(title)
 
-    def _report(self, staged: _Staged) -> None:
+    def _report(self, staged: Staged) -> None:
         desired, state = staged.desired, staged.desired.state
         lines = [f"postfix-tls: deployed {staged.lineage.name} to Postfix in "
                  f"{self.instance.config_dir} (default certificate: {state.default}; "

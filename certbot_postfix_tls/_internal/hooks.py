@@ -333,6 +333,16 @@ def refresh_hooks(config_dir: str) -> list[str]:
     return written
 
 
+def is_ours(path: str) -> bool:
+    """Whether the file at ``path`` is a hook the plugin wrote (what remove_hooks removes)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(MARKER) + 16)
+    except OSError:
+        return False
+    return _is_ours(head.decode(errors="replace"))
+
+
 def remove_hooks(config_dir: str) -> None:
     """Remove both hooks; a file of that name not written by the plugin is left alone."""
     for kind in KINDS:

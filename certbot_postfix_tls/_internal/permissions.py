@@ -37,7 +37,7 @@ import pwd
 import re
 import stat
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from certbot import errors
@@ -60,6 +60,33 @@ _GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
+
+
+# --- changes shown, not made (certbot-postfix-tls plan) ---------------------------
+
+# The gid a dry run gives a key group it would create (no real gid is negative).
+PLANNED_GID = -1
+
+
+@dataclass
+class Change:
+    """One owner/mode change: ``before``/``after`` as ``user:group mode``."""
+
+    path: str
+    before: str
+    after: str
+
+
+@dataclass
+class DryRun:
+    """Passed as ``dry``: the changes are collected here instead of being made.
+    ``new_group`` names the key group a dry run treats as created (``PLANNED_GID``)."""
+
+    new_group: Optional[str] = None
+    changes: list[Change] = field(default_factory=list)
+
+    def group_name(self, gid: int) -> str:
+        return self.new_group if gid == PLANNED_GID and self.new_group else _group_name(gid)
 
 
 # --- names ------------------------------------------------------------------------
@@ -135,6 +162,13 @@ def ensure_group(name: str) -> tuple[int, bool]:
     return gid, True
 
 
+def group_missing(name: str) -> bool:
+    """Whether the key group ``name`` (a valid name, else refused) does not exist yet:
+    ``ensure_group`` would create it."""
+    _check_group_name(name)
+    return _gid_of(name) is None
+
+
 def _require_gid(group: str) -> int:
     _check_group_name(group)
     gid = _gid_of(group)
@@ -198,11 +232,20 @@ def _open_nofollow(dir_fd: Optional[int], name: str, path: str, want_dir: bool) 
 
 
 def _apply(fd: int, path: str, label: str, uid: int, gid: int,
-           min_mode: int, max_mode: int) -> Optional[str]:
-    """Set owner and mode through ``fd``; return a change line or None."""
+           min_mode: int, max_mode: int, dry: Optional[DryRun] = None) -> Optional[str]:
+    """Set owner and mode through ``fd``; return a change line or None. With ``dry``,
+    the change is recorded there instead of made."""
     st = os.fstat(fd)
     old_mode = stat.S_IMODE(st.st_mode)
     new_mode = (old_mode & max_mode) | min_mode
+    if dry is not None:
+        names = dry.group_name
+        if (old_mode, st.st_uid, st.st_gid) == (new_mode, uid, gid):
+            return None
+        dry.changes.append(Change(
+            path, f"{_user_name(st.st_uid)}:{names(st.st_gid)} {old_mode:04o}",
+            f"{_user_name(uid)}:{names(gid)} {new_mode:04o}"))
+        return f"{label}: {dry.changes[-1].before} -> {dry.changes[-1].after}"
     changes = []
     try:
         # Take bits away first, then change the owner, then add bits: at no
@@ -270,7 +313,8 @@ def _live_key_target(lineage: certs.Lineage, archive_dir: str) -> str:
 
 
 def secure_lineage(lineage: certs.Lineage, group: str,
-                   deployed: Optional[Collection[str]] = None) -> list[str]:
+                   deployed: Optional[Collection[str]] = None,
+                   dry: Optional[DryRun] = None) -> list[str]:
     """Give the key group read access to the lineage's private keys and nobody else.
 
     For a lineage in certbot's tree: every archive/NAME/privkey*.pem becomes
@@ -283,11 +327,20 @@ def secure_lineage(lineage: certs.Lineage, group: str,
     only that file is changed. All of the lineage's entries are opened and
     checked before the first change, and access is taken away before it is
     given. Returns one line per changed entry, empty when everything was
-    already right. ``group`` must exist (see ensure_group).
+    already right. ``group`` must exist (see ensure_group), unless ``dry`` treats it as
+    created. With ``dry``, every check is made and the changes are recorded, not made.
     """
-    gid = _require_gid(group)
+    if dry is not None and dry.new_group == group:
+        gid = PLANNED_GID
+    else:
+        gid = _require_gid(group)
     if not lineage.in_live:
-        line = secure_file(lineage.key_path, 0, gid, KEY_MAX_MODE, min_mode=KEY_MIN_MODE)
+        fd = _open_nofollow(None, lineage.key_path, lineage.key_path, want_dir=False)
+        try:
+            line = _apply(fd, lineage.key_path, lineage.key_path, 0, gid, KEY_MIN_MODE,
+                          KEY_MAX_MODE, dry)
+        finally:
+            os.close(fd)
         return [line] if line else []
 
     name = _check_lineage_name(lineage.name)
@@ -324,17 +377,18 @@ def secure_lineage(lineage: certs.Lineage, group: str,
         changes = []
         for entry in keys:
             changes.append(_apply(entry.fd, entry.path, entry.label, 0, gid,
-                                  KEY_MIN_MODE, KEY_MAX_MODE))
+                                  KEY_MIN_MODE, KEY_MAX_MODE, dry))
         for entry in subs:
-            changes.append(_apply(entry.fd, entry.path, entry.label, 0, gid, DIR_MODE, DIR_MODE))
+            changes.append(_apply(entry.fd, entry.path, entry.label, 0, gid, DIR_MODE, DIR_MODE,
+                                  dry))
         for entry in tops:
             others_pass = bool(os.fstat(entry.fd).st_mode & TOP_MAX_MODE & 0o001)
-            changes += _confine_children(entry, keep, gid, others_pass)
+            changes += _confine_children(entry, keep, gid, others_pass, dry)
         for entry in tops:
             changes.append(_apply(entry.fd, entry.path, entry.label, 0, gid,
-                                  TOP_MIN_MODE, TOP_MAX_MODE))
+                                  TOP_MIN_MODE, TOP_MAX_MODE, dry))
         result = [line for line in changes if line]
-        for line in result:
+        for line in result if dry is None else []:
             logger.info("Permissions for %s: %s", name, line)
         return result
     finally:
@@ -342,12 +396,13 @@ def secure_lineage(lineage: certs.Lineage, group: str,
             os.close(entry.fd)
 
 
-def confine_lineages(config_dir: str, group: str, deployed: Collection[str]) -> list[str]:
+def confine_lineages(config_dir: str, group: str, deployed: Collection[str],
+                     dry: Optional[DryRun] = None) -> list[str]:
     """Close every lineage not in ``deployed`` to the key group (e.g. after an undeploy).
 
     With no deployed lineage left, live/ and archive/ also go back to what
     certbot makes (root:root, no group bits; "other" bits kept). Returns one
-    line per changed entry.
+    line per changed entry (with ``dry``: recorded there, not made).
     """
     gid = _gid_of(group)
     if gid is None:
@@ -371,9 +426,9 @@ def confine_lineages(config_dir: str, group: str, deployed: Collection[str]) -> 
             try:
                 st = os.fstat(top_fd)
                 others_pass = bool(st.st_mode & 0o001)
-                changes += _confine_children(entry, set(deployed), gid, others_pass)
+                changes += _confine_children(entry, set(deployed), gid, others_pass, dry)
                 if not deployed and st.st_gid == gid:
-                    changes.append(_apply(top_fd, top_path, top, 0, 0, 0o700, 0o705))
+                    changes.append(_apply(top_fd, top_path, top, 0, 0, 0o700, 0o705, dry))
             finally:
                 os.close(top_fd)
     finally:
@@ -382,7 +437,7 @@ def confine_lineages(config_dir: str, group: str, deployed: Collection[str]) -> 
 
 
 def _confine_children(top: _Opened, keep: Collection[str], gid: int,
-                      others_pass: bool) -> list[Optional[str]]:
+                      others_pass: bool, dry: Optional[DryRun] = None) -> list[Optional[str]]:
     """Take the key group's way into every lineage directory under ``top`` not in ``keep``.
 
     A key group member reaches such a directory through its group bits when it
@@ -415,7 +470,7 @@ def _confine_children(top: _Opened, keep: Collection[str], gid: int,
             continue
         try:
             line = _apply(fd, path, f"{top.label}/{child}", os.fstat(fd).st_uid,
-                          os.fstat(fd).st_gid, 0, max_mode)
+                          os.fstat(fd).st_gid, 0, max_mode, dry)
         finally:
             os.close(fd)
         if line:

@@ -27,9 +27,12 @@ configures, each behind the ``Daemon`` interface:
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
+import pwd
 import shutil
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -363,13 +366,14 @@ def _write_derived(site: Site, desired: Desired, snapshot: Snapshot) -> None:
     lineages_dir = os.path.join(plugin_dir, constants.LINEAGES_DIR)
     os.makedirs(lineages_dir, mode=0o700, exist_ok=True)
     os.chmod(lineages_dir, 0o700)  # key material below
+    changed = False
     for path, data in desired.chain_files.items():
         snapshot.keep(path)
-        certs.write_atomic(path, data, 0o600)
+        changed = certs.write_atomic(path, data, 0o600) or changed
     if desired.sni_map is not None and state.sni_map_type:
         snapshot.keep(*_sni_files(config_dir, state.instance))
         sni.write_map(desired.sni_map, sni.map_path(config_dir, state.instance),
-                      site.mta.config_dir, state.sni_map_type)
+                      site.mta.config_dir, state.sni_map_type, rebuild=changed)
 
 
 def _sni_files(config_dir: str, instance: str) -> list[str]:
@@ -388,6 +392,165 @@ def _remove_stale(site: Site, desired: Desired, snapshot: Snapshot) -> None:
         for entry in sorted(os.listdir(directory)):
             snapshot.keep(os.path.join(directory, entry))
         shutil.rmtree(directory)
+
+
+# --- preview: what write would do, nothing changed (certbot-postfix-tls plan) ----------
+
+
+@dataclass
+class KeyFile:
+    """A derived file holding key material: shown by path, mode and owner only."""
+
+    path: str
+    action: str  # "create", "replace", "remove"
+    mode: int = 0o600
+    owner: str = "root:root"
+
+
+@dataclass
+class Preview:
+    """What ``write(site, desired)`` would change, computed without changing anything."""
+
+    # Text files (configuration, hooks, the state): path -> (bytes now, bytes after);
+    # None: the file does not exist (before) or is removed (after).
+    files: dict[str, tuple[Optional[bytes], Optional[bytes]]] = field(default_factory=dict)
+    key_files: list[KeyFile] = field(default_factory=list)
+    permissions: list[permissions.Change] = field(default_factory=list)
+    group: Optional[str] = None  # the key group it would create
+    directories: list[tuple[str, int]] = field(default_factory=list)  # created, with mode
+    endpoints: list[tls_client.Endpoint] = field(default_factory=list)  # verified after
+
+
+def _current(path: str) -> Optional[bytes]:
+    """A file's bytes (None: absent), never through a symbolic link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def _mode_change(preview: Preview, path: str, mode: int, owner: Optional[tuple[int, int]]
+                 ) -> None:
+    """The chmod/chown ``certs.write_atomic`` makes on a file whose bytes stay."""
+    info = os.lstat(path)
+    uid, gid = owner if owner is not None else (info.st_uid, info.st_gid)
+    if (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) != (mode, uid, gid):
+        preview.permissions.append(permissions.Change(
+            path, f"{_owner(info.st_uid, info.st_gid)} {stat.S_IMODE(info.st_mode):04o}",
+            f"{_owner(uid, gid)} {mode:04o}"))
+
+
+def _owner(uid: int, gid: int) -> str:
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return f"{user}:{group}"
+
+
+def _text_file(preview: Preview, path: str, new: Optional[bytes],
+               mode: Optional[int] = None, owner: Optional[tuple[int, int]] = None) -> None:
+    old = _current(path)
+    if old != new:
+        preview.files[path] = (old, new)
+    elif new is not None and mode is not None:
+        _mode_change(preview, path, mode, owner)
+
+
+def _key_file(preview: Preview, path: str, new: Optional[bytes]) -> bool:
+    """Record a derived file's change (never its content); True when it changes."""
+    old = _current(path)
+    if new is None:
+        if old is None:
+            return False
+        preview.key_files.append(KeyFile(path, "remove"))
+        return True
+    if old == new:
+        _mode_change(preview, path, 0o600, None)
+        return False
+    preview.key_files.append(KeyFile(path, "create" if old is None else "replace", 0o600,
+                                     _owner(os.geteuid(), os.getegid())))
+    return True
+
+
+def _directory(preview: Preview, path: str, mode: int) -> None:
+    if not os.path.isdir(path) and (path, mode) not in preview.directories:
+        preview.directories.append((path, mode))
+
+
+def preview(site: Site, desired: Desired) -> Preview:
+    """What ``write(site, desired)`` would change, step by step as ``_write`` makes it,
+    changing nothing: no file, mode, group or checkpoint; daemons not reloaded.
+    Configuration files come with their new bytes (Postfix's from the same postconf
+    runs on a copy), files holding key material by path, mode and owner only."""
+    config_dir, state = site.config_dir, desired.state
+    result = Preview()
+    dry = permissions.DryRun()
+    for name in desired.secure:
+        group = state.lineages[name].key_group
+        if permissions.group_missing(group):
+            result.group = dry.new_group = group
+        permissions.secure_lineage(_lineage(config_dir, state.lineages[name]), group,
+                                   deployed=_all_lineages(config_dir, state), dry=dry)
+    result.permissions += dry.changes
+
+    plugin_dir = os.path.join(config_dir, constants.PLUGIN_DIR)
+    lineages_dir = os.path.join(plugin_dir, constants.LINEAGES_DIR)
+    _directory(result, plugin_dir, 0o755)
+    _directory(result, lineages_dir, 0o700)
+    if os.path.isdir(lineages_dir):
+        _mode_change(result, lineages_dir, 0o700, None)
+    changed = False
+    for path, data in desired.chain_files.items():
+        _directory(result, os.path.dirname(path), 0o700)
+        changed = _key_file(result, path, data) or changed
+    if desired.sni_map is not None and state.sni_map_type:
+        table = sni.map_path(config_dir, state.instance)
+        index = sni.index_path(config_dir, state.sni_map_type, state.instance)
+        _directory(result, os.path.dirname(table), 0o755)
+        table_changed = _key_file(result, table, desired.sni_map.encode())
+        if changed or table_changed or not sni.index_current(table, state.sni_map_type):
+            result.key_files.append(KeyFile(
+                index, "replace" if os.path.exists(index) else "create", 0o600, "root:root"))
+
+    order = daemons.deploy_order(site.daemons) if state.lineages else daemons.ordered(
+        site.daemons)
+    for daemon in order:
+        plan = desired.plans.get(daemon.name)
+        if plan is None:
+            if state.verify and state.lineages:
+                result.endpoints += daemon.endpoints(state)
+            continue
+        shown = daemon.preview(plan, state)
+        for path, new in shown.files.items():
+            _text_file(result, path, new)
+        if state.verify and state.lineages:
+            result.endpoints += shown.endpoints
+
+    for kind in hooks.KINDS:
+        path = hooks.hook_path(config_dir, kind)
+        if desired.hooks:
+            _text_file(result, path, hooks.hook_script(config_dir, kind).encode(), 0o755, (0, 0))
+        elif hooks.is_ours(path):
+            _text_file(result, path, None)
+
+    if desired.sni_map is None:
+        for path in _sni_files(config_dir, state.instance):
+            _key_file(result, path, None)
+    for directory in desired.remove_dirs:
+        for entry in sorted(os.listdir(directory)):
+            _key_file(result, os.path.join(directory, entry), None)
+
+    state_path = state.file(config_dir)
+    _text_file(result, state_path, state.text().encode() if state.lineages else None,
+               0o644 if state.lineages else None)
+    return result
 
 
 # --- activate -------------------------------------------------------------------------

@@ -120,18 +120,38 @@ def render_map(state: State) -> str:
     return "# Written by certbot-postfix-tls: one line per certificate name.\n" + body
 
 
-def write_map(text: str, path: str, postfix_dir: str, kind: str) -> None:
-    """Write the SNI table and rebuild its index with ``postmap -F`` (0600 both)."""
-    certs.write_atomic(path, text.encode(), mode=0o600)
+def write_map(text: str, path: str, postfix_dir: str, kind: str, rebuild: bool = True) -> None:
+    """Write the SNI table and rebuild its index with ``postmap -F`` (0600 both).
+
+    ``rebuild`` False: the files the table names are unchanged, so an index that exists
+    is left as it is when the table is too (``postmap -F`` copies the files into it).
+    """
+    index = path + INDEX_SUFFIX.get(kind, ".db")
+    if not certs.write_atomic(path, text.encode(), mode=0o600) and not rebuild and (
+            index_current(path, kind)):
+        return
     process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{path}"],
                 what=f"postmap -F could not build the SNI table {path}")
-    index = path + INDEX_SUFFIX.get(kind, ".db")
     fd = os.open(index, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         os.fchown(fd, 0, 0)
         os.fchmod(fd, 0o600)  # it holds private keys
     finally:
         os.close(fd)
+
+
+def index_current(path: str, kind: str) -> bool:
+    """Whether the table's index exists and is newer than the table and every file it
+    names (``postmap -F`` copies them in): an operation killed between writing them and
+    ``postmap`` leaves an older index, which the next one rebuilds."""
+    try:
+        built = os.stat(path + INDEX_SUFFIX.get(kind, ".db")).st_mtime_ns
+        with open(path, encoding="utf-8") as handle:
+            named = [f for line in handle if not line.startswith("#")
+                     for f in line.split()[1:]]
+        return all(os.stat(source).st_mtime_ns <= built for source in [path, *named])
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def split_tables(value: str) -> list[str]:

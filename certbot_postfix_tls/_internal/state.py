@@ -153,9 +153,13 @@ class State:
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
         return cls(lineages=lineages, **known)
 
-    def save(self, config_dir: str) -> None:
+    def text(self) -> str:
+        """The state file's content (what ``save`` writes)."""
         data = asdict(self)
         data["format"] = FORMAT
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def save(self, config_dir: str) -> None:
+        text = self.text()
         os.makedirs(self.directory(config_dir, self.instance), mode=0o755, exist_ok=True)
         write_atomic(self.file(config_dir), text.encode(), mode=0o644)

@@ -24,6 +24,7 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import need, once
+from lab import flows, plans
 from lab.dovecot import DovecotLab, installed_version, write_self_signed
 
 from certbot_postfix_tls._internal import certs, dialogues, tls_client
@@ -243,3 +244,33 @@ def test_corpus_entry(
     certbot.run("rollback", "--installer", "postfix-tls", "--checkpoints", "1")
     after = snapshot()
     assert {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} == set()
+
+
+# Three entries unlike each other (Dovecot's SQL and sieve setup, a box's own master.cf
+# services, a container's), where `plan` must show what the install then does.
+PLANNED = ("iredmail", "mail-in-a-box", "mailcow")
+
+
+@pytest.mark.parametrize("entry", PLANNED)
+def test_corpus_entry_plan(
+    request: pytest.FixtureRequest, entry: str, certbot: lab.Certbot,
+    postfix_lab: lab.PostfixLab, dovecot_config: DovecotLab | None, snakeoil: None,
+) -> None:
+    """`plan` on the entry: nothing changed, then exactly what the install changes, its
+    diffs patching the entry's files into the installed ones; afterwards no changes."""
+    why = "plan runs the installer's own code on the corpus, not certbot versions"
+    once(request, why)
+    if "[debian-" in request.node.name:
+        pytest.skip(f"runs with the newest certbot only: {why}")
+    need("dovecot")
+    assert dovecot_config is not None
+    spec = Spec.load(entry)
+    install_entry(entry, postfix_lab, dovecot_config)
+    flows.issue(certbot, NAME)
+    args = ["--cert-name", NAME, *spec.options]
+    plans.assert_plan_is_what_happens(
+        certbot, ["plan", *args],
+        lambda: certbot.run("install", "-i", "postfix-tls", *args))
+    assert_served(certbot, spec)
+    again = flows.run_cli(certbot, "plan", *args)
+    assert again.returncode == 0 and again.stdout.strip().endswith("no changes"), again.stdout

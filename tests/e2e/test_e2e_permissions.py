@@ -8,6 +8,7 @@ accounts are never touched.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import json
 import os
 import secrets
@@ -544,3 +545,36 @@ def test_real_deploy_keeps_other_lineages_closed(
         ("CRITICAL", f"{key} can be read by every user: run chmod 0600 {key} (certbot copies "
                      "this mode to every renewed key).") for key in other_keys
     ]
+
+
+def test_secure_lineage_dry_run_shows_what_it_then_does(open_dir: Path) -> None:
+    """`plan`'s dry run (the key group not created yet) changes nothing and lists exactly
+    the owners and modes the real run then changes."""
+    need("groupadd")
+    group = f"cpt-{secrets.token_hex(4)}"
+    lineage = fake_lineage(open_dir, key_mode=0o644, versions=2)
+    (Path(lineage.config_dir) / "archive" / "other.example").mkdir(mode=0o755)
+
+    def entries() -> dict[str, tuple[int, int, int]]:
+        found = {}
+        for path in Path(lineage.config_dir).rglob("*"):
+            info = os.lstat(path)
+            found[str(path)] = (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+        return found
+
+    before = entries()
+    assert permissions.group_missing(group)
+    dry = permissions.DryRun(new_group=group)
+    lines = permissions.secure_lineage(lineage, group, dry=dry)
+    assert entries() == before and permissions.group_missing(group)
+    assert len(lines) == len(dry.changes)
+
+    permissions.ensure_group(group)
+    permissions.secure_lineage(lineage, group)
+    after = entries()
+    assert {p for p in before if before[p] != after[p]} == {c.path for c in dry.changes}
+    for change in dry.changes:
+        mode, uid, gid = after[change.path]
+        assert change.after == f"root:{grp.getgrgid(gid).gr_name} {mode:04o}", change
+        mode, uid, gid = before[change.path]
+        assert change.before == f"root:{grp.getgrgid(gid).gr_name} {mode:04o}", change

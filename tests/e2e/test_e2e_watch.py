@@ -22,6 +22,7 @@ from pathlib import Path
 import lab
 import pytest
 from conftest import REPO, need, need_lab, once
+from lab import plans
 from lab.dovecot import DovecotLab, write_self_signed
 from lab.flows import HOST, install, issue, leaf, served
 from lab.metrics import node_exporter, parse, promtool_check, scrape, values
@@ -330,7 +331,7 @@ def inventory(certbot: lab.Certbot, bases: dict[str, Path], path: Path) -> None:
                 "--postfix-tls-postfix-dir", f"/etc/postfix-{name.split('.')[0]}",
                 "--postfix-tls-services", "postfix"],
         }
-        for name, _address in FLEET
+        for name in bases
     }
     group_vars = {
         "ansible_connection": "local",
@@ -347,7 +348,8 @@ def inventory(certbot: lab.Certbot, bases: dict[str, Path], path: Path) -> None:
     path.write_text(json.dumps({"mail": {"hosts": hosts, "vars": group_vars}}, indent=2))
 
 
-def ansible_playbook(inventory_path: Path, home: Path) -> subprocess.CompletedProcess[str]:
+def ansible_playbook(inventory_path: Path, home: Path, *extra: str,
+                     ) -> subprocess.CompletedProcess[str]:
     config = home / "ansible.cfg"  # defaults only, whatever the machine has in /etc/ansible
     config.touch()
     env = {
@@ -361,7 +363,7 @@ def ansible_playbook(inventory_path: Path, home: Path) -> subprocess.CompletedPr
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
     }
     return subprocess.run(
-        ["ansible-playbook", "-i", str(inventory_path), str(ROLE_PLAYBOOK)],
+        ["ansible-playbook", "-i", str(inventory_path), str(ROLE_PLAYBOOK), *extra],
         capture_output=True, text=True, timeout=600, check=False, env=env, cwd=str(home),
     )
 
@@ -460,3 +462,50 @@ def test_ansible_role_canary_first_idempotent_and_gated(
         for instance in instances.values():
             instance.stop()
 
+
+
+def test_ansible_check_mode_shows_the_plan_and_changes_nothing(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    tmp_path: Path,
+) -> None:
+    """--check --diff on a host whose certificate waits for its install: the host is
+    reported changed, the task's diff is the plan's, nothing on the host changes and
+    nothing reloads; after a real run, --check reports no change."""
+    once(request, "the role drives the newest certbot of the venv")
+    need("ansible-playbook")
+    name, address = FLEET[0]
+    instance = start_instance(postfix_lab, name, address)
+    try:
+        base = certbot.base / name.split(".")[0]
+        base.mkdir(mode=0o755)
+        hosts, home = tmp_path / "inventory.yml", tmp_path / "home"
+        inventory(certbot, {name: base}, hosts)
+        home.mkdir()
+        host = lab.Certbot(certbot.pebble, base, certbot.python)
+        issue(host, name)
+        roots = (instance.config_dir, str(base / "config"), str(base / "work"))
+        before = plans.stat_tree(*roots)
+        reloads = instance.log().count("reload -- version")
+
+        check = ansible_playbook(hosts, home, "--check", "--diff")
+        out = check.stdout + check.stderr
+        assert check.returncode == 0, out
+        assert recap(out)[name]["changed"] >= 1, out
+        task = out.index("TASK [certbot_postfix_tls : What certbot install would change")
+        shown = out[task:]
+        assert f"--- a{instance.config_dir}/main.cf" in shown, out
+        assert "+smtpd_tls_chain_files = " in shown and "key material (create" in shown
+        plans.assert_no_key_material(base / "config", out)
+        assert plans.stat_tree(*roots) == before
+        assert instance.log().count("reload -- version") == reloads
+
+        real = ansible_playbook(hosts, home)
+        assert real.returncode == 0, real.stdout + real.stderr
+        assert lab_served(address, 25, name) == leaf(host, name)
+
+        again = ansible_playbook(hosts, home, "--check", "--diff")
+        out = again.stdout + again.stderr
+        assert again.returncode == 0, out
+        assert recap(out)[name]["changed"] == 0, out
+    finally:
+        instance.stop()

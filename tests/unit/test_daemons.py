@@ -22,7 +22,7 @@ import pytest
 import trustme
 
 from certbot_postfix_tls._internal import daemons, pipeline, tls_client, verify
-from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest
+from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest, Preview
 from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
 from certbot_postfix_tls._internal.daemons.postfix.config import PostfixConfig
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
@@ -146,6 +146,15 @@ class FakeDaemon:
         elif plan.text is not None:
             Path(self.config_file).write_text(plan.text)
 
+    def preview(self, plan: DaemonPlan, state: State) -> Preview:
+        assert isinstance(plan, FakePlan)
+        files: dict[str, Optional[bytes]] = {}
+        if plan.remove:
+            files[self.config_file] = None
+        elif plan.text is not None:
+            files[self.config_file] = plan.text.encode()
+        return Preview(files, self.endpoints(state))
+
     def _chain_file(self) -> str:
         return Path(self.config_file).read_text().split("=", 1)[1].strip()
 
@@ -261,6 +270,17 @@ def test_a_third_daemon_is_planned_written_reloaded_and_verified(
     assert "fake: serves fake" in desired.notes
     assert str(Path(FakeDaemon.config_file)) in pipeline.config_files(site, desired)
 
+    # plan's preview: the daemon's file with its text, the key+chain file by path only,
+    # nothing written.
+    shown = pipeline.preview(site, desired)
+    assert shown.files[FakeDaemon.config_file] == (None, plan.text.encode())
+    assert [(k.path, k.action, k.mode) for k in shown.key_files] == [(chain_file, "create",
+                                                                      0o600)]
+    assert State.path(config_dir) in shown.files
+    assert shown.endpoints == site.daemons[0].endpoints(state)
+    assert not os.path.exists(FakeDaemon.config_file) and not os.path.exists(chain_file)
+    assert FakeDaemon.calls == ["plan"]
+
     pipeline.write(site, desired)
     assert Path(FakeDaemon.config_file).read_text() == plan.text
     assert os.path.isfile(state.lineages[LINEAGE].chain_file)
@@ -284,6 +304,8 @@ def test_a_third_daemon_is_planned_written_reloaded_and_verified(
     # Nothing changed: planning again gives nothing to write.
     again = pipeline.render(site, State.load(config_dir), postfix_config(), [], {})
     assert again.plans["fake"].empty
+    nothing = pipeline.preview(site, again)
+    assert (nothing.files, nothing.key_files, nothing.permissions) == ({}, [], [])
 
 
 @needs_root

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 from certbot_postfix_tls._internal import sni
 from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
@@ -71,3 +73,20 @@ def test_map_type_prefers_postfix_default() -> None:
     assert sni.map_type({"hash", "lmdb"}, "lmdb") == "lmdb"
     assert sni.map_type({"hash", "btree"}, "hash") == "hash"
     assert sni.map_type({"lmdb"}, "hash") == "lmdb"
+
+
+def test_index_is_current_only_when_newer_than_the_table_and_its_files(tmp_path: Path) -> None:
+    chain = tmp_path / "key-fullchain.pem"
+    chain.write_text("x\n")
+    table = tmp_path / "sni-map"
+    table.write_text(f"# comment\nmail.example.org {chain}\n")
+    index = tmp_path / "sni-map.db"
+    assert not sni.index_current(str(table), "hash")
+    index.write_text("")
+    os.utime(chain, ns=(1_000, 1_000))
+    os.utime(table, ns=(2_000, 2_000))
+    os.utime(index, ns=(3_000, 3_000))
+    assert sni.index_current(str(table), "hash")
+    # A key+chain file written after the index (a run killed before postmap): stale.
+    os.utime(chain, ns=(4_000, 4_000))
+    assert not sni.index_current(str(table), "hash")

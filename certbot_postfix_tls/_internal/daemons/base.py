@@ -37,6 +37,16 @@ class DaemonPlan:
 
 
 @dataclass
+class Preview:
+    """What ``apply(plan)`` would leave, computed without changing anything: the new
+    bytes of every file it changes (None: removed), and the TLS endpoints the
+    verification after it would check (on the configuration as written)."""
+
+    files: dict[str, Optional[bytes]] = field(default_factory=dict)
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+
+@dataclass
 class PlanRequest:
     """What the pipeline renders every daemon's plan from.
 
@@ -95,6 +105,10 @@ class Daemon(Protocol):
 
     def apply(self, plan: DaemonPlan) -> None:
         """Write ``plan`` (the pipeline's write step; it snapshots ``files`` first)."""
+
+    def preview(self, plan: DaemonPlan, state: State) -> Preview:
+        """What ``apply(plan)`` would write, and the endpoints verified after it for
+        ``state``, changing nothing (``certbot-postfix-tls plan``)."""
 
     def check(self) -> None:
         """Its own configuration check; raises MisconfigurationError with its reason."""

@@ -24,18 +24,28 @@ def render(
     config: postfix_config.PostfixConfig,
     rebuild: Iterable[str] = (),
     policy: Optional[postfix_policy.Options] = None,
+    dry: bool = False,
 ) -> pipeline.Desired:
     """The configuration ``state`` calls for (``pipeline.render``), with DNS asked
-    before and the gate's RFC 2136 updates and held flag done after."""
+    before and the gate's RFC 2136 updates and held flag done after. ``dry``
+    (``plan``): the updates and the flag are said, not done."""
     rebuild = list(rebuild)
     others = [s for s in State.load_all(site.config_dir) if s.instance != state.instance]
     found = tlsa_lookups(site.config_dir, state, config, pipeline.to_load(state, rebuild),
                          others)
     desired = pipeline.render(site, state, config, others, found, rebuild, policy)
     for name, add in desired.dane_publish.items():
-        update.send_update(state.lineages[name], add, [], desired.notes, desired.warnings)
+        if dry:
+            desired.notes.append(f"would publish by RFC 2136 update ({name}): "
+                                 + "; ".join(record for record, _ttl in add))
+        else:
+            update.send_update(state.lineages[name], add, [], desired.notes, desired.warnings)
     if desired.dane_flag:
-        flag.raise_flag(site.config_dir)
+        if dry:
+            desired.notes.append("would raise the dane-held flag (a renewal held back for "
+                                 "its TLSA records)")
+        else:
+            flag.raise_flag(site.config_dir)
     return desired
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Optional, cast
 
@@ -51,17 +52,7 @@ def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say,
             revert.recovery_routine()
             pipeline.regenerate(config_dir, warn)
             warn(f"an unfinished earlier operation was undone from {work_dir}/IN_PROGRESS")
-        if postfix_dir is not None:
-            states = [State.load(config_dir, Postfix(postfix_dir).instance_key)]
-        else:
-            states = [s for s in State.load_all(config_dir) if name in s.lineages]
-        states = [s for s in states if name in s.lineages]
-        if not states:
-            known = sorted({n for s in State.load_all(config_dir) for n in s.lineages})
-            raise errors.Error(
-                f"{name} was not deployed by postfix-tls (deployed: "
-                f"{', '.join(known) or 'none'}); nothing changed."
-            )
+        states = _serving(config_dir, name, postfix_dir)
         key_group = states[0].lineages[name].key_group
 
         def checkpoint(existing: set[str], created: list[str]) -> None:
@@ -108,16 +99,69 @@ def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say,
     return problems
 
 
-def _undeploy_one(
-    config_dir: str, state: State, name: str, checkpoint: pipeline.Checkpoint, warn: Say
-) -> tuple[pipeline.Site, pipeline.Desired, list[str]]:
-    old_default = state.default
+def _serving(config_dir: str, name: str, postfix_dir: Optional[str]) -> list[State]:
+    """The states of the instances ``name`` is removed from (refused when none serves it)."""
+    if postfix_dir is not None:
+        states = [State.load(config_dir, Postfix(postfix_dir).instance_key)]
+    else:
+        states = [s for s in State.load_all(config_dir) if name in s.lineages]
+    states = [s for s in states if name in s.lineages]
+    if not states:
+        known = sorted({n for s in State.load_all(config_dir) for n in s.lineages})
+        raise errors.Error(
+            f"{name} was not deployed by postfix-tls (deployed: "
+            f"{', '.join(known) or 'none'}); nothing changed."
+        )
+    return states
+
+
+def _render_one(config_dir: str, state: State, name: str, dry: bool = False
+                ) -> tuple[pipeline.Site, pipeline.Desired]:
+    """``state`` without ``name``, and the configuration it calls for."""
     state.remove(name)
     state.renewed = [n for n in state.renewed if n != name]
     site = pipeline.Site.from_state(config_dir, state)
     # With no lineage left, Postfix's plan refuses to leave submission pointing at the
     # SASL socket that goes with the plugin's Dovecot file.
-    desired = render(site, state, site.mta.read())
+    return site, render(site, state, site.mta.read(), dry=dry)
+
+
+@dataclass
+class Planned:
+    """What ``undeploy`` would do, nothing changed: each instance's preview, and the key
+    group's access it would take away afterwards."""
+
+    steps: list[tuple[pipeline.Site, pipeline.Desired, pipeline.Preview]]
+    confine: list[permissions.Change]
+    notes: list[str]
+
+
+def plan(config_dir: str, work_dir: str, name: str,
+         postfix_dir: Optional[str] = None) -> Planned:
+    """``undeploy``'s changes, computed through the same render and a dry write."""
+    notes = []
+    if os.path.isdir(os.path.join(work_dir, "IN_PROGRESS")):
+        notes.append(f"undeploy would first undo the unfinished earlier operation in "
+                     f"{work_dir}/IN_PROGRESS; this plan shows the files as they are now")
+    states = _serving(config_dir, name, postfix_dir)
+    key_group = states[0].lineages[name].key_group
+    steps = []
+    for state in states:
+        site, desired = _render_one(config_dir, state, name, dry=True)
+        steps.append((site, desired, pipeline.preview(site, desired)))
+    rendered = {s.instance: s for s in states}
+    still = {n for s in State.load_all(config_dir)
+             for n in rendered.get(s.instance, s).lineages}
+    dry = permissions.DryRun()
+    permissions.confine_lineages(config_dir, key_group, still, dry)
+    return Planned(steps, dry.changes, notes)
+
+
+def _undeploy_one(
+    config_dir: str, state: State, name: str, checkpoint: pipeline.Checkpoint, warn: Say
+) -> tuple[pipeline.Site, pipeline.Desired, list[str]]:
+    old_default = state.default
+    site, desired = _render_one(config_dir, state, name)
     pipeline.write(site, desired, checkpoint)
     judged = [state.default] if state.default and state.default != old_default else []
     return site, desired, pipeline.activate(site, state, site.names(), judged, warn)

@@ -15,7 +15,7 @@ from typing import ClassVar, Optional
 from certbot import errors
 
 from certbot_postfix_tls._internal import certs, constants, process
-from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest
+from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest, Preview
 from certbot_postfix_tls._internal.daemons.dovecot.conftree import ConfigTree, read_config
 from certbot_postfix_tls._internal.daemons.dovecot.doveconf import (
     ADVICE,
@@ -250,6 +250,15 @@ class Dovecot:
         for path in plan.removes:
             if os.path.lexists(path):
                 os.unlink(path)
+
+    def preview(self, plan: DaemonPlan, state: State) -> Preview:
+        """The files ``apply(plan)`` writes or removes, and the endpoints verified after
+        it (the plugin's file sets certificates, never listeners: those in force)."""
+        assert isinstance(plan, DovecotPlan)
+        files: dict[str, Optional[bytes]] = {path: text.encode()
+                                             for path, text in plan.writes.items()}
+        files.update({path: None for path in plan.removes})
+        return Preview(files, self.endpoints(state))
 
     def endpoints(self, state: State) -> list[Endpoint]:
         """Enabled IMAP/POP3 TLS endpoints, those on ``state.verify_ports`` when it

@@ -4,16 +4,19 @@ postconf (``-e`` for main.cf, ``-M``/``-P`` for master.cf; never text edits)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Optional
 
 from certbot import errors
 
 from certbot_postfix_tls._internal import process, sni
-from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest
+from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest, Preview
 from certbot_postfix_tls._internal.daemons.postfix import policy
 from certbot_postfix_tls._internal.daemons.postfix.config import (
     ADVICE,
@@ -228,13 +231,46 @@ class Postfix:
         if plan.params_remove:
             self.postconf("-PX", *plan.params_remove)
         if plan.main:
-            self.postconf("-e", *(f"{k}={v}" for k, v in plan.main.items()))
+            # postconf -e edits the lines of parameters main.cf sets in place, in one
+            # run; it appends the others in its hash table's order, which Postfix >= 3.7
+            # randomizes per run. So each new parameter gets a run of its own, in the
+            # plan's order: the resulting main.cf is one `plan` can show byte for byte.
+            present = set(parse_postconf(self.postconf("-n")))
+            edits = [f"{k}={v}" for k, v in plan.main.items() if k in present]
+            if edits:
+                self.postconf("-e", *edits)
+            for key, value in plan.main.items():
+                if key not in present:
+                    self.postconf("-e", f"{key}={value}")
         for service in plan.new_services:
             self.postconf("-M", f"{service.key}={service.line()}")
         if plan.service_params:
             self.postconf("-P", *(p.arg() for p in plan.service_params))
         if plan.main_remove:
             self.postconf("-X", *plan.main_remove)
+
+    def preview(self, plan: DaemonPlan, state: State) -> Preview:
+        """main.cf and master.cf as ``apply(plan)`` would write them: the same postconf
+        runs on a private copy of the two files (``postconf -c COPY``), so the preview is
+        byte for byte what the install writes; and the endpoints of that master.cf."""
+        assert isinstance(plan, TLSPlan)
+        with tempfile.TemporaryDirectory(prefix="postfix-tls-plan-") as copy:
+            for path in (self.main_cf, self.master_cf):
+                if os.path.exists(path):
+                    shutil.copyfile(path, os.path.join(copy, os.path.basename(path)))
+            shadow = Postfix(copy)
+            if not plan.empty:
+                shadow.apply(plan)
+            files: dict[str, Optional[bytes]] = {}
+            for path in (self.main_cf, self.master_cf):
+                written = os.path.join(copy, os.path.basename(path))
+                with open(written, "rb") as handle:
+                    files[path] = handle.read()
+            found = endpoints(shadow.read(), state.verify_address, state.verify_ports)
+        # The preview speaks of this instance's files, not the copy's.
+        return Preview(files, [dataclasses.replace(e, setting=e.setting.replace(
+            copy, self.config_dir), log_file=e.log_file.replace(copy, self.config_dir))
+            for e in found])
 
     def endpoints(self, state: State) -> list[Endpoint]:
         """The listeners a deploy verifies (``listeners.endpoints``)."""
