@@ -211,6 +211,13 @@ def load_material(lineage: Lineage) -> Material:
     return Material(key_pem, fullchain_pem, certs[0], certs[1:])
 
 
+def check_readable(lineage: Lineage) -> None:
+    """Raise the error ``load_material`` would when the key or the chain cannot be read
+    (a lineage whose archive/ is gone); reads no more than that."""
+    _read(os.path.realpath(lineage.key_path), "private key", lineage.name)
+    _read(os.path.realpath(lineage.fullchain_path), "certificate chain", lineage.name)
+
+
 def write_atomic(
     path: str, data: bytes, mode: Optional[int] = 0o600,
     owner: Optional[tuple[int, int]] = None,
