@@ -175,7 +175,7 @@ def render(
             desired.secure.append(name)
     served = State(**{**state.__dict__})
     served.lineages = {n: lin for n, lin in state.lineages.items() if n not in desired.broken}
-    state.default = sni.choose_default(served, config.main.get("myhostname", ""))
+    state.default = sni.choose_default(served, config.value("myhostname"))
     served.default = state.default
 
     desired.remove_dirs = _stale_dirs(site.config_dir, [*others, state])

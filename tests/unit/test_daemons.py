@@ -331,3 +331,14 @@ def test_a_lineage_whose_files_are_gone_is_left_out_until_they_are_back(
     again = pipeline.render(site, state, postfix_config(), [], {}, rebuild=[LINEAGE])
     assert again.broken == [] and "mail.other.example" in str(again.sni_map)
 
+
+def test_default_rule_compares_myhostname_expanded(fake: tuple[str, State, TLSServer]) -> None:
+    config_dir, state, _ = fake
+    _second_lineage(config_dir, state, "aaa-first", "mail.other.example")
+    state.order = ["aaa-first", LINEAGE]
+    site = pipeline.Site.from_state(config_dir, state)
+    # `myhostname = mail.$mydomain`: postconf -n gives it as written, -x expanded.
+    config = PostfixConfig(main={"myhostname": "mail.$mydomain", "mydomain": "fake.example"},
+                           explicit={}, services=[], map_types=set(),
+                           expanded={"myhostname": NAME})
+    assert pipeline.render(site, state, config, [], {}).state.default == LINEAGE

@@ -40,8 +40,9 @@ ADVICE = Advice(
 # Dovecot's auth socket for Postfix, relative to the queue directory (smtpd_sasl_path).
 DOVECOT_SASL_PATH = "private/auth"
 
-# Read once more with postconf -x: Postfix binds to the expanded values.
-EXPANDED_PARAMS = ("inet_interfaces", "inet_protocols", "maillog_file")
+# Read once more with postconf -x: Postfix binds to the expanded values, and
+# myhostname is often written ``mail.$mydomain`` (the default rule compares names).
+EXPANDED_PARAMS = ("inet_interfaces", "inet_protocols", "maillog_file", "myhostname")
 
 # Parameters Postfix ignores (with a warning) once smtpd_tls_chain_files is set.
 LEGACY_CERT_PARAMS = (

@@ -249,7 +249,7 @@ class Postfix:
         names: set[str] = set()
         for param in ("myhostname", "mydomain", "virtual_mailbox_domains",
                       "virtual_alias_domains", "relay_domains"):
-            names.update(_literal_domains(config.main.get(param, "")))
+            names.update(_literal_domains(config.value(param)))
         return names
 
 
