@@ -186,6 +186,27 @@ def test_master_arg_groups_and_ports() -> None:
     assert process.version_tuple("3.10.13") == (3, 10, 13)
 
 
+NESTED = "{ smtpd_client_restrictions = check_client_access inline:{ 1.2.3.4=OK }, reject }"
+
+
+def test_nested_braces_in_master_args_are_one_argument(tmp_path: Path) -> None:
+    # Postfix nests braces (mystrtokq): cutting at the first } corrupted the baselines
+    # an undeploy puts back.
+    service = postfix_config.MasterService.parse(
+        f"submission inet n - y - - smtpd -o {NESTED} -o x=inline:{{ a=b }}")
+    assert service.args == ("-o", NESTED, "-o", "x=inline:{ a=b }")
+    assert service.overrides == {
+        "smtpd_client_restrictions": "check_client_access inline:{ 1.2.3.4=OK }, reject",
+        "x": "inline:{ a=b }",
+    }
+    pf = instance(tmp_path, "debian12")
+    with open(pf.master_cf, "a") as handle:
+        handle.write(f"2525 inet n - y - - smtpd\n  -o {NESTED}\n")
+    (entry,) = [s for s in pf.read().services if s.port == 2525]
+    assert entry.overrides["smtpd_client_restrictions"] == (
+        "check_client_access inline:{ 1.2.3.4=OK }, reject")
+
+
 def test_all_names_are_literal_domains(tmp_path: Path) -> None:
     pf = instance(tmp_path, "custom")
     assert pf.all_names(pf.read()) == {"mx1.example.net", "example.net", "example.com"}
