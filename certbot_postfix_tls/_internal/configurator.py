@@ -259,7 +259,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             return
         material = certs.load_material(lineage)  # mismatch/missing: refuse before any change
         config = self.instance.read()
-        state = State.load(self.config.config_dir, self.instance.instance_key)
+        state = State.load(self.config.config_dir, self.instance.state_key(self.config.config_dir))
         owner = self._dovecot_owner(state)
         if owner is not None:
             # Another Postfix instance's deploys configure this Dovecot: one file, one
@@ -444,7 +444,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         service keeps its new configuration for its next start.
         """
         config_dir = self.config.config_dir
-        state = State.load(config_dir, self.instance.instance_key)
+        state = State.load(config_dir, self.instance.state_key(config_dir))
         renewing = getattr(self.config, "verb", None) == "renew"
         if renewing and getattr(self.config, "directory_hooks", True) and hooks.all_intact(
             config_dir

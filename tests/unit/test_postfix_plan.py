@@ -7,6 +7,7 @@ parsing is Postfix's own; nothing is mocked. Applying writes only the copy.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from certbot_postfix_tls._internal.daemons.postfix import config as postfix_conf
 from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
 from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
+from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 FILES = postfix_policy.CertificateFiles(
     chain_file="/etc/letsencrypt/postfix-tls/lineages/mail/key-fullchain.pem",
@@ -205,6 +207,36 @@ def test_nested_braces_in_master_args_are_one_argument(tmp_path: Path) -> None:
     (entry,) = [s for s in pf.read().services if s.port == 2525]
     assert entry.overrides["smtpd_client_restrictions"] == (
         "check_client_access inline:{ 1.2.3.4=OK }, reject")
+
+
+def test_instance_keys_are_one_per_directory(tmp_path: Path) -> None:
+    # /etc/postfix-out and /etc/postfix/out had one key, so one state, between them.
+    base = Path(f"/tmp/cpt{os.getpid()}")  # letters and digits only: the keys are known
+    try:
+        for where in ("conf", "conf/postfix"):
+            instance(base / where, "debian12")
+        (base / "conf/debian12").rename(base / "conf/postfix-out")
+        (base / "conf/postfix/debian12").rename(base / "conf/postfix/out")
+        dash = Postfix(str(base / "conf/postfix-out"))
+        nested = Postfix(str(base / "conf/postfix/out"))
+        prefix = str(base).strip("/").replace("/", "-")
+        assert dash.instance_key == f"{prefix}-conf-postfix_2dout"
+        assert nested.instance_key == f"{prefix}-conf-postfix-out"
+        # A state an earlier version recorded under the old key (nested's new one) is
+        # still found by the directory it records; the other directory is refused.
+        config_dir = str(tmp_path)
+        old = State(instance=nested.instance_key, postfix_dir=dash.config_dir)
+        old.add(DeployedLineage(name="a", key_path="/k", fullchain_path="/f",
+                                chain_file="/c", names=["a.example"]))
+        old.save(config_dir)
+        assert dash.state_key(config_dir) == nested.instance_key
+        with pytest.raises(errors.PluginError,
+                           match=f"records Postfix {dash.config_dir}, not {nested.config_dir}"):
+            nested.state_key(config_dir)
+        State(instance=dash.instance_key, postfix_dir=dash.config_dir).save(config_dir)
+        assert dash.state_key(config_dir) == dash.instance_key
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_all_names_are_literal_domains(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say,
             pipeline.regenerate(config_dir, warn)
             warn(f"an unfinished earlier operation was undone from {work_dir}/IN_PROGRESS")
         if postfix_dir is not None:
-            states = [State.load(config_dir, Postfix(postfix_dir).instance_key)]
+            states = [State.load(config_dir, Postfix(postfix_dir).state_key(config_dir))]
         else:
             states = [s for s in State.load_all(config_dir) if name in s.lineages]
         states = [s for s in states if name in s.lineages]
