@@ -19,6 +19,7 @@ from certbot_postfix_tls._internal import process
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
 from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
+from certbot_postfix_tls._internal.daemons.postfix import sasl
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.state import DeployedLineage, State
 
@@ -166,6 +167,35 @@ def test_dovecot_sasl_is_wired_only_when_asked(tmp_path: Path) -> None:
     options = postfix_policy.Options(sasl="none", dovecot_sasl_path="x")
     none = postfix_policy.plan_tls(config, FILES, options)
     assert "smtpd_sasl_auth_enable" not in params(none, "submission/inet")
+
+
+def test_a_sasl_backend_that_cannot_work_is_replaced_and_named(tmp_path: Path) -> None:
+    # The how-to's 587: SASL on, no type, so Cyrus, which has no smtpd.conf.
+    pf = instance(tmp_path, "debian12")
+    with open(pf.master_cf, "a") as handle:
+        handle.write("submission inet n - y - - smtpd -o smtpd_tls_security_level=encrypt "
+                     "-o smtpd_sasl_auth_enable=yes -o smtpd_tls_auth_only=yes\n")
+    config = pf.read()
+    [service] = config.services_on_port(587)
+    cyrus = postfix_config.PostfixConfig(
+        main={**config.main, "cyrus_sasl_config_path": str(tmp_path / "nowhere")},
+        explicit=config.explicit, services=config.services, map_types=config.map_types)
+    problem = sasl.backend_problem(cyrus, service)
+    assert problem.startswith(f"Cyrus SASL has no smtpd.conf in {tmp_path / 'nowhere'}")
+    kept = postfix_policy.plan_tls(config, FILES, postfix_policy.Options(
+        dovecot_sasl_path="private/auth"))
+    assert "smtpd_sasl_type" not in params(kept, "submission/inet")  # a working backend
+    plan = postfix_policy.plan_tls(config, FILES, postfix_policy.Options(
+        dovecot_sasl_path="private/auth", broken_sasl={service.key: problem}))
+    sub = params(plan, "submission/inet")
+    assert sub["smtpd_sasl_type"] == "dovecot" and sub["smtpd_sasl_path"] == "private/auth"
+    assert any(note.startswith("master.cf service submission/inet (port 587): replaced its "
+                               "SASL backend (smtpd_sasl_type=cyrus), which cannot work")
+               for note in plan.notes)
+    alone = postfix_policy.plan_tls(config, FILES, postfix_policy.Options(
+        broken_sasl={service.key: problem}))  # no Dovecot to wire: said, not hidden
+    assert any("has a SASL backend that cannot work (Cyrus SASL has no smtpd.conf" in w
+               for w in alone.warnings)
 
 
 def test_no_submission_when_disabled(tmp_path: Path) -> None:

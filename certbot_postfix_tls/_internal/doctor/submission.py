@@ -3,12 +3,10 @@ plaintext on port 25, and outbound TLS with Postfix's client certificate."""
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shlex
 import socket
-import stat
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
@@ -17,7 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from certbot_postfix_tls._internal import constants
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
-from certbot_postfix_tls._internal.doctor.certificates import leaf_of, read_file
+from certbot_postfix_tls._internal.daemons.postfix import sasl
+from certbot_postfix_tls._internal.doctor.certificates import leaf_of
 from certbot_postfix_tls._internal.doctor.context import (
     Context,
     Probe,
@@ -28,10 +27,6 @@ from certbot_postfix_tls._internal.doctor.logs import log_phrase, log_says
 from certbot_postfix_tls._internal.doctor.settings import install_fix
 from certbot_postfix_tls._internal.findings import Finding
 
-# Where Cyrus SASL looks for smtpd.conf when cyrus_sasl_config_path is empty (Debian's
-# Postfix adds /etc/postfix/sasl), and where saslauthd listens by default.
-CYRUS_DIRS = ("/etc/postfix/sasl", "/etc/sasl2", "/usr/lib/sasl2", "/usr/lib/*/sasl2")
-SASLAUTHD_MUX = "/var/run/saslauthd/mux"
 # Postfix's master stops a service for this long after its smtpd died at start.
 THROTTLE_NOTE = "its master retries the service within service_throttle_time, 60 s"
 _SASL_LOG = re.compile(r"SASL|sasl")
@@ -145,58 +140,18 @@ def wrappermode_checks(context: Context) -> list[Finding]:
 # --- SASL ----------------------------------------------------------------------------------
 
 
-def _socket_problem(path: str) -> tuple[str, bool]:
-    """(what is wrong with a unix socket, whether it could be checked at all); the
-    reason starts with the path, so that callers can write "... socket {reason}"."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return f"{path} does not exist", True
-    except PermissionError:
-        return "", False
-    if not stat.S_ISSOCK(info.st_mode):
-        return f"{path} is not a socket", True
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2)
-        try:
-            sock.connect(path)
-        except PermissionError:
-            return "", False
-        except OSError as exc:
-            return f"{path} has nothing listening on it ({exc.strerror or exc})", True
-    return "", True
-
-
 def _cyrus_problem(context: Context, config: postfix_config.PostfixConfig, app: str, chroot: bool
                    ) -> tuple[str, str]:
     """(what is missing for Cyrus SASL, the fix); ("", "") when it has a password source."""
-    configured = config.value("cyrus_sasl_config_path")
-    dirs = [d for d in configured.split(":") if d] if configured else list(CYRUS_DIRS)
-    files = [path for pattern in dirs for path in glob.glob(os.path.join(pattern, f"{app}.conf"))]
+    problem, mux = sasl.cyrus_problem(config, app, chroot)
+    if not problem:
+        return "", ""
     dovecot_fix = ("postconf -e smtpd_sasl_type=dovecot smtpd_sasl_path=private/auth, then "
                    f"{install_fix(context)} (it declares Dovecot's auth socket for Postfix)")
-    if not files:
-        return (f"Cyrus SASL has no {app}.conf in {', '.join(dirs)}, so it has no password "
-                "source: the server advertises AUTH that nobody can use (or smtpd dies with "
-                "'no SASL authentication mechanisms')",
-                f"{dovecot_fix}; or write /etc/postfix/sasl/{app}.conf "
-                "(pwcheck_method: saslauthd) and run saslauthd")
-    try:
-        text = read_file(files[0]).decode("utf-8", "replace")
-    except OSError:
-        return "", ""
-    options = dict(re.findall(r"^\s*(\w+)\s*:\s*(\S.*?)\s*$", text, re.MULTILINE))
-    if options.get("pwcheck_method", "").split()[:1] == ["saslauthd"]:
-        mux = options.get("saslauthd_path") or SASLAUTHD_MUX
-        candidates = [mux]
-        if chroot:
-            queue = config.value("queue_directory") or "/var/spool/postfix"
-            candidates.insert(0, queue + mux)
-        problems = [_socket_problem(path) for path in candidates]
-        if all(checked and problem for problem, checked in problems):
-            return (f"{files[0]} uses saslauthd, but {problems[0][0]}",
-                    f"start saslauthd (its socket must be {candidates[0]}), or {dovecot_fix}")
-    return "", ""
+    if mux is None:
+        return (problem, f"{dovecot_fix}; or write /etc/postfix/sasl/{app}.conf "
+                         "(pwcheck_method: saslauthd) and run saslauthd")
+    return problem, f"start saslauthd (its socket must be {mux}), or {dovecot_fix}"
 
 
 def sasl_checks(context: Context) -> list[Finding]:
@@ -234,7 +189,7 @@ def sasl_checks(context: Context) -> list[Finding]:
         elif kind == "dovecot":
             queue = config.value("queue_directory") or "/var/spool/postfix"
             socket_path = path if path.startswith("/") else os.path.join(queue, path)
-            reason, checked = _socket_problem(socket_path)
+            reason, checked = sasl.socket_problem(socket_path)
             skipped = not checked
             if reason:
                 problem = (f"Dovecot's auth socket {reason}: "
@@ -247,10 +202,7 @@ def sasl_checks(context: Context) -> list[Finding]:
                        f"{example}), then doveadm reload; or {install_fix(context)} (it "
                        "declares it when Dovecot runs)")
         else:
-            # "-" is chroot before Postfix 3.0, not since.
-            old = config.version < (3, 0)
-            chroot = any(s.chroot == "y" or (s.chroot == "-" and old) for s in members)
-            problem, fix = _cyrus_problem(context, config, path, chroot)
+            problem, fix = _cyrus_problem(context, config, path, sasl.chrooted(config, members))
         if skipped:
             checks.append(Finding("sasl-backend", "OK",
                                   f"skipped: {enabled}; this user cannot see Postfix's private "
