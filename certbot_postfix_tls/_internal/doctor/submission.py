@@ -104,11 +104,13 @@ def submission_checks(context: Context) -> list[Finding]:
             source = ("-o smtpd_tls_auth_only" if "smtpd_tls_auth_only" in owner.overrides
                       else f"smtpd_tls_auth_only = {config.value('smtpd_tls_auth_only') or 'no'} "
                            f"in {context.main_cf}")
+            # Hardening advice, not a failure: every client works. On 587 it goes with
+            # TLS that is not mandatory, which submission-tls reports as CRITICAL.
             checks.append(Finding(
-                "submission-auth", "CRITICAL",
-                f"{item.where} offers AUTH before STARTTLS ({source}): passwords can cross the "
-                f"network in clear; fix: {_set_service(owner, [('smtpd_tls_auth_only', 'yes')])}"
-                ", then postfix reload"))
+                "submission-auth", "WARNING",
+                f"{item.where} offers AUTH before STARTTLS ({source}): a client configured "
+                f"without TLS would send its password in clear; fix: "
+                f"{_set_service(owner, [('smtpd_tls_auth_only', 'yes')])}, then postfix reload"))
         elif item.endpoint.port == constants.SUBMISSION_PORT and item.shake is not None:
             if _has_auth(item.shake.capabilities_after_tls):
                 checks.append(Finding("submission-auth", "OK",
@@ -212,10 +214,16 @@ def sasl_checks(context: Context) -> list[Finding]:
             checks.append(Finding("sasl-backend", "OK", f"{enabled}, and its backend answers"))
             continue
         cause = log_says(context, "postfix", _SASL_LOG)
+        # Mail clients log in on 25, 465 and 587: there nobody can. Another port is an
+        # internal listener (Mailu's 10025 behind its front, mailcow's 588) whose
+        # clients may not use AUTH at all: advice.
+        public = any(s.port in constants.PUBLIC_SMTP_PORTS for s in members)
+        internal = "" if public else (
+            " (not a port mail clients use unless you point one at it)")
         checks.append(Finding(
-            "sasl-backend", "CRITICAL",
-            f"{enabled}, but {problem}{log_phrase('postfix', cause)}; fix: {fix}, then "
-            f"postfix reload ({THROTTLE_NOTE})"))
+            "sasl-backend", "CRITICAL" if public else "WARNING",
+            f"{enabled}, but {problem}{internal}{log_phrase('postfix', cause)}; fix: {fix}, "
+            f"then postfix reload ({THROTTLE_NOTE})"))
     return checks
 
 
