@@ -9,11 +9,14 @@ in place with an atomic rename.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import re
 import stat
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -22,6 +25,7 @@ from certbot import errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 
 from certbot_postfix_tls._internal import constants
 
@@ -126,10 +130,37 @@ _PEM_CERT = re.compile(
 
 def load_pem_chain(data: bytes) -> list[x509.Certificate]:
     """Every certificate in a PEM bundle, in order (cryptography < 39 has no helper)."""
-    certs = [x509.load_pem_x509_certificate(block) for block in _PEM_CERT.findall(data)]
+    with _quiet():
+        certs = [x509.load_pem_x509_certificate(block) for block in _PEM_CERT.findall(data)]
     if not certs:
         raise ValueError("no PEM certificate found")
     return certs
+
+
+def load_der(der: bytes) -> x509.Certificate:
+    """A DER certificate (ValueError when it cannot be parsed)."""
+    with _quiet():
+        return x509.load_der_x509_certificate(der)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """cryptography warns on stderr about certificates that break RFC 5280 (a serial
+    number that is not positive) and still parses them: doctor reports them as
+    findings naming the file or port (``rfc5280_problem``) instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        yield
+
+
+def rfc5280_problem(cert: x509.Certificate) -> Optional[str]:
+    """What RFC 5280 forbids in ``cert`` that clients may refuse it for; None if nothing."""
+    with _quiet():  # cryptography warns when the serial number is read
+        serial = cert.serial_number
+    if serial <= 0:
+        return (f"its serial number ({serial}) is not positive, which RFC 5280 "
+                "forbids and strict clients (Go 1.23 and later) refuse")
+    return None
 
 
 def key_type(cert: x509.Certificate) -> str:
@@ -209,6 +240,13 @@ def load_material(lineage: Lineage) -> Material:
             f"(certbot renew --force-renewal --cert-name {lineage.name}) or give the matching key."
         )
     return Material(key_pem, fullchain_pem, certs[0], certs[1:])
+
+
+def check_readable(lineage: Lineage) -> None:
+    """Raise the error ``load_material`` would when the key or the chain cannot be read
+    (a lineage whose archive/ is gone); reads no more than that."""
+    _read(os.path.realpath(lineage.key_path), "private key", lineage.name)
+    _read(os.path.realpath(lineage.fullchain_path), "certificate chain", lineage.name)
 
 
 def write_atomic(

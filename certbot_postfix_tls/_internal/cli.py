@@ -176,7 +176,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _states(args: argparse.Namespace) -> list[State]:
     """The deployed instances to look at: the one in --postfix-dir, else all."""
     if getattr(args, "postfix_dir", None):
-        key = Postfix(args.postfix_dir).instance_key
+        key = Postfix(args.postfix_dir).state_key(args.config_dir)
         return [State.load(args.config_dir, key)]
     return State.load_all(args.config_dir) or [State()]
 

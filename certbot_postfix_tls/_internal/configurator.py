@@ -32,6 +32,7 @@ from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
 from certbot_postfix_tls._internal.daemons.dovecot.plan import SESSION_MODES
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.daemons.postfix import listeners
+from certbot_postfix_tls._internal.daemons.postfix import sasl as postfix_sasl
 from certbot_postfix_tls._internal.daemons.postfix.config import PostfixConfig
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.daemons.postfix.policy import Options
@@ -143,13 +144,32 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             raise errors.Error("The postfix-tls installer was used before prepare().")
         return self._postfix
 
-    def _options(self, dovecot_sasl: bool) -> Options:
+    def _options(self, dovecot_sasl: bool, config: PostfixConfig) -> Options:
         return Options(
             submission=bool(self.conf("submission")),
             smtps=bool(self.conf("smtps")),
             sasl=str(self.conf("sasl")),
             dovecot_sasl_path=postfix_config.DOVECOT_SASL_PATH if dovecot_sasl else None,
+            broken_sasl=self._broken_sasl(config),
         )
+
+    def _broken_sasl(self, config: PostfixConfig) -> dict[str, str]:
+        """The submission services (587, and 465 with --postfix-tls-smtps) whose enabled
+        SASL backend cannot work, with why: ``auto`` treats them as having none."""
+        if str(self.conf("sasl")) == "none":
+            return {}
+        ports = [constants.SUBMISSION_PORT] + ([constants.SMTPS_PORT] if self.conf("smtps")
+                                               else [])
+        found = {}
+        for service in [s for port in ports for s in config.services_on_port(port)]:
+            if (config.in_force(service, "smtpd_sasl_type")[0],
+                    config.in_force(service, "smtpd_sasl_path")[0]) == (
+                    postfix_config.DOVECOT_SASL_TYPE, postfix_config.DOVECOT_SASL_PATH):
+                continue  # the socket the plugin's Dovecot file declares
+            problem = postfix_sasl.backend_problem(config, service)
+            if problem:
+                found[service.key] = problem
+        return found
 
     def _dovecot_config(self) -> Optional[str]:
         """--postfix-tls-dovecot-config, else the dovecot.conf this machine's Dovecot
@@ -199,8 +219,10 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             # or Dovecot's reload would remove the socket submission depends on.
             return True
         # auto: a stopped Dovecot has no socket, and smtpd without its SASL backend
-        # dies ("no SASL authentication mechanisms"), so only wire a running one.
-        return not postfix_config.has_sasl_backend(config) and bool(self._dovecot.running())
+        # dies ("no SASL authentication mechanisms"), so only wire a running one. An
+        # enabled backend that cannot work (Cyrus without a password source) is none.
+        missing = not postfix_config.has_sasl_backend(config) or bool(self._broken_sasl(config))
+        return missing and bool(self._dovecot.running())
 
     # -- certbot.interfaces.Plugin -------------------------------------------
 
@@ -280,7 +302,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         written. ``dry`` (``plan``): DNS updates and flags only said, not done."""
         material = certs.load_material(lineage)  # mismatch/missing: refuse before any change
         config = self.instance.read()
-        state = State.load(self.config.config_dir, self.instance.instance_key)
+        state = State.load(self.config.config_dir, self.instance.state_key(self.config.config_dir))
         owner = self._dovecot_owner(state)
         if owner is not None:
             # Another Postfix instance's deploys configure this Dovecot: one file, one
@@ -303,7 +325,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         dovecot_sasl = self._dovecot_sasl(config)
         self._prospective_state(state, lineage, material, config, dovecot_sasl)
         desired = render(site, state, config, rebuild=[lineage.name],
-                         policy=self._options(dovecot_sasl), dry=dry)
+                         policy=self._options(dovecot_sasl, config), dry=dry)
         return Staged(lineage, site, desired)
 
     def _dovecot_owner(self, state: State) -> Optional[State]:
@@ -468,7 +490,7 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         service keeps its new configuration for its next start.
         """
         config_dir = self.config.config_dir
-        state = State.load(config_dir, self.instance.instance_key)
+        state = State.load(config_dir, self.instance.state_key(config_dir))
         renewing = getattr(self.config, "verb", None) == "renew"
         if renewing and getattr(self.config, "directory_hooks", True) and hooks.all_intact(
             config_dir

@@ -6,7 +6,8 @@ key that was ever world-readable stays so forever. Here the lineage's keys
 become root:<key group> 0640 at most with no "other" bit, the lineage's own
 directories (live/NAME, archive/NAME) root:<key group> 0750, and live/ and
 archive/ root:<key group> with group *traverse* only (0710; their "other" bits
-are left as they were).
+are left as they were). A key given by path (not from certbot's live/) keeps its
+owner: only its group and mode change.
 
 Group traverse on live/ and archive/ must not open anything else: certbot
 makes every archive/OTHER 0755 and carries an old key's world-read bit
@@ -231,11 +232,12 @@ def _open_nofollow(dir_fd: Optional[int], name: str, path: str, want_dir: bool) 
     return fd
 
 
-def _apply(fd: int, path: str, label: str, uid: int, gid: int,
+def _apply(fd: int, path: str, label: str, uid: Optional[int], gid: int,
            min_mode: int, max_mode: int, dry: Optional[DryRun] = None) -> Optional[str]:
-    """Set owner and mode through ``fd``; return a change line or None. With ``dry``,
-    the change is recorded there instead of made."""
+    """Set owner (``uid`` None: kept) and mode through ``fd``; return a change line or
+    None. With ``dry``, the change is recorded there instead of made."""
     st = os.fstat(fd)
+    uid = st.st_uid if uid is None else uid
     old_mode = stat.S_IMODE(st.st_mode)
     new_mode = (old_mode & max_mode) | min_mode
     if dry is not None:
@@ -269,9 +271,10 @@ def _apply(fd: int, path: str, label: str, uid: int, gid: int,
     return f"{label}: {', '.join(changes)}" if changes else None
 
 
-def secure_file(path: str, uid: int, gid: int, max_mode: int, *,
+def secure_file(path: str, uid: Optional[int], gid: int, max_mode: int, *,
                 min_mode: int = 0) -> Optional[str]:
-    """Make the regular file ``path`` uid:gid with mode ``(mode & max_mode) | min_mode``.
+    """Make the regular file ``path`` uid:gid with mode ``(mode & max_mode) | min_mode``
+    (``uid`` None: its owner is kept).
 
     A symlink at ``path`` is refused (O_NOFOLLOW) and nothing behind it is
     touched; directories above ``path`` are resolved normally. Returns the
@@ -335,9 +338,11 @@ def secure_lineage(lineage: certs.Lineage, group: str,
     else:
         gid = _require_gid(group)
     if not lineage.in_live:
+        # A key given by path belongs to whoever made it (another ACME client, an
+        # operator's service): its owner keeps it, only group and mode change.
         fd = _open_nofollow(None, lineage.key_path, lineage.key_path, want_dir=False)
         try:
-            line = _apply(fd, lineage.key_path, lineage.key_path, 0, gid, KEY_MIN_MODE,
+            line = _apply(fd, lineage.key_path, lineage.key_path, None, gid, KEY_MIN_MODE,
                           KEY_MAX_MODE, dry)
         finally:
             os.close(fd)

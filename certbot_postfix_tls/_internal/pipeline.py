@@ -143,7 +143,16 @@ def render(
     """
     desired = Desired(state=state)
     required = set(rebuild)
-    for name in to_load(state, required):
+    loading = to_load(state, required)
+    for name in sorted(set(state.lineages) - set(loading)):
+        # Not rebuilt, yet Dovecot reads the lineage's own files (live/): one whose
+        # files are gone (a removed archive/) would fail Dovecot's check for every
+        # lineage, so it is left out until they are back.
+        try:
+            certs.check_readable(_lineage(site.config_dir, state.lineages[name]))
+        except errors.Error as exc:
+            _leave_out(desired, name, exc)
+    for name in loading:
         lineage = state.lineages[name]
         try:
             live = _lineage(site.config_dir, lineage)
@@ -154,12 +163,7 @@ def render(
         except errors.Error as exc:
             if name in required:
                 raise
-            desired.broken.append(name)
-            desired.warnings.append(
-                f"lineage {name} cannot be served ({exc}); it is left out until its files are "
-                f"back (certbot renew --cert-name {name}) or it is undeployed "
-                f"(certbot-postfix-tls undeploy --cert-name {name})"
-            )
+            _leave_out(desired, name, exc)
             continue
         material = choice.material
         desired.notes += choice.notes
@@ -175,7 +179,7 @@ def render(
             desired.secure.append(name)
     served = State(**{**state.__dict__})
     served.lineages = {n: lin for n, lin in state.lineages.items() if n not in desired.broken}
-    state.default = sni.choose_default(served, config.main.get("myhostname", ""))
+    state.default = sni.choose_default(served, config.value("myhostname"))
     served.default = state.default
 
     desired.remove_dirs = _stale_dirs(site.config_dir, [*others, state])
@@ -194,6 +198,17 @@ def render(
         desired.sni_map = sni.render_map(served)
     _plan_daemons(site, PlanRequest(site.config_dir, state, served, policy), desired)
     return desired
+
+
+def _leave_out(desired: Desired, name: str, exc: errors.Error) -> None:
+    """A lineage whose files are unusable: out of every daemon's configuration, kept in
+    the state, so the first operation that finds its files back serves it again."""
+    desired.broken.append(name)
+    desired.warnings.append(
+        f"lineage {name} cannot be served ({exc}); it is left out of Postfix and Dovecot "
+        f"until its files are back (certbot renew --cert-name {name}) or it is undeployed "
+        f"(certbot-postfix-tls undeploy --cert-name {name})"
+    )
 
 
 def _plan_daemons(site: Site, request: PlanRequest, desired: Desired) -> None:

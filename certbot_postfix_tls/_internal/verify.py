@@ -226,7 +226,7 @@ _not_after = certs.not_after
 
 def _cert_info(der: bytes) -> _CertInfo | None:
     try:
-        cert = x509.load_der_x509_certificate(der)
+        cert = certs.load_der(der)
         cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         common_name = str(cns[0].value) if cns else None
         try:

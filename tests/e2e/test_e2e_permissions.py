@@ -224,6 +224,10 @@ def test_user_provided_key_only_touches_the_key(
     assert (mode_of(key), owner_of(key)) == (0o640, (0, gid))
     assert mode_of(keydir) == 0o755
     assert permissions.secure_lineage(lineage, group) == []
+    # The key's owner (another ACME client, the service that made it) keeps it.
+    os.chown(key, 65534, gid)
+    assert permissions.secure_lineage(lineage, group) == []
+    assert owner_of(key) == (65534, gid)
 
     # A symlinked user key is refused too, the file behind it untouched.
     real = tmp_path / "real.key"

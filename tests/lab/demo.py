@@ -89,7 +89,9 @@ def _renew_under_load(certbot: lab.Certbot, mta: lab.PostfixLab, imap: DovecotLa
     ).leaf_sha256
     time.sleep(0.5)  # postlogd writes asynchronously
     for port, stats in sorted(results.stats.items()):
-        _say(f"  port {port}: {stats.attempts} handshakes attempted, {stats.failures} failed")
+        why = "; ".join(f"{count}x {error}" for error, count in stats.errors.items())
+        _say(f"  port {port}: {stats.attempts} handshakes attempted, {stats.failures} failed"
+             + (f" ({why})" if why else ""))
     served_at = results.first_time_serving_everywhere(new_leaf)
     if served_at is None:
         _say("  the new certificate was NOT served on every port")

@@ -323,3 +323,52 @@ def test_the_last_lineage_takes_the_third_daemon_out(
     pipeline.write(site, desired)
     assert not os.path.exists(FakeDaemon.config_file)
     assert not os.path.exists(State.path(config_dir))
+
+
+def _second_lineage(config_dir: str, state: State, name: str, host: str) -> DeployedLineage:
+    """Another lineage in the live/ layout, added to ``state``."""
+    fullchain, key = _pem_pair(Path(config_dir) / "live" / name, trustme.CA().issue_cert(host))
+    lineage = DeployedLineage(
+        name=name, key_path=key, fullchain_path=fullchain,
+        chain_file=str(Path(config_dir) / "postfix-tls" / "lineages" / name /
+                       "key-fullchain.pem"),
+        names=[host], dane="ignore")
+    state.add(lineage)
+    return lineage
+
+
+def test_a_lineage_whose_files_are_gone_is_left_out_until_they_are_back(
+    fake: tuple[str, State, TLSServer],
+) -> None:
+    config_dir, state, _ = fake
+    other = _second_lineage(config_dir, state, "other", "mail.other.example")
+    site = pipeline.Site.from_state(config_dir, state)
+    pipeline.write(site, pipeline.render(site, state, postfix_config(), [], {}), check=False)
+    state.sni_map_type = "hash"  # rendered only below (postmap is Postfix's)
+    assert "mail.other.example" in str(
+        pipeline.render(site, state, postfix_config(), [], {}).sni_map)
+    # Its derived key+chain file is still there, but the files Dovecot reads are gone
+    # (archive/ removed): the deploy of the first lineage leaves it out, with a warning.
+    aside = Path(config_dir) / "aside"
+    os.rename(Path(other.fullchain_path).parent, aside)
+    desired = pipeline.render(site, state, postfix_config(), [], {}, rebuild=[LINEAGE])
+    assert desired.broken == ["other"]
+    assert "mail.other.example" not in str(desired.sni_map)
+    assert any("lineage other cannot be served" in w and "does not exist" in w
+               for w in desired.warnings)
+    assert "other" in desired.state.lineages  # kept: served again once its files are back
+    os.rename(aside, Path(other.fullchain_path).parent)
+    again = pipeline.render(site, state, postfix_config(), [], {}, rebuild=[LINEAGE])
+    assert again.broken == [] and "mail.other.example" in str(again.sni_map)
+
+
+def test_default_rule_compares_myhostname_expanded(fake: tuple[str, State, TLSServer]) -> None:
+    config_dir, state, _ = fake
+    _second_lineage(config_dir, state, "aaa-first", "mail.other.example")
+    state.order = ["aaa-first", LINEAGE]
+    site = pipeline.Site.from_state(config_dir, state)
+    # `myhostname = mail.$mydomain`: postconf -n gives it as written, -x expanded.
+    config = PostfixConfig(main={"myhostname": "mail.$mydomain", "mydomain": "fake.example"},
+                           explicit={}, services=[], map_types=set(),
+                           expanded={"myhostname": NAME})
+    assert pipeline.render(site, state, config, [], {}).state.default == LINEAGE

@@ -154,3 +154,52 @@ def test_report_keeps_its_json_keys(capsys: pytest.CaptureFixture[str]) -> None:
     report = json.loads(capsys.readouterr().out)
     assert list(report) == ["status", "summary", "endpoints", "checks"]
     assert report["checks"][1] == {"name": "b", "status": "WARNING", "message": "fix it"}
+
+
+# --- certificates that break RFC 5280 ------------------------------------------------------
+
+
+def _negative_serial_der() -> bytes:
+    """A certificate whose serial number is -1 (cryptography refuses to build one, and
+    still parses one with a warning): serial 1 rewritten in the DER."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.example.org")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=90))
+            .sign(key, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    version_and_serial = bytes.fromhex("a003020102020101")
+    assert der.count(version_and_serial) == 1
+    return der.replace(version_and_serial, bytes.fromhex("a0030201020201ff"))
+
+
+def test_negative_serial_is_a_finding_not_a_library_warning(tmp_path: Path) -> None:
+    import warnings
+
+    from certbot_postfix_tls._internal import certs, dialogues, tls_client
+    from certbot_postfix_tls._internal.doctor import certificates
+    from certbot_postfix_tls._internal.doctor.context import Probe
+
+    der = _negative_serial_der()
+    context = Context(str(tmp_path), State(), "127.0.0.1", [])
+    endpoint = tls_client.Endpoint("dovecot", "imap", "127.0.0.1", 993, "implicit", "imaps")
+    context.probes = [Probe(endpoint, shake=dialogues.Handshake(der, [der], [], []))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning on the way fails the test
+        assert "(-1)" in str(certs.rfc5280_problem(certs.load_der(der)))
+        found = certificates.rfc5280_checks(context)
+        assert [f.name for check in registry.CHECKS if check is certificates.rfc5280_checks
+                for f in check(context)] == ["rfc5280"]
+    [finding] = found
+    assert finding.status == "WARNING"
+    assert finding.message.startswith("port 993 (dovecot imaps) serves ")
+    assert "serial number (-1) is not positive" in finding.message and "fix: " in finding.message

@@ -7,6 +7,7 @@ parsing is Postfix's own; nothing is mocked. Applying writes only the copy.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from certbot_postfix_tls._internal import process
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.daemons.postfix import listeners as postfix_listeners
 from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
+from certbot_postfix_tls._internal.daemons.postfix import sasl
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
+from certbot_postfix_tls._internal.state import DeployedLineage, State
 
 FILES = postfix_policy.CertificateFiles(
     chain_file="/etc/letsencrypt/postfix-tls/lineages/mail/key-fullchain.pem",
@@ -166,6 +169,35 @@ def test_dovecot_sasl_is_wired_only_when_asked(tmp_path: Path) -> None:
     assert "smtpd_sasl_auth_enable" not in params(none, "submission/inet")
 
 
+def test_a_sasl_backend_that_cannot_work_is_replaced_and_named(tmp_path: Path) -> None:
+    # The how-to's 587: SASL on, no type, so Cyrus, which has no smtpd.conf.
+    pf = instance(tmp_path, "debian12")
+    with open(pf.master_cf, "a") as handle:
+        handle.write("submission inet n - y - - smtpd -o smtpd_tls_security_level=encrypt "
+                     "-o smtpd_sasl_auth_enable=yes -o smtpd_tls_auth_only=yes\n")
+    config = pf.read()
+    [service] = config.services_on_port(587)
+    cyrus = postfix_config.PostfixConfig(
+        main={**config.main, "cyrus_sasl_config_path": str(tmp_path / "nowhere")},
+        explicit=config.explicit, services=config.services, map_types=config.map_types)
+    problem = sasl.backend_problem(cyrus, service)
+    assert problem.startswith(f"Cyrus SASL has no smtpd.conf in {tmp_path / 'nowhere'}")
+    kept = postfix_policy.plan_tls(config, FILES, postfix_policy.Options(
+        dovecot_sasl_path="private/auth"))
+    assert "smtpd_sasl_type" not in params(kept, "submission/inet")  # a working backend
+    plan = postfix_policy.plan_tls(config, FILES, postfix_policy.Options(
+        dovecot_sasl_path="private/auth", broken_sasl={service.key: problem}))
+    sub = params(plan, "submission/inet")
+    assert sub["smtpd_sasl_type"] == "dovecot" and sub["smtpd_sasl_path"] == "private/auth"
+    assert any(note.startswith("master.cf service submission/inet (port 587): replaced its "
+                               "SASL backend (smtpd_sasl_type=cyrus), which cannot work")
+               for note in plan.notes)
+    alone = postfix_policy.plan_tls(config, FILES, postfix_policy.Options(
+        broken_sasl={service.key: problem}))  # no Dovecot to wire: said, not hidden
+    assert any("has a SASL backend that cannot work (Cyrus SASL has no smtpd.conf" in w
+               for w in alone.warnings)
+
+
 def test_no_submission_when_disabled(tmp_path: Path) -> None:
     config = instance(tmp_path, "debian12").read()
     plan = postfix_policy.plan_tls(config, FILES, postfix_policy.Options(submission=False))
@@ -184,6 +216,57 @@ def test_master_arg_groups_and_ports() -> None:
     }
     assert postfix_config.resolve_port("submissions") == 465
     assert process.version_tuple("3.10.13") == (3, 10, 13)
+
+
+NESTED = "{ smtpd_client_restrictions = check_client_access inline:{ 1.2.3.4=OK }, reject }"
+
+
+def test_nested_braces_in_master_args_are_one_argument(tmp_path: Path) -> None:
+    # Postfix nests braces (mystrtokq): cutting at the first } corrupted the baselines
+    # an undeploy puts back.
+    service = postfix_config.MasterService.parse(
+        f"submission inet n - y - - smtpd -o {NESTED} -o x=inline:{{ a=b }}")
+    assert service.args == ("-o", NESTED, "-o", "x=inline:{ a=b }")
+    assert service.overrides == {
+        "smtpd_client_restrictions": "check_client_access inline:{ 1.2.3.4=OK }, reject",
+        "x": "inline:{ a=b }",
+    }
+    pf = instance(tmp_path, "debian12")
+    with open(pf.master_cf, "a") as handle:
+        handle.write(f"2525 inet n - y - - smtpd\n  -o {NESTED}\n")
+    (entry,) = [s for s in pf.read().services if s.port == 2525]
+    assert entry.overrides["smtpd_client_restrictions"] == (
+        "check_client_access inline:{ 1.2.3.4=OK }, reject")
+
+
+def test_instance_keys_are_one_per_directory(tmp_path: Path) -> None:
+    # /etc/postfix-out and /etc/postfix/out had one key, so one state, between them.
+    base = Path(f"/tmp/cpt{os.getpid()}")  # letters and digits only: the keys are known
+    try:
+        for where in ("conf", "conf/postfix"):
+            instance(base / where, "debian12")
+        (base / "conf/debian12").rename(base / "conf/postfix-out")
+        (base / "conf/postfix/debian12").rename(base / "conf/postfix/out")
+        dash = Postfix(str(base / "conf/postfix-out"))
+        nested = Postfix(str(base / "conf/postfix/out"))
+        prefix = str(base).strip("/").replace("/", "-")
+        assert dash.instance_key == f"{prefix}-conf-postfix_2dout"
+        assert nested.instance_key == f"{prefix}-conf-postfix-out"
+        # A state an earlier version recorded under the old key (nested's new one) is
+        # still found by the directory it records; the other directory is refused.
+        config_dir = str(tmp_path)
+        old = State(instance=nested.instance_key, postfix_dir=dash.config_dir)
+        old.add(DeployedLineage(name="a", key_path="/k", fullchain_path="/f",
+                                chain_file="/c", names=["a.example"]))
+        old.save(config_dir)
+        assert dash.state_key(config_dir) == nested.instance_key
+        with pytest.raises(errors.PluginError,
+                           match=f"records Postfix {dash.config_dir}, not {nested.config_dir}"):
+            nested.state_key(config_dir)
+        State(instance=dash.instance_key, postfix_dir=dash.config_dir).save(config_dir)
+        assert dash.state_key(config_dir) == dash.instance_key
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_all_names_are_literal_domains(tmp_path: Path) -> None:

@@ -383,3 +383,9 @@ def test_summary_groups_sni_and_names_the_cause_from_the_log(tmp_path: Path) -> 
                                 advice=postfix_config.ADVICE)
     [line] = verify.summarize([_result(quiet, None, refused, "starttls-refused")])
     assert "private key" not in line and "maillog_file" in line
+
+
+def test_myhostname_is_read_expanded(tmp_path: Path) -> None:
+    pf = instance(tmp_path, "debian12",
+                  main="mydomain = example.org\nmyhostname = mail.$mydomain\n")
+    assert pf.read().value("myhostname") == "mail.example.org"

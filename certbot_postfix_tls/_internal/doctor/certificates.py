@@ -59,7 +59,7 @@ def leaf_of(path: str) -> Optional[x509.Certificate]:
 def load_der(der: bytes) -> Optional[x509.Certificate]:
     """A served certificate, None when it cannot be parsed."""
     try:
-        return x509.load_der_x509_certificate(der)
+        return certs.load_der(der)
     except ValueError:
         return None
 
@@ -322,6 +322,42 @@ def stale_checks(context: Context) -> list[Finding]:
     elif not checks and any(p.shake for p in probes):
         checks.append(Finding("stale-certificate", "OK",
                               "no port serves an older certificate than its lineage's newest"))
+    return checks
+
+
+# --- RFC 5280 ----------------------------------------------------------------------------
+
+
+def rfc5280_checks(context: Context) -> list[Finding]:
+    """Certificates, served or named by a setting, that break RFC 5280 in a way clients
+    may refuse (a serial number that is not positive): one WARNING naming the file or
+    the ports, never a library warning on stderr."""
+    checks: list[Finding] = []
+    reported: set[str] = set()
+    for setting in dict.fromkeys(all_cert_settings(context)):
+        leaf = leaf_of(setting.path)
+        problem = certs.rfc5280_problem(leaf) if leaf is not None else None
+        if leaf is None or problem is None or certs.sha256_der(leaf) in reported:
+            continue
+        reported.add(certs.sha256_der(leaf))
+        checks.append(Finding("rfc5280", "WARNING",
+                              f"the certificate in {setting.path} ({setting.describe()}): "
+                              f"{problem}; fix: have it reissued by its CA, then "
+                              f"{setting.reload}"))
+    groups: dict[bytes, list[Probe]] = {}
+    for item in context.probes:
+        if item.shake is not None:
+            groups.setdefault(item.shake.leaf_der, []).append(item)
+    for der, members in groups.items():
+        leaf = load_der(der)
+        problem = certs.rfc5280_problem(leaf) if leaf is not None else None
+        if problem is None or certs.sha256_hex(der) in reported:
+            continue
+        reported.add(certs.sha256_hex(der))
+        checks.append(Finding("rfc5280", "WARNING",
+                              f"{ports_phrase(members)} serve{'s' if len(members) == 1 else ''} "
+                              f"{verify.describe_der(der)}: {problem}; fix: have it reissued "
+                              "by its CA and serve that"))
     return checks
 
 

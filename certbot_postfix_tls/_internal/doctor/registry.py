@@ -33,6 +33,7 @@ CHECKS: tuple[Check, ...] = (
     certificates.chain_checks,
     certificates.stale_checks,
     certificates.expiry_checks,
+    certificates.rfc5280_checks,
     protocols.protocol_checks,
     submission.submission_checks,
     submission.wrappermode_checks,

@@ -3,12 +3,10 @@ plaintext on port 25, and outbound TLS with Postfix's client certificate."""
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shlex
 import socket
-import stat
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
@@ -17,8 +15,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from certbot_postfix_tls._internal import constants
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.daemons.postfix import policy as postfix_policy
+from certbot_postfix_tls._internal.daemons.postfix import sasl
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
-from certbot_postfix_tls._internal.doctor.certificates import leaf_of, read_file
+from certbot_postfix_tls._internal.doctor.certificates import leaf_of
 from certbot_postfix_tls._internal.doctor.context import (
     Context,
     Probe,
@@ -29,10 +28,6 @@ from certbot_postfix_tls._internal.doctor.logs import log_phrase, log_says
 from certbot_postfix_tls._internal.doctor.settings import install_fix
 from certbot_postfix_tls._internal.findings import Finding
 
-# Where Cyrus SASL looks for smtpd.conf when cyrus_sasl_config_path is empty (Debian's
-# Postfix adds /etc/postfix/sasl), and where saslauthd listens by default.
-CYRUS_DIRS = ("/etc/postfix/sasl", "/etc/sasl2", "/usr/lib/sasl2", "/usr/lib/*/sasl2")
-SASLAUTHD_MUX = "/var/run/saslauthd/mux"
 # Postfix's master stops a service for this long after its smtpd died at start.
 THROTTLE_NOTE = "its master retries the service within service_throttle_time, 60 s"
 _SASL_LOG = re.compile(r"SASL|sasl")
@@ -110,11 +105,13 @@ def submission_checks(context: Context) -> list[Finding]:
             source = ("-o smtpd_tls_auth_only" if "smtpd_tls_auth_only" in owner.overrides
                       else f"smtpd_tls_auth_only = {config.value('smtpd_tls_auth_only') or 'no'} "
                            f"in {context.main_cf}")
+            # Hardening advice, not a failure: every client works. On 587 it goes with
+            # TLS that is not mandatory, which submission-tls reports as CRITICAL.
             checks.append(Finding(
-                "submission-auth", "CRITICAL",
-                f"{item.where} offers AUTH before STARTTLS ({source}): passwords can cross the "
-                f"network in clear; fix: {_set_service(owner, [('smtpd_tls_auth_only', 'yes')])}"
-                ", then postfix reload"))
+                "submission-auth", "WARNING",
+                f"{item.where} offers AUTH before STARTTLS ({source}): a client configured "
+                f"without TLS would send its password in clear; fix: "
+                f"{_set_service(owner, [('smtpd_tls_auth_only', 'yes')])}, then postfix reload"))
         elif item.endpoint.port == constants.SUBMISSION_PORT and item.shake is not None:
             if _has_auth(item.shake.capabilities_after_tls):
                 checks.append(Finding("submission-auth", "OK",
@@ -146,58 +143,18 @@ def wrappermode_checks(context: Context) -> list[Finding]:
 # --- SASL ----------------------------------------------------------------------------------
 
 
-def _socket_problem(path: str) -> tuple[str, bool]:
-    """(what is wrong with a unix socket, whether it could be checked at all); the
-    reason starts with the path, so that callers can write "... socket {reason}"."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return f"{path} does not exist", True
-    except PermissionError:
-        return "", False
-    if not stat.S_ISSOCK(info.st_mode):
-        return f"{path} is not a socket", True
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2)
-        try:
-            sock.connect(path)
-        except PermissionError:
-            return "", False
-        except OSError as exc:
-            return f"{path} has nothing listening on it ({exc.strerror or exc})", True
-    return "", True
-
-
 def _cyrus_problem(context: Context, config: postfix_config.PostfixConfig, app: str, chroot: bool
                    ) -> tuple[str, str]:
     """(what is missing for Cyrus SASL, the fix); ("", "") when it has a password source."""
-    configured = config.value("cyrus_sasl_config_path")
-    dirs = [d for d in configured.split(":") if d] if configured else list(CYRUS_DIRS)
-    files = [path for pattern in dirs for path in glob.glob(os.path.join(pattern, f"{app}.conf"))]
+    problem, mux = sasl.cyrus_problem(config, app, chroot)
+    if not problem:
+        return "", ""
     dovecot_fix = ("postconf -e smtpd_sasl_type=dovecot smtpd_sasl_path=private/auth, then "
                    f"{install_fix(context)} (it declares Dovecot's auth socket for Postfix)")
-    if not files:
-        return (f"Cyrus SASL has no {app}.conf in {', '.join(dirs)}, so it has no password "
-                "source: the server advertises AUTH that nobody can use (or smtpd dies with "
-                "'no SASL authentication mechanisms')",
-                f"{dovecot_fix}; or write /etc/postfix/sasl/{app}.conf "
-                "(pwcheck_method: saslauthd) and run saslauthd")
-    try:
-        text = read_file(files[0]).decode("utf-8", "replace")
-    except OSError:
-        return "", ""
-    options = dict(re.findall(r"^\s*(\w+)\s*:\s*(\S.*?)\s*$", text, re.MULTILINE))
-    if options.get("pwcheck_method", "").split()[:1] == ["saslauthd"]:
-        mux = options.get("saslauthd_path") or SASLAUTHD_MUX
-        candidates = [mux]
-        if chroot:
-            queue = config.value("queue_directory") or "/var/spool/postfix"
-            candidates.insert(0, queue + mux)
-        problems = [_socket_problem(path) for path in candidates]
-        if all(checked and problem for problem, checked in problems):
-            return (f"{files[0]} uses saslauthd, but {problems[0][0]}",
-                    f"start saslauthd (its socket must be {candidates[0]}), or {dovecot_fix}")
-    return "", ""
+    if mux is None:
+        return (problem, f"{dovecot_fix}; or write /etc/postfix/sasl/{app}.conf "
+                         "(pwcheck_method: saslauthd) and run saslauthd")
+    return problem, f"start saslauthd (its socket must be {mux}), or {dovecot_fix}"
 
 
 def sasl_checks(context: Context) -> list[Finding]:
@@ -235,7 +192,7 @@ def sasl_checks(context: Context) -> list[Finding]:
         elif kind == postfix_config.DOVECOT_SASL_TYPE:
             queue = config.value("queue_directory") or "/var/spool/postfix"
             socket_path = path if path.startswith("/") else os.path.join(queue, path)
-            reason, checked = _socket_problem(socket_path)
+            reason, checked = sasl.socket_problem(socket_path)
             skipped = not checked
             if reason:
                 problem = (f"Dovecot's auth socket {reason}: "
@@ -248,10 +205,7 @@ def sasl_checks(context: Context) -> list[Finding]:
                        f"{example}), then doveadm reload; or {install_fix(context)} (it "
                        "declares it when Dovecot runs)")
         else:
-            # "-" is chroot before Postfix 3.0, not since.
-            old = config.version < (3, 0)
-            chroot = any(s.chroot == "y" or (s.chroot == "-" and old) for s in members)
-            problem, fix = _cyrus_problem(context, config, path, chroot)
+            problem, fix = _cyrus_problem(context, config, path, sasl.chrooted(config, members))
         if skipped:
             checks.append(Finding("sasl-backend", "OK",
                                   f"skipped: {enabled}; this user cannot see Postfix's private "
@@ -261,10 +215,16 @@ def sasl_checks(context: Context) -> list[Finding]:
             checks.append(Finding("sasl-backend", "OK", f"{enabled}, and its backend answers"))
             continue
         cause = log_says(context, Postfix.name, _SASL_LOG)
+        # Mail clients log in on 25, 465 and 587: there nobody can. Another port is an
+        # internal listener (Mailu's 10025 behind its front, mailcow's 588) whose
+        # clients may not use AUTH at all: advice.
+        public = any(s.port in constants.PUBLIC_SMTP_PORTS for s in members)
+        internal = "" if public else (
+            " (not a port mail clients use unless you point one at it)")
         checks.append(Finding(
-            "sasl-backend", "CRITICAL",
-            f"{enabled}, but {problem}{log_phrase(Postfix.name, cause)}; fix: {fix}, then "
-            f"postfix reload ({THROTTLE_NOTE})"))
+            "sasl-backend", "CRITICAL" if public else "WARNING",
+            f"{enabled}, but {problem}{internal}{log_phrase(Postfix.name, cause)}; fix: {fix}, "
+            f"then postfix reload ({THROTTLE_NOTE})"))
     return checks
 
 

@@ -102,7 +102,7 @@ def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say,
 def _serving(config_dir: str, name: str, postfix_dir: Optional[str]) -> list[State]:
     """The states of the instances ``name`` is removed from (refused when none serves it)."""
     if postfix_dir is not None:
-        states = [State.load(config_dir, Postfix(postfix_dir).instance_key)]
+        states = [State.load(config_dir, Postfix(postfix_dir).state_key(config_dir))]
     else:
         states = [s for s in State.load_all(config_dir) if name in s.lineages]
     states = [s for s in states if name in s.lineages]

@@ -44,8 +44,9 @@ ADVICE = Advice(
 DOVECOT_SASL_PATH = "private/auth"
 DOVECOT_SASL_TYPE = "dovecot"
 
-# Read once more with postconf -x: Postfix binds to the expanded values.
-EXPANDED_PARAMS = ("inet_interfaces", "inet_protocols", "maillog_file")
+# Read once more with postconf -x: Postfix binds to the expanded values, and
+# myhostname is often written ``mail.$mydomain`` (the default rule compares names).
+EXPANDED_PARAMS = ("inet_interfaces", "inet_protocols", "maillog_file", "myhostname")
 
 # Parameters Postfix ignores (with a warning) once smtpd_tls_chain_files is set.
 LEGACY_CERT_PARAMS = (
@@ -113,23 +114,24 @@ def resolve_port(port_name: str) -> Optional[int]:
 
 
 def split_master_args(text: str) -> list[str]:
-    """Split a master.cf command line, keeping ``{ a = b c }`` groups whole."""
+    """Split a master.cf command line as Postfix does (``mystrtokq``): whitespace
+    separates, except inside braces, which nest (``{ a = inline:{ b=c }, d }`` and
+    ``a=inline:{ b }`` are one argument each)."""
     args: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i].isspace():
-            i += 1
-        elif text[i] == "{":
-            end = text.find("}", i)
-            end = len(text) if end < 0 else end
-            args.append(text[i : end + 1])
-            i = end + 1
-        else:
-            j = i
-            while j < len(text) and not text[j].isspace():
-                j += 1
-            args.append(text[i:j])
-            i = j
+    current, depth = "", 0
+    for char in text:
+        if char.isspace() and depth == 0:
+            if current:
+                args.append(current)
+            current = ""
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}" and depth > 0:
+            depth -= 1
+        current += char
+    if current:
+        args.append(current)
     return args
 
 

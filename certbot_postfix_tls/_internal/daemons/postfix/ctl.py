@@ -87,11 +87,38 @@ class Postfix:
     @property
     def instance_key(self) -> str:
         """"" for Postfix's default instance; else a file-name-safe key made from this
-        instance's config directory (``etc-postfix-out``), naming its plugin state."""
-        default = os.path.abspath(self._postconf_raw(["-h", "config_directory"], None).strip())
-        if self.config_dir == default:
+        instance's config directory, one per directory: ``/`` becomes ``-``, any other
+        byte but letters, digits and ``.`` becomes ``_`` and its hex value
+        (``/etc/postfix-out``: ``etc-postfix_2dout``; ``/etc/postfix/out``:
+        ``etc-postfix-out``)."""
+        if self.config_dir == self._default_dir():
             return ""
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.config_dir.strip("/"))
+        return "-".join(_escape(part) for part in self.config_dir.strip("/").split("/"))
+
+    def state_key(self, config_dir: str) -> str:
+        """The key of this instance's state under certbot's ``config_dir``: the
+        ``instance_key``, or the key earlier versions made (every run of non-alphanumeric
+        characters a ``-``, which gave ``/etc/postfix-out`` and ``/etc/postfix/out`` one
+        state) while a state recorded for this very directory is still there."""
+        key = self.instance_key
+        if not key:
+            return key
+        legacy = re.sub(r"[^A-Za-z0-9._-]+", "-", self.config_dir.strip("/"))
+        recorded = _recorded_dir(config_dir, key)
+        if recorded is None and legacy != key and _recorded_dir(config_dir, legacy) == (
+                self.config_dir):
+            return legacy
+        if recorded not in (None, "", self.config_dir):
+            raise errors.PluginError(
+                f"The plugin state {State.path(config_dir, key)} records Postfix {recorded}, "
+                f"not {self.config_dir} (an earlier version gave both one key): undeploy "
+                f"{recorded}'s lineages (certbot-postfix-tls undeploy --postfix-dir "
+                f"{recorded}) and install them again, then deploy to {self.config_dir}."
+            )
+        return key
+
+    def _default_dir(self) -> str:
+        return os.path.abspath(self._postconf_raw(["-h", "config_directory"], None).strip())
 
     @property
     def main_cf(self) -> str:
@@ -285,8 +312,23 @@ class Postfix:
         names: set[str] = set()
         for param in ("myhostname", "mydomain", "virtual_mailbox_domains",
                       "virtual_alias_domains", "relay_domains"):
-            names.update(_literal_domains(config.main.get(param, "")))
+            names.update(_literal_domains(config.value(param)))
         return names
+
+
+def _recorded_dir(config_dir: str, key: str) -> Optional[str]:
+    """The Postfix directory the state under ``key`` records; None without a state."""
+    if not os.path.exists(State.path(config_dir, key)):
+        return None
+    recorded = State.load(config_dir, key).postfix_dir
+    return os.path.abspath(recorded) if recorded else ""
+
+
+def _escape(part: str) -> str:
+    """A path component with every byte outside ``[A-Za-z0-9.]`` written ``_XX``."""
+    return "".join(char if char.isascii() and (char.isalnum() or char == ".")
+                   else "".join(f"_{byte:02x}" for byte in char.encode("utf-8", "surrogateescape"))
+                   for char in part)
 
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")

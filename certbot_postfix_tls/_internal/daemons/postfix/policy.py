@@ -106,6 +106,9 @@ class Options:
     smtps: bool = False
     sasl: str = "auto"  # auto, dovecot, none
     dovecot_sasl_path: Optional[str] = None  # set when Dovecot's auth socket is wired
+    # master.cf service key -> why the SASL backend it enables cannot work (sasl.py):
+    # such a service counts as having none.
+    broken_sasl: Mapping[str, str] = field(default_factory=dict)
 
 
 def _level(levels: Mapping[str, int], value: str) -> int:
@@ -259,7 +262,8 @@ def _plan_submission_service(
             wanted.append(("smtpd_tls_wrappermode", "yes"))
         wanted.extend(SUBMISSION_OVERRIDES)
         wanted.extend((k, v) for k, v in SUBMISSION_DEFAULTS if k not in current)
-        has_backend = sasl_backend(config, service)
+        broken = options.broken_sasl.get(service.key, "")
+        has_backend = sasl_backend(config, service) and not broken
         if options.sasl != "none" and not has_backend and options.dovecot_sasl_path:
             wanted.extend(
                 [
@@ -269,9 +273,17 @@ def _plan_submission_service(
                 ]
             )
             has_backend = True
+            if broken:
+                before = config.in_force(service, "smtpd_sasl_type")[0] or "cyrus"
+                plan.notes.append(
+                    f"master.cf service {service.key} (port {port}): replaced its SASL backend "
+                    f"(smtpd_sasl_type={before}), which cannot work ({broken}), with Dovecot's "
+                    "auth socket; certbot rollback puts the previous setting back"
+                )
         if not has_backend:
+            why = f"a SASL backend that cannot work ({broken})" if broken else "no SASL backend"
             plan.warnings.append(
-                f"master.cf service {service.name} (port {port}) has no SASL backend, so nobody "
+                f"master.cf service {service.name} (port {port}) has {why}, so nobody "
                 "can log in to submit mail: install Dovecot and rerun with "
                 "--postfix-tls-sasl dovecot, or configure smtpd_sasl_type yourself"
             )
