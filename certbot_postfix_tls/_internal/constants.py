@@ -28,3 +28,19 @@ LOCK_TIMEOUT = 120.0
 
 # Name of the renewal hook files under <config-dir>/renewal-hooks/{deploy,post}/.
 HOOK_NAME = "certbot-postfix-tls"
+
+# Expiry, judged against the certificate's own lifetime (expiry.py). certbot (>= 4.0)
+# renews when a third of the lifetime is left, half below ten days of lifetime.
+RENEW_SHARE = 1 / 3
+RENEW_SHARE_SHORT = 1 / 2
+SHORT_LIFETIME_DAYS = 10
+# WARNING when less than this share of the lifetime is left (certbot should have renewed
+# long before), at most WARN_DAYS: a 90-day certificate warns at 14 days, as it always did.
+WARN_SHARE = 14 / 90
+WARN_DAYS = 14
+# CRITICAL when less than this share is left (about to expire), at most CRITICAL_DAYS.
+CRITICAL_SHARE = 3 / 90
+CRITICAL_DAYS = 3
+# The lifetime assumed when a certificate's start is unknown (a state written before it
+# was recorded): Let's Encrypt's long-standing 90 days.
+DEFAULT_LIFETIME_DAYS = 90

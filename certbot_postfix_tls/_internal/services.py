@@ -87,6 +87,8 @@ def expected_cert(lineage: DeployedLineage, service: str = "postfix") -> verify.
         intermediates_sha256=tuple(recorded["intermediates_sha256"]),
         names=tuple(recorded["names"]),
         not_after=datetime.fromisoformat(str(recorded["not_after"])),
+        not_before=(datetime.fromisoformat(str(recorded["not_before"]))
+                    if recorded.get("not_before") else None),
     )
 
 

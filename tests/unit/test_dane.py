@@ -49,8 +49,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
           issuer_key: ec.EllipticCurvePrivateKey, ca: bool, names: tuple[str, ...] = (),
-          days: int = 90) -> x509.Certificate:
-    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+          days: float = 90, age: float = 1) -> x509.Certificate:
+    """Valid for ``days``, from ``age`` days ago."""
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=age)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -81,9 +82,9 @@ class CA:
         return cls(root_key, inter_key, inter, name)
 
     def issue(self, key: ec.EllipticCurvePrivateKey, names: tuple[str, ...] = (NAME,),
-              days: int = 90) -> tuple[bytes, bytes]:
+              days: float = 90, age: float = 1) -> tuple[bytes, bytes]:
         leaf = _cert(names[0], key, self.name, self.inter_key, ca=False, names=names,
-                     days=days)
+                     days=days, age=age)
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, self.inter))
         key_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
@@ -521,12 +522,17 @@ def test_rollback_rebuilds_the_held_version(site: Certbot) -> None:
     assert archive.served_chain(str(site.config_dir), deployed)[0] == held.leaf
 
 
-def test_verify_warns_while_held_and_is_critical_a_week_before_expiry(site: Certbot) -> None:
+def test_verify_warns_while_held_and_is_critical_before_expiry(site: Certbot) -> None:
+    # CRITICAL once the held certificate would be judged expiring itself (expiry.judge):
+    # 14 days left of 90, 25 hours of 160; the hold can never let it expire silently.
     state = State()
     ca = CA.make()
-    for days, status in ((60, "WARNING"), (5, "CRITICAL")):
-        site = Certbot(site.config_dir.parent / f"c{days}")
-        site.renew(*ca.issue(_key(), days=days))
+    hours = 160 / 24
+    cases = ((90, 60, "WARNING"), (90, 80, "CRITICAL"),
+             (hours, 1 / 24, "WARNING"), (hours, 140 / 24, "CRITICAL"))
+    for index, (days, age, status) in enumerate(cases):
+        site = Certbot(site.config_dir.parent / f"c{index}")
+        site.renew(*ca.issue(_key(), days=days, age=age))
         deployed = site.deployed()
         old = records.Record.for_cert(site.material().leaf)
         site.renew(*ca.issue(_key()))

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from certbot import errors
 from cryptography import x509
 
-from certbot_postfix_tls._internal import postfix
+from certbot_postfix_tls._internal import expiry, postfix
 from certbot_postfix_tls._internal.dane import archive
 from certbot_postfix_tls._internal.dane.lookup import (
     ERROR,
@@ -29,8 +29,6 @@ from certbot_postfix_tls._internal.dane.records import (
 )
 from certbot_postfix_tls._internal.findings import CRITICAL, OK, UNKNOWN, WARNING, Finding
 from certbot_postfix_tls._internal.state import DeployedLineage, State
-
-EXPIRY_CRITICAL_DAYS = 7  # verify is CRITICAL when the held certificate expires sooner
 
 
 def now() -> datetime.datetime:
@@ -81,9 +79,9 @@ def held_message(name: str, held: dict[str, Any], when: Optional[datetime.dateti
     """One sentence: what is held, why, and what to do."""
     when = when or now()
     expires = parse_time(held["not_after"])
-    days = (expires - when).days
     head = (f"DANE: lineage {name} is held: Postfix keeps serving archive version "
-            f"{held['version']} (expires {expires:%Y-%m-%d}, in {days} days) because ")
+            f"{held['version']} (expires {expires:%Y-%m-%d %H:%M} UTC, in "
+            f"{expiry.duration(expires - when)}) because ")
     if held.get("publish"):
         return (head + "validated TLSA records do not match its renewed certificate; publish "
                 + "; ".join(held["publish"])
@@ -96,16 +94,19 @@ def held_message(name: str, held: dict[str, Any], when: Optional[datetime.dateti
 
 
 def verify_checks(state: State, names: Iterable[str]) -> list[Finding]:
-    """verify's findings for held lineages: WARNING, CRITICAL within 7 days of expiry."""
+    """verify's findings for held lineages: WARNING; CRITICAL once the held certificate
+    is past the point where it would be judged expiring (``expiry.judge``: 14 days
+    left of 90, 25 hours of 160), so the alarm comes well before a hold lets it expire."""
     current = now()
     checks = []
     for name in sorted(names):
         lineage = state.lineages.get(name)
         if lineage is None or not lineage.held:
             continue
-        expires = parse_time(lineage.held["not_after"])
-        status = CRITICAL if expires - current < datetime.timedelta(
-            days=EXPIRY_CRITICAL_DAYS) else WARNING
+        start = lineage.held.get("not_before")
+        judged = expiry.judge(parse_time(lineage.held["not_after"]),
+                              parse_time(start) if start else None, current)
+        status = WARNING if judged.status == OK else CRITICAL
         checks.append(Finding(f"dane-held {name}", status,
                               held_message(name, lineage.held, current)))
     return checks
