@@ -44,3 +44,9 @@ CRITICAL_DAYS = 3
 # The lifetime assumed when a certificate's start is unknown (a state written before it
 # was recorded): Let's Encrypt's long-standing 90 days.
 DEFAULT_LIFETIME_DAYS = 90
+
+# Let's Encrypt's profiles for short-lived certificates (160 hours: shortlived; 45 days:
+# tlsserver) accept at most this many names per certificate; a renewal configuration
+# naming one (preferred_profile/required_profile) for a larger lineage cannot renew.
+SHORT_PROFILES = ("shortlived", "tlsserver")
+SHORT_PROFILE_MAX_NAMES = 25
