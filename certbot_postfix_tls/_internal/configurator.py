@@ -387,10 +387,14 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                     self._staged = None
                     raise
             staged.applied = True
-            config_dir = self.config.config_dir
+            # The state and the hooks are not read by the daemons; postmap's index of an
+            # unchanged SNI table differs in its bytes, not in what it answers.
+            config_dir, instance = self.config.config_dir, staged.desired.state.instance
             staged.changed = snapshot.changed(
                 [staged.desired.state.file(config_dir)]
-                + [hooks.hook_path(config_dir, kind) for kind in hooks.KINDS])
+                + [hooks.hook_path(config_dir, kind) for kind in hooks.KINDS]
+                + [sni.index_path(config_dir, kind, instance) for kind in sni.INDEX_SUFFIX])
+            logger.debug("postfix-tls: the write changed %s", staged.changed or "nothing")
             self._report(staged)
         if title and not temporary:
             self.finalize_checkpoint(title)

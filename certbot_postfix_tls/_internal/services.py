@@ -65,6 +65,17 @@ def stopped(state: State) -> list[tuple[str, str]]:
     return found
 
 
+def pending_message(state: State, where: str = "") -> str:
+    """Why services still await a reload after a renewal, and the one command that
+    finishes it (``where``: which Postfix instance, for the non-default ones)."""
+    renewed = ", ".join(state.renewed) or "a lineage"
+    waiting = ", ".join(state.pending)
+    return (f"{renewed} was renewed and deployed but {waiting} not reloaded{where}: the post "
+            "hook failed, or never ran (certbot before 5.3 runs it after `certbot renew` only, "
+            "not after `certonly` or `run`); run certbot-postfix-tls hook post, which reloads "
+            "once or says why it cannot")
+
+
 def sni_names(expected: verify.ExpectedCert) -> list[str]:
     """The names a client would ask for: the certificate's, wildcards skipped when others exist."""
     names = list(expected.names)
