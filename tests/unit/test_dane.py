@@ -540,6 +540,7 @@ def test_verify_warns_while_held_and_is_critical_before_expiry(site: Certbot) ->
         state.lineages[NAME] = deployed
         [check] = report.verify_checks(state, [NAME])
         assert check.status == status, check
+        assert report.held_status(deployed.held) == status  # doctor's rule too
         assert deployed.held["publish"][0] in check.message
     assert report.verify_checks(State(), [NAME]) == []
 

@@ -103,13 +103,18 @@ def verify_checks(state: State, names: Iterable[str]) -> list[Finding]:
         lineage = state.lineages.get(name)
         if lineage is None or not lineage.held:
             continue
-        start = lineage.held.get("not_before")
-        judged = expiry.judge(parse_time(lineage.held["not_after"]),
-                              parse_time(start) if start else None, current)
-        status = WARNING if judged.status == OK else CRITICAL
-        checks.append(Finding(f"dane-held {name}", status,
+        checks.append(Finding(f"dane-held {name}", held_status(lineage.held, current),
                               held_message(name, lineage.held, current)))
     return checks
+
+
+def held_status(held: dict[str, Any], when: Optional[datetime.datetime] = None) -> str:
+    """WARNING while a hold lasts; CRITICAL once the held certificate would itself be
+    judged overdue for renewal (``expiry.judge``), long before it expires."""
+    start = held.get("not_before")
+    judged = expiry.judge(parse_time(held["not_after"]), parse_time(start) if start else None,
+                          when or now())
+    return WARNING if judged.status == OK else CRITICAL
 
 
 def doctor_checks(config_dir: str, state: State) -> list[Finding]:
@@ -182,5 +187,6 @@ def _doctor_lineage(config_dir: str, deployed: DeployedLineage,
                               "no validated TLSA records: DANE senders do not pin this "
                               "certificate"))
     if deployed.held:
-        checks.append(Finding(f"dane {name}", WARNING, held_message(name, deployed.held)))
+        checks.append(Finding(f"dane {name}", held_status(deployed.held),
+                              held_message(name, deployed.held)))
     return checks
