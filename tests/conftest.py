@@ -245,8 +245,30 @@ def dovecot_lab(dovecot_config: Optional[DovecotLab]) -> DovecotLab:
     return dovecot_config
 
 
+@pytest.fixture(scope="session")
+def shortlived_pebble() -> Iterator[lab.Pebble]:
+    """A second Pebble, issuing 160-hour certificates (Let's Encrypt's shortlived profile)."""
+    need("pebble")
+    server = lab.Pebble(_SCRATCH / "pebble-shortlived", validity_seconds=lab.SHORTLIVED_SECONDS,
+                        offset=100)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=certbot_pythons(), ids=lambda flavor: flavor[0])
 def certbot(request: pytest.FixtureRequest, pebble: lab.Pebble) -> lab.Certbot:
+    return _runner(request, pebble)
+
+
+@pytest.fixture(params=certbot_pythons(), ids=lambda flavor: flavor[0])
+def shortlived_certbot(request: pytest.FixtureRequest,
+                       shortlived_pebble: lab.Pebble) -> lab.Certbot:
+    """certbot (PyPI's, Debian's) against the Pebble that issues 160-hour certificates."""
+    return _runner(request, shortlived_pebble)
+
+
+def _runner(request: pytest.FixtureRequest, pebble: lab.Pebble) -> lab.Certbot:
     flavor, python = request.param
     # Like /etc/letsencrypt, the config dir's ancestors are traversable (0755):
     # pytest's tmp_path is not, and key-permission checks would rightly complain.

@@ -115,6 +115,7 @@ class Material:
             "intermediates_sha256": [sha256_der(cert) for cert in self.chain],
             "names": self.names,
             "not_after": self.not_after.isoformat(),
+            "not_before": not_before(self.leaf).isoformat(),
         }
 
     def combined(self) -> bytes:
@@ -178,6 +179,14 @@ def not_after(cert: x509.Certificate) -> datetime.datetime:
     value = getattr(cert, "not_valid_after_utc", None)
     if value is None:
         value = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    return value
+
+
+def not_before(cert: x509.Certificate) -> datetime.datetime:
+    """Start of validity as an aware UTC datetime, on old and new cryptography alike."""
+    value = getattr(cert, "not_valid_before_utc", None)
+    if value is None:
+        value = cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
     return value
 
 

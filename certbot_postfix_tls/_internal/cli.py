@@ -198,9 +198,7 @@ def _verify(args: argparse.Namespace) -> int:
         where = f" (Postfix {state.postfix_dir})" if state.instance else ""
         if state.pending:
             checks.append(Finding(
-                "pending-reload", "CRITICAL",
-                f"a renewal was deployed but {', '.join(state.pending)} was not reloaded "
-                f"successfully{where}: run certbot-postfix-tls hook post and read its error"))
+                "pending-reload", "CRITICAL", services.pending_message(state, where)))
         checks += dane_report.verify_checks(state, [lineage.name for lineage in lineages])
         snapshot.services = list(dict.fromkeys([*snapshot.services,
                                                 *daemons.configured_names(state)]))

@@ -65,6 +65,8 @@ class Staged:
     site: pipeline.Site
     desired: pipeline.Desired
     applied: bool = False
+    # Files the daemons read that the write changed (None: not written yet).
+    changed: Optional[list[str]] = None
 
 
 class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
@@ -431,13 +433,21 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
 
             with plugin_lock(self.config.config_dir):
                 try:
-                    pipeline.write(staged.site, staged.desired, checkpoint)
+                    snapshot = pipeline.write(staged.site, staged.desired, checkpoint)
                 except (errors.Error, OSError):
                     # Nothing half-applied: the snapshot is restored; drop the checkpoint.
                     self.reverter.recovery_routine()
                     self._staged = None
                     raise
             staged.applied = True
+            # The state and the hooks are not read by the daemons; postmap's index of an
+            # unchanged SNI table differs in its bytes, not in what it answers.
+            config_dir, instance = self.config.config_dir, staged.desired.state.instance
+            staged.changed = snapshot.changed(
+                [staged.desired.state.file(config_dir)]
+                + [hooks.hook_path(config_dir, kind) for kind in hooks.KINDS]
+                + [sni.index_path(config_dir, kind, instance) for kind in sni.INDEX_SUFFIX])
+            logger.debug("postfix-tls: the write changed %s", staged.changed or "nothing")
             self._report(staged)
         if title and not temporary:
             self.finalize_checkpoint(title)
@@ -506,6 +516,16 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         judged = [staged.lineage.name] if staged is not None and staged.applied else None
         with plugin_lock(config_dir):
             site = pipeline.Site.from_state(config_dir, state)
+            if staged is not None and staged.changed == [] and not state.pending:
+                # Nothing the daemons read changed and no reload is pending: with certbot
+                # >= 5.3, `certbot run` on a deployed lineage ran the deploy and post hooks
+                # (which deployed, reloaded and verified the renewal) before this. A second
+                # reload would cut Dovecot's sessions again for nothing: verify only, and
+                # reload after all if what is served is not what was deployed.
+                if not pipeline.activate(site, state, [], judged, self._quiet):
+                    logger.info("postfix-tls: nothing changed since the last reload; "
+                                "verified without reloading")
+                    return
             problems = pipeline.activate(site, state, site.names(), judged, self._warn)
             if problems:
                 raise errors.MisconfigurationError(
@@ -516,6 +536,10 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
             if state.pending and state.lineages:
                 state.pending, state.renewed = [], []
                 state.save(config_dir)
+
+    @staticmethod
+    def _quiet(message: str) -> None:
+        logger.info("postfix-tls: %s", message)
 
     @staticmethod
     def _warn(message: str) -> None:

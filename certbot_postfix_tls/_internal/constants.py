@@ -46,8 +46,24 @@ DOVECOT_BASE_DIR = "/run/dovecot"
 # DANE (dane/): the activation history, kept outside certbot's checkpoints so that a
 # rollback never serves a key older than one already in service.
 DANE_HISTORY_FILE = "dane-history.json"
-# A hold that never cleared turns verify/doctor/metrics CRITICAL when this share of the
-# held certificate's lifetime is left (15 days of 90); the lifetime assumed for a hold
-# recorded without its certificate's start.
-DANE_HELD_CRITICAL_SHARE = 1 / 6
-DANE_ASSUMED_LIFETIME_DAYS = 90
+# Expiry, judged against the certificate's own lifetime (expiry.py). certbot (>= 4.0)
+# renews when a third of the lifetime is left, half below ten days of lifetime.
+RENEW_SHARE = 1 / 3
+RENEW_SHARE_SHORT = 1 / 2
+SHORT_LIFETIME_DAYS = 10
+# WARNING when less than this share of the lifetime is left (certbot should have renewed
+# long before), at most WARN_DAYS: a 90-day certificate warns at 14 days, as it always did.
+WARN_SHARE = 14 / 90
+WARN_DAYS = 14
+# CRITICAL when less than this share is left (about to expire), at most CRITICAL_DAYS.
+CRITICAL_SHARE = 3 / 90
+CRITICAL_DAYS = 3
+# The lifetime assumed when a certificate's start is unknown (a state written before it
+# was recorded): Let's Encrypt's long-standing 90 days.
+DEFAULT_LIFETIME_DAYS = 90
+
+# Let's Encrypt's profiles for short-lived certificates (160 hours: shortlived; 45 days:
+# tlsserver) accept at most this many names per certificate; a renewal configuration
+# naming one (preferred_profile/required_profile) for a larger lineage cannot renew.
+SHORT_PROFILES = ("shortlived", "tlsserver")
+SHORT_PROFILE_MAX_NAMES = 25

@@ -1,12 +1,12 @@
 """``verify --prometheus FILE``: the verdict in node_exporter's textfile-collector format.
 
 The conventions are those of the certificate exporters (ssl_exporter,
-x509-certificate-exporter): expiry as an epoch gauge (alert on
-``... - time() < 14 * 86400``), 0/1 gauges for what was observed, no
-client-side timestamps (the textfile collector refuses them). Every label value
-comes from a bounded set: deployed lineage names, the configured services,
-addresses and ports, the certificates' own names, a few key algorithms. Nothing
-a server sends back ends up in a label.
+x509-certificate-exporter): validity start and expiry as epoch gauges (alert
+relative to the lifetime, as ``verify`` judges: docs/monitoring.md), 0/1 gauges
+for what was observed, no client-side timestamps (the textfile collector
+refuses them). Every label value comes from a bounded set: deployed lineage
+names, the configured services, addresses and ports, the certificates' own
+names, a few key algorithms. Nothing a server sends back ends up in a label.
 
 Endpoints of a stopped service are probed too when metrics are written, so
 each series stays present with ``endpoint_up 0`` instead of vanishing (an
@@ -29,12 +29,16 @@ PREFIX = "certbot_postfix_tls_"
 FAMILIES = {
     "cert_not_after_seconds":
         "Expiry (Unix time) of the leaf certificate the endpoint served.",
+    "cert_not_before_seconds":
+        "Start of validity (Unix time) of the leaf certificate the endpoint served.",
     "served_matches_lineage":
         "1 if the endpoint served the lineage's deployed certificate, else 0.",
     "endpoint_up":
         "1 if the TLS handshake with the endpoint completed, else 0.",
     "lineage_not_after_seconds":
         "Expiry (Unix time) of the certificate deployed for the lineage.",
+    "lineage_not_before_seconds":
+        "Start of validity (Unix time) of the certificate deployed for the lineage.",
     "pending_reload":
         "1 if a renewal was deployed but the service was not reloaded successfully.",
     "last_verify_timestamp_seconds":
@@ -99,12 +103,16 @@ def render(snapshot: Snapshot) -> str:
         add("endpoint_up", endpoint, 1 if up else 0)
         add("served_matches_lineage", endpoint,
             1 if up and result.served_sha256 == result.expected_sha256 else 0)
+        served = [*endpoint, ("algorithm", result.served_algorithm or "other")]
         if result.served_not_after is not None:
-            add("cert_not_after_seconds",
-                [*endpoint, ("algorithm", result.served_algorithm or "other")],
-                result.served_not_after.timestamp())
+            add("cert_not_after_seconds", served, result.served_not_after.timestamp())
+        if result.served_not_before is not None:
+            add("cert_not_before_seconds", served, result.served_not_before.timestamp())
     for name, expected in snapshot.lineages.items():
         add("lineage_not_after_seconds", [("lineage", name)], expected.not_after.timestamp())
+        if expected.not_before is not None:
+            add("lineage_not_before_seconds", [("lineage", name)],
+                expected.not_before.timestamp())
     for service in snapshot.services:
         add("pending_reload", [("service", service)], 1 if service in snapshot.pending else 0)
     add("last_verify_timestamp_seconds", [], snapshot.timestamp)

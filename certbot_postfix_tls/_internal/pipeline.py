@@ -269,6 +269,28 @@ class Snapshot:
                 self.saved[path] = _Saved(handle.read(), info.st_mode & 0o7777,
                                           info.st_uid, info.st_gid)
 
+    def changed(self, ignore: Iterable[str] = ()) -> list[str]:
+        """The kept files whose bytes differ now from before (created or removed too),
+        except ``ignore``: what a reload would make the daemons read anew."""
+        skip = set(ignore)
+        found = []
+        for path, saved in self.saved.items():
+            if path in skip:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                now = None
+            except OSError:
+                found.append(path)  # cannot tell: count it as changed
+                continue
+            else:
+                with os.fdopen(fd, "rb") as handle:
+                    now = handle.read()
+            if now != (saved.data if saved is not None else None):
+                found.append(path)
+        return found
+
     def restore(self) -> None:
         """Put every file back as it was (created ones are removed)."""
         for path, saved in reversed(list(self.saved.items())):

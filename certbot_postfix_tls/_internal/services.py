@@ -52,6 +52,17 @@ def stopped(state: State) -> list[tuple[str, str]]:
             for daemon in daemons.for_state(state) if daemon.running() is False]
 
 
+def pending_message(state: State, where: str = "") -> str:
+    """Why services still await a reload after a renewal, and the one command that
+    finishes it (``where``: which Postfix instance, for the non-default ones)."""
+    renewed = ", ".join(state.renewed) or "a lineage"
+    waiting = ", ".join(state.pending)
+    return (f"{renewed} was renewed and deployed but {waiting} not reloaded{where}: the post "
+            "hook failed, or never ran (certbot before 5.3 runs it after `certbot renew` only, "
+            "not after `certonly` or `run`); run certbot-postfix-tls hook post, which reloads "
+            "once or says why it cannot")
+
+
 def sni_names(expected: verify.ExpectedCert) -> list[str]:
     """The names a client would ask for: the certificate's, wildcards skipped when others exist."""
     names = list(expected.names)
@@ -75,6 +86,8 @@ def expected_cert(lineage: DeployedLineage, derived: bool = True) -> verify.Expe
         intermediates_sha256=tuple(recorded["intermediates_sha256"]),
         names=tuple(recorded["names"]),
         not_after=datetime.fromisoformat(str(recorded["not_after"])),
+        not_before=(datetime.fromisoformat(str(recorded["not_before"]))
+                    if recorded.get("not_before") else None),
     )
 
 

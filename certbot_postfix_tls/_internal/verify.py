@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certbot_postfix_tls._internal import certs
+from certbot_postfix_tls._internal import certs, constants, expiry
 from certbot_postfix_tls._internal.dialogues import Handshake, handshake
 from certbot_postfix_tls._internal.tls_client import (
     Advice,
@@ -46,8 +46,9 @@ __all__ = [
 ]
 
 
-WARN_DAYS = 14
-"""A served certificate with fewer days left than this is a WARNING."""
+WARN_DAYS = constants.WARN_DAYS
+"""At most this many days left is a WARNING (90-day certificates and longer); shorter
+lifetimes warn later, in proportion (``expiry.judge``)."""
 
 _RETRY_INTERVAL = 0.2
 
@@ -61,6 +62,7 @@ class _CertInfo:
     ip_addresses: tuple[str, ...]
     not_after: datetime
     algorithm: str = ""  # key_algorithm() of the certificate's public key
+    not_before: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class ExpectedCert:
     intermediates_sha256: tuple[str, ...]
     names: tuple[str, ...]
     not_after: datetime
+    # None in a state recorded before it was kept: expiry then assumes 90 days of lifetime.
+    not_before: datetime | None = None
 
     @classmethod
     def from_fullchain(cls, path: str) -> ExpectedCert:
@@ -92,6 +96,7 @@ class ExpectedCert:
             intermediates_sha256=tuple(_sha256(d) for d in ders[1:]),
             names=info.dns_names,
             not_after=info.not_after,
+            not_before=info.not_before,
         )
 
 
@@ -116,6 +121,7 @@ class EndpointResult:
     endpoint: Endpoint | None = field(default=None, compare=False, repr=False)
     # The served leaf's expiry and key algorithm (None/"" without a handshake), for metrics.
     served_not_after: datetime | None = field(default=None, compare=False)
+    served_not_before: datetime | None = field(default=None, compare=False)
     served_algorithm: str = field(default="", compare=False)
     # The key type the client asked for ("rsa"/"ecdsa" by signature algorithms), when an
     # endpoint serves two certificates side by side; "" when the client offered all.
@@ -235,7 +241,8 @@ def _cert_info(der: bytes) -> _CertInfo | None:
             ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
         except x509.ExtensionNotFound:
             dns, ips = (), ()
-        return _CertInfo(common_name, dns, ips, _not_after(cert), key_algorithm(cert))
+        return _CertInfo(common_name, dns, ips, _not_after(cert), key_algorithm(cert),
+                         certs.not_before(cert))
     except ValueError:
         return None
 
@@ -301,7 +308,9 @@ def _judge(
     where = where_of(endpoint)
     served = _sha256(shake.leaf_der)
     info = _cert_info(shake.leaf_der)
-    days_left = _days_left(info.not_after if info else expected.not_after, now)
+    judged = (expiry.judge(info.not_after, info.not_before, now) if info else
+              expiry.judge(expected.not_after, expected.not_before, now))
+    days_left = judged.days_left
     target = sni or (expected.names[0] if expected.names else None)
     name_ok: bool | None = None
     if target is not None and info is not None:
@@ -330,6 +339,7 @@ def _judge(
             kind=kind,
             endpoint=endpoint,
             served_not_after=info.not_after if info else None,
+            served_not_before=info.not_before if info else None,
             served_algorithm=info.algorithm if info else "",
         )
 
@@ -358,18 +368,24 @@ def _judge(
             f"serves a certificate that does not cover {printable(str(target))}"
             f" (it covers {covered or 'no DNS name'})"
         )
-    if days_left < 0:
+    if judged.expired:
         kinds.append("expired")
         problems.append(
-            f"serves a certificate that expired {-days_left} day(s) ago - run certbot renew"
+            f"serves a certificate that {judged.reason()} - run certbot renew"
+        )
+    elif judged.status == "CRITICAL":
+        kinds.append("expiring")
+        problems.append(
+            f"serves the deployed certificate, but it {judged.reason()} - run certbot renew"
+            " and check the renewal hooks"
         )
     if problems:
         return result("CRITICAL", chain_ok, f"{where} {'; '.join(problems)}.", kinds[0])
-    if days_left < WARN_DAYS:
+    if judged.status == "WARNING":
         return result(
             "WARNING",
             chain_ok,
-            f"{where} serves the deployed certificate, but it expires in {days_left} day(s)"
+            f"{where} serves the deployed certificate, but it {judged.reason()}"
             " - check that renewal works.",
             "expiring",
         )
@@ -377,7 +393,7 @@ def _judge(
         "OK",
         chain_ok,
         f"{where} serves the deployed certificate (sha256 {served[:16]}) with its chain,"
-        f" valid for {printable(str(target))} for {days_left} more days.",
+        f" valid for {printable(str(target))} for {expiry.duration(judged.left)} more.",
         "ok",
     )
 
@@ -396,7 +412,8 @@ def check_endpoint(
     CRITICAL when the endpoint cannot be reached or the protocol/TLS exchange fails,
     another leaf is served, an intermediate of fullchain.pem is missing from the served
     chain, the name (``sni``, else the first expected name) is not covered, or the
-    certificate has expired; WARNING when fewer than 14 days are left; OK otherwise.
+    certificate has expired or is about to; WARNING when certbot should have renewed it
+    long ago (``expiry.judge``: 14 days left of 90, 25 hours of 160); OK otherwise.
     While the connection is refused/dropped or another leaf is served, it retries about
     every 0.2 s for ``retry_seconds`` (an old process may still answer after a reload)
     and reports the last attempt.

@@ -141,15 +141,18 @@ def dovecot_certificate(dovecot_config: DovecotLab, cert: str | Path, key: str |
 
 
 def self_signed(directory: Path, name: str, days: float,
-                usages: tuple[x509.ObjectIdentifier, ...] = ()) -> tuple[Path, Path]:
-    """A certificate (expiring in ``days``, negative: expired) and its key."""
+                usages: tuple[x509.ObjectIdentifier, ...] = (),
+                lifetime: Optional[float] = None) -> tuple[Path, Path]:
+    """A certificate (expiring in ``days``, negative: expired; valid for ``lifetime``
+    days in all, else from 90 days ago) and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (lab.as_issued(x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
                              .public_key(key.public_key())
                              .serial_number(x509.random_serial_number())
-                             .not_valid_before(now - datetime.timedelta(days=90))
+                             .not_valid_before(now - datetime.timedelta(
+                                 days=90 if lifetime is None else lifetime - days))
                              .not_valid_after(now + datetime.timedelta(days=days)),
                              key.public_key(), key.public_key(), ca=False)
                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]),
@@ -547,15 +550,38 @@ def test_expiring_and_expired_certificates_on_any_port(
     assert set(found) == {"WARNING", "CRITICAL"}, found
     assert found["WARNING"].startswith("port 25 (postfix smtp) serves a certificate for "
                                        f"CN={NAME}"), found
-    assert "(in 4 day(s)); fix: put a current certificate in " f"{soon}, then postfix reload" \
+    # 95 days of lifetime, 4 days left: past the 14-day warning, before the 3-day critical.
+    assert "(expires in 4 day(s): certbot should have renewed it at " in found["WARNING"]
+    assert "; fix: put a current certificate in " f"{soon}, then postfix reload" \
         in found["WARNING"]
     assert found["CRITICAL"].startswith("ports 143 (dovecot imap), 993 (dovecot imaps)")
-    assert "(3 day(s) ago); fix: put a current certificate in " f"{expired}, then doveadm " \
-        "reload" in found["CRITICAL"]
+    assert "(expired 3 day(s) ago); fix: put a current certificate in " f"{expired}, then " \
+        "doveadm reload" in found["CRITICAL"]
 
     code, verified = cli(tmp_path, "verify")
     assert code == 2
     assert {e["port"]: e["status"] for e in verified["endpoints"]}[25] == "WARNING"
+
+
+def test_shortlived_certificates_judged_by_their_lifetime(
+    tmp_path: Path, postfix_lab: lab.PostfixLab,
+) -> None:
+    """160-hour certificates: fresh is OK (a fixed 14 days would warn forever), WARNING
+    once certbot's renewal point (80 hours left) is long past, CRITICAL when expired."""
+    hours = 160 / 24
+    for name, left, status in (("fresh", 150 / 24, "OK"), ("overdue", 20 / 24, "WARNING"),
+                               ("expired", -10 / 24, "CRITICAL")):
+        cert, key = self_signed(tmp_path / name, NAME, left, lifetime=hours)
+        postfix_certificate(postfix_lab, cert, key)
+        reload_postfix()
+        _, report = doctor(tmp_path)
+        found = named(report, "expiry")
+        assert [c["status"] for c in found] == [status], found
+        if status == "WARNING":
+            assert "(expires in 19 hour(s): certbot should have renewed it at " in (
+                found[0]["message"]), found
+        _, verified = cli(tmp_path, "verify")
+        assert {e["port"]: e["status"] for e in verified["endpoints"]}[25] == status, verified
 
 
 def test_port_25_requiring_tls(tmp_path: Path, postfix_lab: lab.PostfixLab) -> None:

@@ -211,7 +211,8 @@ def test_watchdog_units_run_verify_unprivileged(
     assert [_command(p, "/var/lib")[0] for p in publish] == ["/bin/chown", "/bin/mv"]
     assert _command(publish[-1], "/var/lib")[-1] == (
         "/var/lib/prometheus/node-exporter/certbot-postfix-tls.prom")
-    assert unit_values(timer, "Timer", "OnCalendar") == ["00/6:00"]
+    # Hourly: a 160-hour certificate is CRITICAL only in its last 5 hours.
+    assert unit_values(timer, "Timer", "OnCalendar") == ["hourly"]
     assert unit_values(timer, "Timer", "RandomizedDelaySec")
     assert unit_values(timer, "Timer", "Persistent") == ["true"]
     assert unit_values(timer, "Install", "WantedBy") == ["timers.target"]
@@ -238,9 +239,9 @@ def test_watchdog_units_run_verify_unprivileged(
         assert "Service runs under a transient non-root user identity" in security.stdout, (
             security.stdout + security.stderr)
         calendar = subprocess.run(
-            [analyze, "calendar", "--iterations=3", "00/6:00"],
+            [analyze, "calendar", "--iterations=3", "hourly"],
             capture_output=True, text=True, timeout=60, check=True).stdout
-        assert "Normalized form: *-*-* 00/6:00:00" in calendar
+        assert "Normalized form: *-*-* *:00:00" in calendar
 
     # The unit's command, as its user, against a deployment in the default config dir.
     need_lab()  # /etc and /var below are the lab's overlays

@@ -55,6 +55,8 @@ LAB_HOSTNAME = "mail.example.org"
 PEBBLE_PORT = 14000
 PEBBLE_MANAGEMENT_PORT = 15000
 HTTP01_PORT = 5002
+# Let's Encrypt's shortlived profile: 160-hour certificates.
+SHORTLIVED_SECONDS = 160 * 3600
 
 
 class LabError(RuntimeError):
@@ -294,10 +296,19 @@ class Pebble:
     proc: Optional[subprocess.Popen[bytes]] = None
     ca_bundle: Path = field(init=False)
     _log: Optional[IO[bytes]] = None
+    # Lifetime of the certificates it issues (certificateValidityPeriod, seconds; None:
+    # pebble's default of five years), e.g. SHORTLIVED_SECONDS. A second Pebble beside
+    # the session's needs other ports (``offset`` is added to each).
+    validity_seconds: Optional[int] = None
+    offset: int = 0
+
+    @property
+    def port(self) -> int:
+        return PEBBLE_PORT + self.offset
 
     @property
     def directory_url(self) -> str:
-        return f"https://127.0.0.1:{PEBBLE_PORT}/dir"
+        return f"https://127.0.0.1:{self.port}/dir"
 
     def start(self) -> None:
         binary = process.find_tool("pebble")
@@ -310,14 +321,17 @@ class Pebble:
             json.dumps(
                 {
                     "pebble": {
-                        "listenAddress": f"127.0.0.1:{PEBBLE_PORT}",
-                        "managementListenAddress": f"127.0.0.1:{PEBBLE_MANAGEMENT_PORT}",
+                        "listenAddress": f"127.0.0.1:{self.port}",
+                        "managementListenAddress":
+                            f"127.0.0.1:{PEBBLE_MANAGEMENT_PORT + self.offset}",
                         "certificate": str(cert),
                         "privateKey": str(key),
                         "httpPort": HTTP01_PORT,
                         "tlsPort": 5001,
                         "ocspResponderURL": "",
                         "externalAccountBindingRequired": False,
+                        **({"certificateValidityPeriod": self.validity_seconds}
+                           if self.validity_seconds else {}),
                     }
                 }
             )
@@ -333,7 +347,7 @@ class Pebble:
         self.proc = subprocess.Popen(  # noqa: S603
             [binary, "-config", str(config)], stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
-        wait_for_port(PEBBLE_PORT)
+        wait_for_port(self.port)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -185,7 +185,7 @@ def test_package_contents(built: Built) -> None:
     dane_check = ["./lib/systemd/system/certbot-postfix-tls-dane.service",
                   "./lib/systemd/system/certbot-postfix-tls-dane.timer",
                   "./etc/cron.d/certbot-postfix-tls-dane"]
-    # The verify watchdog: verify --prometheus every 6 hours as an unprivileged user.
+    # The verify watchdog: verify --prometheus hourly as an unprivileged user.
     dane_check += ["./lib/systemd/system/certbot-postfix-tls-verify.service",
                    "./lib/systemd/system/certbot-postfix-tls-verify.timer"]
     assert not [path for path in dane_check if path not in files]

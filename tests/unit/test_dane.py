@@ -53,8 +53,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
           issuer_key: ec.EllipticCurvePrivateKey, ca: bool, names: tuple[str, ...] = (),
-          days: int = 90) -> x509.Certificate:
-    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+          days: float = 90, age: float = 1) -> x509.Certificate:
+    """Valid for ``days``, from ``age`` days ago."""
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=age)
     builder = lab.as_issued(
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -85,9 +86,9 @@ class CA:
         return cls(root_key, inter_key, inter, name)
 
     def issue(self, key: ec.EllipticCurvePrivateKey, names: tuple[str, ...] = (NAME,),
-              days: int = 90) -> tuple[bytes, bytes]:
+              days: float = 90, age: float = 1) -> tuple[bytes, bytes]:
         leaf = _cert(names[0], key, self.name, self.inter_key, ca=False, names=names,
-                     days=days)
+                     days=days, age=age)
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, self.inter))
         key_pem = key.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.PKCS8,
@@ -623,9 +624,9 @@ def test_rollback_rebuilds_the_held_version(site: Certbot) -> None:
 def test_verify_warns_while_held_and_is_critical_well_before_expiry(site: Certbot) -> None:
     state = State()
     ca = CA.make()
-    # 90-day certificates: CRITICAL once a sixth of the lifetime (15 days) is left; a 6-day
-    # certificate: one day.
-    for lifetime, days, status in ((90, 60, "WARNING"), (90, 14, "CRITICAL"),
+    # CRITICAL once the held certificate would itself be judged expiring (expiry.judge):
+    # under 14 days left of 90; under 14/90 of a 6-day certificate's lifetime (22 hours).
+    for lifetime, days, status in ((90, 60, "WARNING"), (90, 13, "CRITICAL"),
                                    (6, 2, "WARNING"), (6, 0.9, "CRITICAL")):
         site = Certbot(site.config_dir.parent / f"c{lifetime}-{days}")
         site.renew(*ca.issue(_key(), days=lifetime))
@@ -639,6 +640,7 @@ def test_verify_warns_while_held_and_is_critical_well_before_expiry(site: Certbo
         assert finding.status == status, (lifetime, days, finding)
         assert deployed.held["publish"][0] in finding.message
         state.lineages[NAME] = deployed
+        assert report.held_status(deployed.held, when) == status  # doctor's rule too
     assert report.verify_checks(State(), [NAME]) == []
 
 

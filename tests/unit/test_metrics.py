@@ -16,7 +16,7 @@ from certbot import errors
 from cryptography import x509
 from lab.metrics import labels_of, node_exporter, parse, promtool_check, scrape, values
 
-from certbot_postfix_tls._internal import metrics, verify
+from certbot_postfix_tls._internal import certs, metrics, verify
 
 # --- fixtures: real certificates, results as verify makes them ------------------
 
@@ -36,6 +36,7 @@ def _result(port: int, sni: str | None, expected: str, served: x509.Certificate 
         served_sha256=served_sha256, expected_sha256=expected, chain_complete=None,
         name_matches=None, days_left=None, message="",
         served_not_after=verify._not_after(served) if served is not None else None,
+        served_not_before=certs.not_before(served) if served is not None else None,
         served_algorithm=verify.key_algorithm(served) if served is not None else "",
     )
 
@@ -46,7 +47,8 @@ def _snapshot() -> metrics.Snapshot:
     other = _leaf(ca, "stale.example.net", trustme.KeyType.RSA)
     good_sha = verify._sha256(good.public_bytes(verify.Encoding.DER))
     other_sha = verify._sha256(other.public_bytes(verify.Encoding.DER))
-    expected = verify.ExpectedCert(good_sha, (), ("mail.example.org",), verify._not_after(good))
+    expected = verify.ExpectedCert(good_sha, (), ("mail.example.org",), verify._not_after(good),
+                                   certs.not_before(good))
     return metrics.Snapshot(
         status="CRITICAL",
         timestamp=NOW.timestamp() + 0.25,
@@ -78,6 +80,13 @@ def test_render_follows_the_exporters_conventions() -> None:
     assert values(samples, "cert_not_after_seconds", port="25", algorithm="ecdsa-p256")
     assert values(samples, "cert_not_after_seconds", port="2526", algorithm="rsa2048")
     assert not values(samples, "cert_not_after_seconds", port="587")  # nothing served
+    # The start of validity too, with the same labels: alert rules relative to the lifetime.
+    assert values(samples, "cert_not_before_seconds", port="25", sni="") == [
+        good.not_before.timestamp()]
+    assert labels_of(samples, "cert_not_before_seconds") == labels_of(
+        samples, "cert_not_after_seconds")
+    assert values(samples, "lineage_not_before_seconds", lineage="mail.example.org") == [
+        good.not_before.timestamp()]
     assert values(samples, "lineage_not_after_seconds", lineage="mail.example.org") == [
         good.not_after.timestamp()]
     assert values(samples, "served_matches_lineage", port="25") == [1, 1]

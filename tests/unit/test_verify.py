@@ -38,6 +38,7 @@ class Pki:
     other: trustme.LeafCert
     soon: trustme.LeafCert
     expired: trustme.LeafCert
+    short: trustme.LeafCert
 
     def fullchain(self, leaf: trustme.LeafCert) -> str:
         path = self.tmp / f"fullchain-{id(leaf)}.pem"
@@ -84,8 +85,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         tmp=tmp_path_factory.mktemp("pki"),
         good=good,
         other=inter.issue_cert("old.example.com", common_name="old.example.com"),
-        soon=issue_dated(inter, chain, NAME, NOW - timedelta(days=1),
+        # 90 days of lifetime, 5 left: past the 14-day warning, before the 3-day critical.
+        soon=issue_dated(inter, chain, NAME, NOW - timedelta(days=84, hours=18),
                          NOW + timedelta(days=5, hours=6)),
+        # 160 hours, fresh: certbot renews it with 80 hours left.
+        short=issue_dated(inter, chain, NAME, NOW - timedelta(hours=1),
+                          NOW + timedelta(hours=159)),
         expired=issue_dated(inter, chain, NAME, NOW - timedelta(days=90),
                             NOW - timedelta(days=2, hours=6)),
     )
@@ -492,6 +497,28 @@ def test_expired_is_critical(serve, pki):
     assert result.status == "CRITICAL"
     assert result.days_left == -3
     assert "expired" in result.message
+
+
+def test_short_lived_certificate_judged_by_its_lifetime(serve, pki):
+    # A fresh 160-hour certificate is OK (a fixed 14 days would call it expiring forever);
+    # WARNING once certbot's renewal point (80 hours left) is long past (25 hours left);
+    # CRITICAL with about 5 hours left, before it expires.
+    server = serve(certs=[pki.short])
+    expected = pki.expected(pki.short)
+    result = check(server, expected)
+    assert result.status == "OK", result.message
+    assert result.message.endswith("for 6 day(s) more."), result.message
+    end = expected.not_after
+    assert expected.not_before is not None and end - expected.not_before == timedelta(hours=160)
+    for left, status in ((timedelta(hours=30), "OK"), (timedelta(hours=24), "WARNING"),
+                         (timedelta(hours=5), "CRITICAL"), (-timedelta(hours=1), "CRITICAL")):
+        result = check(server, expected, now=end - left)
+        assert result.status == status, (left, result.message)
+    result = check(server, expected, now=end - timedelta(hours=24))
+    assert "expires in 24 hour(s): certbot should have renewed it at " in result.message
+    assert "(a half of its 6 day(s) lifetime left)" in result.message
+    result = check(server, expected, now=end - timedelta(hours=5))
+    assert result.kind == "expiring" and "run certbot renew" in result.message
 
 
 def test_days_left_uses_now(serve, pki):

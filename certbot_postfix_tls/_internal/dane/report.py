@@ -10,7 +10,7 @@ from typing import Any, Optional
 from certbot import errors
 from cryptography import x509
 
-from certbot_postfix_tls._internal import constants
+from certbot_postfix_tls._internal import expiry
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dane import archive, names
@@ -91,11 +91,11 @@ def held_message(name: str, held: dict[str, Any], when: Optional[datetime.dateti
     """One sentence: what is held, since when, why, and what to do."""
     when = when or now()
     expires = parse_time(held["not_after"])
-    days = (expires - when).days
     since = parse_time(held["since"]) if held.get("since") else when
     head = (f"DANE: lineage {name} is held (since {since:%Y-%m-%d %H:%M} UTC, "
             f"{(when - since).days} days): Postfix keeps serving archive version "
-            f"{held['version']} (expires {expires:%Y-%m-%d}, in {days} days) because ")
+            f"{held['version']} (expires {expires:%Y-%m-%d %H:%M} UTC, in "
+            f"{expiry.duration(expires - when)}) because ")
     if held.get("failed"):
         return (head + f"{held['failed']}, so the renewal cannot be checked against the "
                 "published records; certbot-postfix-tls dane check looks again (hourly while "
@@ -112,20 +112,11 @@ def held_message(name: str, held: dict[str, Any], when: Optional[datetime.dateti
             "twice the record set's TTL after they were first seen")
 
 
-def critical_at(held: dict[str, Any]) -> datetime.datetime:
-    """When a hold that never cleared turns CRITICAL: a fixed share of the held
-    certificate's lifetime before its end (15 days of a 90-day certificate, one of a
-    6-day one), so that there is time to publish the record or deploy without DANE."""
-    end = parse_time(held["not_after"])
-    start = parse_time(held["not_before"]) if held.get("not_before") else (
-        end - datetime.timedelta(days=constants.DANE_ASSUMED_LIFETIME_DAYS))
-    return end - (end - start) * constants.DANE_HELD_CRITICAL_SHARE
-
-
 def held_finding(name: str, held: dict[str, Any], when: datetime.datetime) -> Finding:
-    """WARNING while held; CRITICAL once the held certificate nears its end."""
+    """WARNING while held; CRITICAL once the held certificate is itself past the point
+    where it would be judged expiring (``held_status``)."""
     message = held_message(name, held, when)
-    if when >= critical_at(held):
+    if held_status(held, when) == CRITICAL:
         return Finding(f"dane-held {name}", CRITICAL,
                        message + "; the hold has lasted too long: the served certificate "
                        "expires soon (publish the record, or deploy with "
@@ -134,7 +125,9 @@ def held_finding(name: str, held: dict[str, Any], when: datetime.datetime) -> Fi
 
 
 def verify_checks(state: State, names: Iterable[str]) -> list[Finding]:
-    """verify's (and the metrics') findings for held lineages (``held_finding``)."""
+    """verify's findings for held lineages: WARNING; CRITICAL once the held certificate
+    is past the point where it would be judged expiring (``expiry.judge``: 14 days
+    left of 90, 25 hours of 160), so the alarm comes well before a hold lets it expire."""
     current = now()
     checks = []
     for name in sorted(names):
@@ -143,6 +136,15 @@ def verify_checks(state: State, names: Iterable[str]) -> list[Finding]:
             continue
         checks.append(held_finding(name, lineage.held, current))
     return checks
+
+
+def held_status(held: dict[str, Any], when: Optional[datetime.datetime] = None) -> str:
+    """WARNING while a hold lasts; CRITICAL once the held certificate would itself be
+    judged overdue for renewal (``expiry.judge``), long before it expires."""
+    start = held.get("not_before")
+    judged = expiry.judge(parse_time(held["not_after"]), parse_time(start) if start else None,
+                          when or now())
+    return WARNING if judged.status == OK else CRITICAL
 
 
 def doctor_checks(config_dir: str, state: State) -> list[Finding]:

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from certbot_postfix_tls._internal import certs, services, tls_client, verify
+from certbot_postfix_tls._internal import certs, expiry, services, tls_client, verify
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.dialogues import Handshake
 from certbot_postfix_tls._internal.doctor.context import Context, Probe, is_root, ports_phrase
@@ -27,7 +27,7 @@ from certbot_postfix_tls._internal.doctor.settings import (
     install_fix,
     lineage_of,
 )
-from certbot_postfix_tls._internal.findings import Finding
+from certbot_postfix_tls._internal.findings import OK, Finding
 from certbot_postfix_tls._internal.tls_client import VerifyError
 
 _PEM_KEY = re.compile(
@@ -365,7 +365,8 @@ def rfc5280_checks(context: Context) -> list[Finding]:
 
 
 def expiry_checks(context: Context) -> list[Finding]:
-    """Served certificates expired (CRITICAL) or expiring within verify.WARN_DAYS."""
+    """Served certificates expired or about to (CRITICAL), or past the point where certbot
+    should have renewed them (WARNING): ``expiry.judge``, relative to each lifetime."""
     groups: dict[bytes, list[Probe]] = {}
     for item in context.probes:
         if item.shake is not None:
@@ -377,8 +378,8 @@ def expiry_checks(context: Context) -> list[Finding]:
         if leaf is None:
             continue
         end = certs.not_after(leaf)
-        days = int((end - now).total_seconds() // 86400)
-        if days >= verify.WARN_DAYS:
+        judged = expiry.judge(end, certs.not_before(leaf), now)
+        if judged.status == OK:
             continue
         setting = serving_setting(context, members[0])
         lineage = lineage_of(context, setting.path) if setting else None
@@ -392,16 +393,17 @@ def expiry_checks(context: Context) -> list[Finding]:
             fix = "install a current certificate"
         what = verify.describe_der(der)
         serve = f"{ports_phrase(members)} serve{'s' if len(members) == 1 else ''} {what}"
-        if days < 0:
+        if judged.expired:
             checks.append(Finding("expiry", "CRITICAL",
                                   f"{serve}, which expired {day(end)} "
-                                  f"({(now - end).days} day(s) ago); fix: {fix}"))
+                                  f"({judged.reason()}); fix: {fix}"))
         else:
-            checks.append(Finding("expiry", "WARNING",
-                                  f"{serve}, which expires {day(end)} (in {days} day(s)); "
+            checks.append(Finding("expiry", judged.status,
+                                  f"{serve}, which expires {day(end)} ({judged.reason()}); "
                                   f"fix: {fix}"))
     if not checks and groups:
         checks.append(Finding("expiry", "OK",
-                              f"every served certificate is valid for {verify.WARN_DAYS} days "
-                              "or more"))
+                              "every served certificate has more than 14/90 of its lifetime "
+                              "left (14 days of 90, 25 hours of 160): none is overdue for "
+                              "renewal"))
     return checks

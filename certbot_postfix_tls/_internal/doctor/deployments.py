@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import hooks, permissions
+from certbot_postfix_tls._internal import hooks, permissions, services
 from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
 from certbot_postfix_tls._internal.doctor.context import Context, is_root
 from certbot_postfix_tls._internal.findings import Finding
@@ -31,10 +31,7 @@ def pending_checks(context: Context) -> list[Finding]:
     """A renewal deployed but its reload never succeeded (CRITICAL)."""
     if not context.deployed or not context.state.pending:
         return []
-    return [Finding(
-        "pending-reload", "CRITICAL",
-        f"a renewal was deployed but {', '.join(context.state.pending)} was not reloaded "
-        "successfully: run certbot-postfix-tls hook post and read its error")]
+    return [Finding("pending-reload", "CRITICAL", services.pending_message(context.state))]
 
 
 def renewal_hook_checks(context: Context) -> list[Finding]:

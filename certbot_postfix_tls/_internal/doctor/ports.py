@@ -8,7 +8,7 @@ from typing import Any
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import certs, daemons, services, tls_client, verify
+from certbot_postfix_tls._internal import certs, daemons, expiry, services, tls_client, verify
 from certbot_postfix_tls._internal.doctor.certificates import (
     chain_complete,
     load_der,
@@ -51,7 +51,9 @@ def endpoint_results(context: Context) -> list[verify.EndpointResult]:
         latest = newest(context, setting) if setting else None
         expected = latest.sha256 if latest is not None else served
         end = certs.not_after(leaf) if leaf is not None else None
-        days = int((end - now).total_seconds() // 86400) if end else None
+        judged = expiry.judge(certs.not_after(leaf), certs.not_before(leaf), now) \
+            if leaf is not None else None
+        days = judged.days_left if judged else None
         complete = chain_complete(item.shake)
         problems = []
         if not complete:
@@ -59,22 +61,24 @@ def endpoint_results(context: Context) -> list[verify.EndpointResult]:
         if expected != served and latest is not None and end and end < latest.not_after:
             problems.append("serves an older certificate than its lineage's newest "
                             f"(renewed, not loaded: {reload_of(endpoint)})")
-        if days is not None and days < 0:
-            problems.append(f"serves a certificate that expired {-days} day(s) ago")
+        if judged is not None and judged.status == "CRITICAL":
+            problems.append(f"serves a certificate that {judged.reason()}")
         where = tls_client.where_of(endpoint)
         if problems:
             status, message = "CRITICAL", f"{where} {'; '.join(problems)}."
-        elif days is not None and days < verify.WARN_DAYS:
+        elif judged is not None and judged.status == "WARNING":
             status = "WARNING"
-            message = f"{where} serves a certificate that expires in {days} day(s)."
+            message = f"{where} serves a certificate that {judged.reason()}."
         else:
             status = "OK"
+            valid = expiry.duration(judged.left) if judged else "an unknown time"
             message = (f"{where} serves {verify.describe_der(item.shake.leaf_der)} with its chain "
-                       f"over {item.shake.protocol or 'TLS'}, valid for {days} more days.")
+                       f"over {item.shake.protocol or 'TLS'}, valid for {valid} more.")
         results.append(verify.EndpointResult(
             **base, status=status, served_sha256=served, expected_sha256=expected,
             chain_complete=complete, name_matches=None, days_left=days, message=message,
             kind="ok" if status == "OK" else "diagnosed", served_not_after=end,
+            served_not_before=certs.not_before(leaf) if leaf is not None else None,
             served_algorithm=verify.key_algorithm(leaf) if leaf is not None else ""))
     return results
 
