@@ -20,10 +20,13 @@ from certbot_postfix_tls._internal.daemons.dovecot.conftree import ConfigTree, r
 from certbot_postfix_tls._internal.daemons.dovecot.doveconf import (
     ADVICE,
     DEFAULT_CONFIG,
+    MIN_PROTOCOL,
     NAME,
     count_sessions,
     doveconf_problem,
     endpoints_from_doveconf,
+    legacy_min_protocol,
+    legacy_protocol_warning,
     parse_doveconf,
 )
 from certbot_postfix_tls._internal.daemons.dovecot.plan import (
@@ -201,7 +204,16 @@ class Dovecot:
                 sessions=served.dovecot_sessions,
             )
         plan.notes = [f"dovecot: {note}" for note in plan.notes]
+        if request.policy is not None and not request.removing:
+            plan.warnings += self.protocol_warnings()
         return plan
+
+    def protocol_warnings(self) -> list[str]:
+        """The operator's ``ssl_min_protocol`` when it allows TLS older than 1.2: said,
+        never changed (it may be there for an old client the operator still serves)."""
+        value = self.settings(MIN_PROTOCOL).get(MIN_PROTOCOL, "")
+        return [legacy_protocol_warning(self.config_file, value)] if legacy_min_protocol(
+            value) else []
 
     def plan_files(
         self,

@@ -29,9 +29,27 @@ ADVICE = Advice(
     tls_fix="set ssl = yes",
     listen_setting="listen and the inet_listener",
     protocol_setting="ssl_min_protocol/ssl_cipher_list",
+    alt_cert_setting="ssl_alt_cert/ssl_alt_key (ssl_server_alt_cert_file/key_file in 2.4)",
     log_programs=("imap-login", "pop3-login", "config", "dovecot"),
 )
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+MIN_PROTOCOL = "ssl_min_protocol"
+# ssl_min_protocol values that let clients use something older than TLS 1.2 (ANY is
+# SSLv3 and later; LATEST and TLSv1.2+ are fine).
+LEGACY_MIN_PROTOCOLS = ("ANY", "SSLv3", "TLSv1", "TLSv1.1")
+
+
+def legacy_min_protocol(value: str) -> bool:
+    """Whether Dovecot's ``ssl_min_protocol`` allows TLS 1.0/1.1 (or SSLv3)."""
+    return value.strip() in LEGACY_MIN_PROTOCOLS
+
+
+def legacy_protocol_warning(config_file: str, value: str) -> str:
+    """The sentence deploy and doctor say about an ``ssl_min_protocol`` that allows
+    TLS 1.0/1.1: the plugin never changes it (an operator may still serve an old client)."""
+    return (f"Dovecot ({config_file}) has ssl_min_protocol = {value}: IMAP and POP3 clients "
+            "may log in over TLS 1.0/1.1, which RFC 8996 forbids (certbot-postfix-tls leaves "
+            "it as it is); fix: set `ssl_min_protocol = TLSv1.2` there, then doveadm reload")
 
 
 # --- effective configuration (doveconf output) -----------------------------------------
