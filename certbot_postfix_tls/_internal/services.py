@@ -75,6 +75,7 @@ def expected_cert(lineage: DeployedLineage, derived: bool = True) -> verify.Expe
         intermediates_sha256=tuple(recorded["intermediates_sha256"]),
         names=tuple(recorded["names"]),
         not_after=datetime.fromisoformat(str(recorded["not_after"])),
+        key_type=lineage.key_type,
     )
 
 
