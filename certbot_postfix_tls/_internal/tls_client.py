@@ -87,6 +87,10 @@ class Endpoint:
     setting: str = field(default="", compare=False)
     log_file: str = field(default="", compare=False)
     advice: Advice = field(default=Advice(), compare=False, repr=False)
+    # Whether the server imposes its own order of suites and signature algorithms
+    # (Postfix's tls_preempt_cipherlist, Dovecot's ssl_prefer_server_ciphers): a client's
+    # preference then cannot show a second certificate in one handshake.
+    server_order: bool = field(default=False, compare=False)
 
 
 # handshake(tls_version=...): pin one protocol version. "legacy" is TLS 1.0-1.1 at

@@ -458,7 +458,8 @@ def check_endpoint(
     and reports the last attempt.
     """
     # One handshake does both: a client that offers the other key type first gets this
-    # lineage's certificate only where no certificate of the other type is configured.
+    # lineage's certificate only where no certificate of the other type is configured
+    # (unless the server imposes its own order: then a second, other-type-only one).
     prefer = None if key_type else other_key_type(expected.key_type)
     deadline = time.monotonic() + retry_seconds
     while True:
@@ -492,8 +493,25 @@ def check_endpoint(
         result.algorithm = key_type or ""
         remaining = deadline - time.monotonic()
         if not retry or remaining <= 0:
+            if prefer and endpoint.server_order and result.served_sha256 == expected.leaf_sha256:
+                return _other_key_type(endpoint, expected, sni, timeout, now, prefer) or result
             return result
         time.sleep(min(_RETRY_INTERVAL, remaining))
+
+
+def _other_key_type(endpoint: Endpoint, expected: ExpectedCert, sni: str | None,
+                    timeout: float, now: datetime | None, other: str) -> EndpointResult | None:
+    """A server imposing its own order serves its preferred key type whatever the client
+    prefers, so only a client offering nothing but ``other`` shows a certificate of that
+    type: the verdict when one is served, None when the handshake fails (there is none)."""
+    try:
+        shake = handshake(endpoint, sni, timeout, key_type=other)
+    except VerifyError:
+        return None
+    moment = now or datetime.now(timezone.utc)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return _judge(endpoint, expected, sni, shake, moment, other)
 
 
 # --- failure summaries ------------------------------------------------------------------

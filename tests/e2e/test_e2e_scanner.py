@@ -7,7 +7,8 @@ chain as received. After ``certbot install`` with ``--postfix-tls-smtps yes``: 5
 serves the lineage's leaf with its chain in order to both kinds of client. Then the two
 faults a scanner finds and ``verify`` must too: a chain sent out of order on Dovecot's
 ports, and an RSA certificate left as Dovecot's ``ssl_alt_cert`` beside the ECDSA
-lineage. ``undeploy`` puts master.cf back byte for byte.
+lineage (and in Postfix's ``smtpd_tls_chain_files`` where Postfix imposes its own order).
+``undeploy`` puts master.cf back byte for byte.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ SSL_CONF = Path("/etc/dovecot/conf.d/10-ssl.conf")
 PEM = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-def s_client(port: int, *options: str) -> subprocess.CompletedProcess[str]:
+def s_client(port: int, *options: str, sni: bool = True) -> subprocess.CompletedProcess[str]:
     argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-showcerts",
-            "-servername", HOST, *options]
+            *(["-servername", HOST] if sni else ["-noservername"]), *options]
     if PORTS[port]:
         argv += ["-starttls", str(PORTS[port])]
     return subprocess.run(argv, input="", capture_output=True, text=True, timeout=30,
@@ -57,10 +58,10 @@ def handshake_completes(port: int, *options: str) -> bool:
     return bool(match) and match.group(1) not in ("0000", "(NONE)")
 
 
-def received_chain(port: int, key_type: str) -> list[bytes]:
+def received_chain(port: int, key_type: str, sni: bool = True) -> list[bytes]:
     """The chain (DER, as received) an RSA-only or ECDSA-only client gets; [] when the
     handshake fails (the server has no certificate for that client)."""
-    proc = s_client(port, "-sigalgs", SIGALGS[key_type])
+    proc = s_client(port, "-sigalgs", SIGALGS[key_type], sni=sni)
     return [certs.load_pem_chain(pem.encode())[0].public_bytes(
         certs.serialization.Encoding.DER) for pem in PEM.findall(proc.stdout)]
 
@@ -182,6 +183,32 @@ def test_what_a_scanner_sees(
     finally:
         SSL_CONF.write_text(ssl_text)
         reload_dovecot()
+    assert verify(certbot)[0] == 0
+
+    # Fault 3: the same in Postfix (a second key and chain in smtpd_tls_chain_files, which
+    # clients without SNI get: the SNI table decides the others) where Postfix imposes
+    # its own order, so that only an RSA-only client sees it.
+    chain_files = postfix_lab.postconf("-h", "smtpd_tls_chain_files").strip()
+    rsa_file = certbot.base / "rsa-key-chain.pem"
+    rsa_file.write_bytes((rsa_live / "privkey.pem").read_bytes()
+                         + (rsa_live / "fullchain.pem").read_bytes())
+    rsa_file.chmod(0o600)
+    postfix_lab.postconf("-e", f"smtpd_tls_chain_files={chain_files}, {rsa_file}",
+                         "tls_preempt_cipherlist=yes")
+    lab.process.run(["postfix", "reload"], what="postfix reload")
+    try:
+        assert received_chain(587, "rsa", sni=False) == fullchain(certbot, RSA)
+        assert received_chain(587, "ecdsa", sni=False) == expected
+        code, report = verify(certbot)
+        assert code == 2, report
+        bad = [e for e in report["endpoints"] if e["status"] != "OK"]
+        assert {(e["port"], e["sni"]) for e in bad} == {(25, None), (587, None), (465, None)}, (
+            report)
+        assert all("smtpd_tls_chain_files" in e["message"] for e in bad), bad
+    finally:
+        postfix_lab.postconf("-e", f"smtpd_tls_chain_files={chain_files}")
+        postfix_lab.postconf("-X", "tls_preempt_cipherlist")
+        lab.process.run(["postfix", "reload"], what="postfix reload")
     assert verify(certbot)[0] == 0
 
     # Undeploy: master.cf as it was, overrides and services included.

@@ -22,6 +22,7 @@ from certbot_postfix_tls._internal.daemons.dovecot.doveconf import (
     DEFAULT_CONFIG,
     MIN_PROTOCOL,
     NAME,
+    PREFER_SERVER,
     count_sessions,
     doveconf_problem,
     endpoints_from_doveconf,
@@ -278,7 +279,11 @@ class Dovecot:
         """Enabled IMAP/POP3 TLS endpoints of the effective configuration."""
         proc = self._doveconf("protocols", "listen", "ssl", "service/imap-login",
                               "service/pop3-login")
-        return endpoints_from_doveconf(proc.stdout, verify_address)
+        # Asked apart and allowed to fail: 2.4 renamed it, and verify must not depend on it.
+        order = self._doveconf(PREFER_SERVER[1] if self.uses_24_syntax else PREFER_SERVER[0],
+                               check=False)
+        extra = order.stdout if order.returncode == 0 else ""
+        return endpoints_from_doveconf(proc.stdout + extra, verify_address)
 
     def settings(self, *names: str) -> dict[str, str]:
         """Top-level values in effect (``doveconf NAME...``, files not expanded), e.g.

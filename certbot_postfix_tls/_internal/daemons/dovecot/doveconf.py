@@ -33,6 +33,8 @@ ADVICE = Advice(
     log_programs=("imap-login", "pop3-login", "config", "dovecot"),
 )
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+# The server imposes its order of suites (yes in 2.3; server in 2.4's renamed setting).
+PREFER_SERVER = ("ssl_prefer_server_ciphers", "ssl_server_prefer_ciphers")
 MIN_PROTOCOL = "ssl_min_protocol"
 # ssl_min_protocol values that let clients use something older than TLS 1.2 (ANY is
 # SSLv3 and later; LATEST and TLSv1.2+ are fine).
@@ -129,6 +131,7 @@ def endpoints_from_doveconf(text: str, verify_address: str) -> list[Endpoint]:
     root = parse_doveconf(text)
     if root.settings.get("ssl", "yes") == "no":
         return []
+    server_order = any(root.settings.get(name) in ("yes", "server") for name in PREFER_SERVER)
     protocols = _protocols(root)
     listen = root.settings.get("listen", "*, ::")
     result: list[Endpoint] = []
@@ -154,7 +157,7 @@ def endpoints_from_doveconf(text: str, verify_address: str) -> list[Endpoint]:
             where = listener.settings.get("address") or listener.settings.get("listen") or listen
             for address in _addresses(where, verify_address):
                 endpoint = Endpoint(NAME, protocol, address, port, tls, lname or protocol,
-                                    advice=ADVICE)
+                                    advice=ADVICE, server_order=server_order)
                 if endpoint not in result:
                     result.append(endpoint)
     return result

@@ -87,6 +87,7 @@ MAIN_PARAMS = (
     "virtual_alias_domains",
     "relay_domains",
     "tls_server_sni_maps",
+    "tls_preempt_cipherlist",
     "default_database_type",
     *LEGACY_CERT_PARAMS,
 )
