@@ -8,6 +8,7 @@ end-to-end tests run Debian 12's Dovecot in the lab's private namespace.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -119,6 +120,24 @@ def test_render_23_and_24() -> None:
     assert "ssl_cert" not in text24 and "<" not in text24
     for text in (text23, text24):  # policy is the operator's
         assert "\nssl =" not in text and "protocols" not in text
+
+
+def test_render_sni_block_does_not_inherit_the_default_pair() -> None:
+    """A local_name block inherits what it does not set: beside a default pair (ECDSA +
+    RSA), a single lineage's block clears the alternative certificate, or RSA-only
+    clients asking for its names would get the default's RSA certificate."""
+    pair = dataclasses.replace(LE, alt_fullchain="/etc/letsencrypt/live/rsa/fullchain.pem",
+                               alt_key="/etc/letsencrypt/live/rsa/privkey.pem")
+    text = dovecot_plan.render_plugin_file(V23, pair, sni=[(["mail.b.example"], LE_B)])
+    assert text.endswith(
+        "local_name mail.b.example {\n"
+        "  ssl_cert = </etc/letsencrypt/live/mail.b.example/fullchain.pem\n"
+        "  ssl_key = </etc/letsencrypt/live/mail.b.example/privkey.pem\n"
+        "  ssl_alt_cert =\n  ssl_alt_key =\n}\n"), text
+    text24 = dovecot_plan.render_plugin_file(V24, pair, sni=[(["mail.b.example"], LE_B)])
+    assert "  ssl_server_alt_cert_file =\n  ssl_server_alt_key_file =\n}\n" in text24
+    # Without a default pair there is nothing to clear.
+    assert "alt" not in dovecot_plan.render_plugin_file(V23, LE, sni=[(["mail.b.example"], LE_B)])
 
 
 def test_render_sni_blocks_sorted_one_per_name() -> None:
