@@ -25,7 +25,7 @@ import lab
 import pytest
 from conftest import once
 from lab.dovecot import DovecotLab
-from lab.flows import HOST, issue, run_cli
+from lab.flows import HOST, OTHER, issue, run_cli
 
 from certbot_postfix_tls._internal import certs
 
@@ -42,9 +42,11 @@ SSL_CONF = Path("/etc/dovecot/conf.d/10-ssl.conf")
 PEM = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-def s_client(port: int, *options: str, sni: bool = True) -> subprocess.CompletedProcess[str]:
-    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-showcerts",
-            *(["-servername", HOST] if sni else ["-noservername"]), *options]
+def s_client(port: int, *options: str, sni: bool = True, other: bool = False,
+             ) -> subprocess.CompletedProcess[str]:
+    name = ["-servername", OTHER if other else HOST] if sni else ["-noservername"]
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-showcerts", *name,
+            *options]
     if PORTS[port]:
         argv += ["-starttls", str(PORTS[port])]
     return subprocess.run(argv, input="", capture_output=True, text=True, timeout=30,
@@ -58,10 +60,11 @@ def handshake_completes(port: int, *options: str) -> bool:
     return bool(match) and match.group(1) not in ("0000", "(NONE)")
 
 
-def received_chain(port: int, key_type: str, sni: bool = True) -> list[bytes]:
+def received_chain(port: int, key_type: str, sni: bool = True, other: bool = False,
+                   ) -> list[bytes]:
     """The chain (DER, as received) an RSA-only or ECDSA-only client gets; [] when the
     handshake fails (the server has no certificate for that client)."""
-    proc = s_client(port, "-sigalgs", SIGALGS[key_type], sni=sni)
+    proc = s_client(port, "-sigalgs", SIGALGS[key_type], sni=sni, other=other)
     return [certs.load_pem_chain(pem.encode())[0].public_bytes(
         certs.serialization.Encoding.DER) for pem in PEM.findall(proc.stdout)]
 
@@ -287,3 +290,28 @@ def test_dovecot_min_protocol_said_never_changed(
     checks = doctor(certbot)
     found = [c for c in checks["checks"] if "ssl_min_protocol = TLSv1" in c["message"]]
     assert found and {c["status"] for c in found} == {"WARNING"}, checks
+
+
+def test_single_lineage_beside_a_default_pair(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab,
+) -> None:
+    """An RSA+ECDSA pair served by default and an ECDSA lineage for other names: an
+    RSA-only client asking for those names gets no certificate for the pair's names
+    (Dovecot's local_name block would inherit the default's ssl_alt_cert), and verify,
+    which asks as an RSA-preferring client, is OK."""
+    once(request, "what the servers negotiate does not depend on certbot's version")
+    for name, key_type in ((ECDSA, "ecdsa"), (RSA, "rsa")):
+        certbot.run("certonly", "-a", "standalone", "--cert-name", name, "--key-type",
+                    key_type, "-d", HOST, *certbot.acme_args())
+    issue(certbot, OTHER)
+    for name in (ECDSA, RSA, OTHER):
+        certbot.run("install", "-i", "postfix-tls", "--cert-name", name)
+    for port in PORTS:
+        if port == 465:
+            continue  # not enabled here
+        assert received_chain(port, "rsa", sni=False) == fullchain(certbot, RSA), port
+        assert received_chain(port, "rsa", other=True) == [], port
+        assert received_chain(port, "ecdsa", other=True) == fullchain(certbot, OTHER), port
+    code, report = verify(certbot)
+    assert code == 0, [e["message"] for e in report["endpoints"] if e["status"] != "OK"]
