@@ -253,6 +253,11 @@ def test_operator_submission_hardened_and_restored(
             "fix: postconf -e 'smtpd_tls_mandatory_protocols=>=TLSv1.2'") in legacy["message"]
     [anonymous] = named(checks, "anonymous-tls")
     assert anonymous["status"] == "WARNING", checks
+    assert anonymous["message"].startswith(
+        "port 587 (postfix submission) offers authentication and completes a handshake with "
+        "an anonymous (certificate-less) suite"), anonymous
+    assert ("decided by smtpd_tls_mandatory_exclude_ciphers = (empty) in /etc/postfix/main.cf"
+            in anonymous["message"]), anonymous
     assert ("fix: postconf -P submission/inet/smtpd_tls_mandatory_exclude_ciphers=aNULL"
             in anonymous["message"]), anonymous
     assert not any(c["status"] != "OK" and "port 25 " in c["message"]

@@ -324,6 +324,27 @@ def test_endpoints_of_stock_config(fixture: Path) -> None:
     assert all(isinstance(e, Endpoint) and e.service == "dovecot" for e in result)
 
 
+@pytest.mark.parametrize(("fixture", "line"), [(FIX23, "ssl_prefer_server_ciphers = yes"),
+                                              (FIX24, "ssl_server_prefer_ciphers = server")])
+def test_endpoints_server_order(fixture: Path, line: str) -> None:
+    """Whether Dovecot imposes its order (verify then needs a second handshake to see a
+    certificate of the other key type); the 2.3 and 2.4 names and values."""
+    text = (fixture / "doveconf-endpoints.txt").read_text()
+    assert not any(e.server_order for e in doveconf.endpoints_from_doveconf(text, "127.0.0.1"))
+    ordered = doveconf.endpoints_from_doveconf(f"{text}{line}\n", "127.0.0.1")
+    assert ordered and all(e.server_order for e in ordered)
+    client = line.replace("yes", "no").replace("server", "client")
+    assert not any(e.server_order
+                   for e in doveconf.endpoints_from_doveconf(f"{text}{client}\n", "127.0.0.1"))
+
+
+@pytest.mark.parametrize(("value", "legacy"), [
+    ("TLSv1", True), ("TLSv1.1", True), ("SSLv3", True), ("ANY", True),
+    ("TLSv1.2", False), ("TLSv1.3", False), ("LATEST", False), ("", False)])
+def test_legacy_min_protocol(value: str, legacy: bool) -> None:
+    assert doveconf.legacy_min_protocol(value) is legacy
+
+
 def test_endpoints_24_listener_listen_port0_haproxy() -> None:
     text = (FIX24 / "doveconf-endpoints-custom.txt").read_text()
     assert eps(text) == {

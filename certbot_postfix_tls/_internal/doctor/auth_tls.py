@@ -88,7 +88,7 @@ def anonymous_checks(context: Context) -> list[Finding]:
             groups.setdefault((where, fix + _port25(item)), []).append(item)
     checks = [Finding(
         "anonymous-tls", "WARNING",
-        f"{ports_phrase(members)}: offer{'s' if len(members) == 1 else ''} authentication and "
+        f"{ports_phrase(members)} offer{'s' if len(members) == 1 else ''} authentication and "
         f"complete{'s' if len(members) == 1 else ''} a handshake with an anonymous "
         "(certificate-less) suite, which proves no server identity to a client that accepts "
         f"it: decided by {where}; fix: {fix}")
