@@ -37,6 +37,10 @@ SMTPS_PORT = 465
 SUBMISSION_PORT = 587
 PUBLIC_SMTP_PORTS = (SMTP_PORT, SMTPS_PORT, SUBMISSION_PORT)
 
+# Where passwords travel, nothing older than TLS 1.2 (RFC 8996, RFC 8314): the
+# submission services' mandatory protocols, and what doctor and deploy notes expect.
+MODERN_TLS = ("TLSv1.2", "TLSv1.3")
+
 # Postfix's and Dovecot's built-in directories, used when their configuration
 # does not say (queue_directory, config_directory, base_dir).
 POSTFIX_CONFIG_DIR = "/etc/postfix"

@@ -261,14 +261,16 @@ _PROTOCOLS = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}
 
 
 def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0,
-              tls_version: str | None = None, key_type: str | None = None) -> Handshake:
+              tls_version: str | None = None, key_type: str | None = None,
+              prefer: str | None = None) -> Handshake:
     """Connect, negotiate TLS as the endpoint is configured, and report what was served.
 
     SNI is sent only when ``sni`` is a DNS name. Nothing is ever pipelined. Raises
     VerifyError when nothing listens, the protocol exchange fails, STARTTLS is missing
     or refused, the server sends data before the handshake, or TLS fails.
     ``tls_version`` (one of TLS_VERSIONS) pins the protocol version offered;
-    ``key_type`` ("rsa", "ecdsa") offers only that key type's signature algorithms.
+    ``key_type`` ("rsa", "ecdsa") offers only that key type's signature algorithms;
+    ``prefer`` offers every key type's, that one's first.
     """
     run = _PROTOCOLS.get(endpoint.protocol)
     if run is None or endpoint.tls not in ("starttls", "implicit"):
@@ -278,7 +280,7 @@ def handshake(endpoint: Endpoint, sni: str | None, timeout: float = 10.0,
         )
     sock = connect(endpoint, timeout)
     try:
-        conv = _Dialogue(endpoint, sock, timeout, tls_version, key_type)
+        conv = _Dialogue(endpoint, sock, timeout, tls_version, key_type, prefer)
         before, after = run(conv, endpoint.tls == "starttls", sni)
         return Handshake(conv.leaf_der, conv.chain_der, before, after, conv.protocol)
     finally:

@@ -88,6 +88,7 @@ def expected_cert(lineage: DeployedLineage, derived: bool = True) -> verify.Expe
         not_after=datetime.fromisoformat(str(recorded["not_after"])),
         not_before=(datetime.fromisoformat(str(recorded["not_before"]))
                     if recorded.get("not_before") else None),
+        key_type=lineage.key_type,
     )
 
 

@@ -5,8 +5,9 @@ connecting to an IP address and silently drop bytes a server sends between the
 STARTTLS reply and the handshake. This module reads and writes lines with hard
 limits, refuses bytes that arrive before the handshake, and does the handshake
 with pyOpenSSL (which exposes the served chain), optionally pinned to one TLS
-version or offering one key type's signature algorithms. The SMTP, IMAP and
-POP3 dialogues are in ``dialogues``; judging what was served is ``verify``.
+version, offering one key type's signature algorithms only, or one key type's
+first. The SMTP, IMAP and POP3 dialogues are in ``dialogues``; judging what was
+served is ``verify``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Advice:
     tls_fix: str = "turn TLS on for this port"
     listen_setting: str = "where it listens"
     protocol_setting: str = "its TLS protocols and ciphers"
+    # What can hold a second certificate of another key type beside the deployed one.
+    alt_cert_setting: str = "its certificate settings"
     # Log lines of these programs may name a cause (``smtpd[``, ``imap-login``).
     log_programs: tuple[str, ...] = ()
     # Said when the endpoint has no log file to read a cause from ("" says nothing).
@@ -88,11 +91,16 @@ class Endpoint:
     setting: str = field(default="", compare=False)
     log_file: str = field(default="", compare=False)
     advice: Advice = field(default=Advice(), compare=False, repr=False)
+    # Whether the server imposes its own order of suites and signature algorithms
+    # (Postfix's tls_preempt_cipherlist, Dovecot's ssl_prefer_server_ciphers): a client's
+    # preference then cannot show a second certificate in one handshake.
+    server_order: bool = field(default=False, compare=False)
 
 
 # handshake(tls_version=...): pin one protocol version. "legacy" is TLS 1.0-1.1 at
-# OpenSSL security level 0, to tell a port that only speaks those from one that fails.
-TLS_VERSIONS = ("TLSv1.2", "TLSv1.3", "legacy")
+# OpenSSL security level 0, to tell a port that only speaks those from one that fails;
+# "anonymous" offers only certificate-less suites (TLS 1.0-1.2), as scanners try them.
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3", "legacy", "anonymous")
 
 
 def is_ip(value: str) -> bool:
@@ -158,10 +166,12 @@ class Connection:
     IMAP or POP3 beyond a line and the QUIT courtesy."""
 
     def __init__(self, endpoint: Endpoint, sock: socket.socket, timeout: float,
-                 tls_version: str | None = None, key_type: str | None = None) -> None:
+                 tls_version: str | None = None, key_type: str | None = None,
+                 prefer: str | None = None) -> None:
         self.endpoint = endpoint
         self.tls_version = tls_version
         self.key_type = key_type
+        self.prefer = prefer
         self.protocol = ""
         self.where = where_of(endpoint)
         self.sock = sock
@@ -303,12 +313,19 @@ class Connection:
             ctx.set_min_proto_version(SSL.TLS1_VERSION)
             ctx.set_max_proto_version(SSL.TLS1_1_VERSION)
             ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        elif self.tls_version == "anonymous":
+            # Only certificate-less suites (TLS 1.3 has none), at any protocol version.
+            ctx.set_min_proto_version(SSL.TLS1_VERSION)
+            ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+            ctx.set_cipher_list(b"aNULL:!eNULL:@SECLEVEL=0")
         elif self.tls_version is not None:
             pinned = SSL.TLS1_3_VERSION if self.tls_version == "TLSv1.3" else SSL.TLS1_2_VERSION
             ctx.set_min_proto_version(pinned)
             ctx.set_max_proto_version(pinned)
         if self.key_type:
             _offer_only(ctx, self.key_type)
+        elif self.prefer:
+            _offer_first(ctx, self.prefer)
         conn = SSL.Connection(ctx, self.sock)
         if sni and not is_ip(sni):
             try:
@@ -322,7 +339,11 @@ class Connection:
             raise VerifyError(
                 f"{self.where} closed the connection during the TLS handshake.", True, "closed"
             ) from err
+        self.protocol = conn.get_protocol_version_name()
+        self.tls = conn
         leaf = conn.get_peer_certificate()
+        if leaf is None and self.tls_version == "anonymous":
+            return
         if leaf is None:
             raise VerifyError(f"{self.where} completed the TLS handshake without a certificate.")
         self.leaf_der = crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)
@@ -330,8 +351,6 @@ class Connection:
         self.chain_der = [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]
         if not self.chain_der:
             self.chain_der = [self.leaf_der]
-        self.protocol = conn.get_protocol_version_name()
-        self.tls = conn
 
     def quit(self, send_quit: Callable[[], object]) -> None:
         """Say goodbye politely; errors no longer matter at this point."""
@@ -357,6 +376,24 @@ def _offer_only(ctx: SSL.Context, key_type: str) -> None:
     raw = ctx._context  # the SSL_CTX pointer
     if key_type not in SIGALGS or not lib.SSL_CTX_set1_sigalgs_list(raw, SIGALGS[key_type]):
         raise VerifyError(f"Cannot offer only {key_type} signature algorithms.")
+
+
+# TLS 1.2 suites authenticated by each key type, put first by _offer_first.
+_SUITES = {"ecdsa": b"ECDHE+aECDSA", "rsa": b"ECDHE+aRSA:DHE+aRSA"}
+
+
+def _offer_first(ctx: SSL.Context, key_type: str) -> None:
+    """Offer every key type, ``key_type``'s signature algorithms (and TLS 1.2 suites)
+    first. A server with a certificate of that type serves it (the client's order
+    decides unless the server imposes its own); one without serves the other: so one
+    handshake shows whether a certificate of that type is configured beside the other."""
+    from OpenSSL._util import lib
+
+    others = [kind for kind in SIGALGS if kind != key_type]
+    order = b":".join([SIGALGS[key_type], *(SIGALGS[kind] for kind in others)])
+    ctx.set_cipher_list(_SUITES[key_type] + b":DEFAULT")
+    if not lib.SSL_CTX_set1_sigalgs_list(ctx._context, order):
+        raise VerifyError(f"Cannot offer {key_type} signature algorithms first.")
 
 
 def connect(endpoint: Endpoint, timeout: float) -> socket.socket:

@@ -75,6 +75,7 @@ class ExpectedCert:
     not_after: datetime
     # None in a state recorded before it was kept: expiry then assumes 90 days of lifetime.
     not_before: datetime | None = None
+    key_type: str = ""  # "rsa", "ecdsa" (key_class of the leaf); "" when unknown
 
     @classmethod
     def from_fullchain(cls, path: str) -> ExpectedCert:
@@ -97,6 +98,7 @@ class ExpectedCert:
             names=info.dns_names,
             not_after=info.not_after,
             not_before=info.not_before,
+            key_type=key_class(info.algorithm),
         )
 
 
@@ -268,6 +270,35 @@ def key_algorithm(cert: x509.Certificate) -> str:
     return "other"
 
 
+def key_class(algorithm: str) -> str:
+    """"rsa" or "ecdsa" for a key_algorithm() value (what a client's signature
+    algorithms choose between); "" for any other."""
+    for kind in ("rsa", "ecdsa"):
+        if algorithm.startswith(kind):
+            return kind
+    return ""
+
+
+def other_key_type(key_type: str) -> str | None:
+    """The key type a client could be served instead of ``key_type`` ("rsa" <-> "ecdsa")."""
+    return {"rsa": "ecdsa", "ecdsa": "rsa"}.get(key_type)
+
+
+def chain_out_of_order(chain: Sequence[bytes]) -> int | None:
+    """The position (1-based, leaf = 0) of the first certificate received that does not
+    issue the one before it, as a scanner checks the received order; None when every
+    certificate is followed by its issuer (or a certificate cannot be read: the
+    fingerprint and chain checks say so)."""
+    try:
+        parsed = [x509.load_der_x509_certificate(der) for der in chain]
+    except ValueError:
+        return None
+    for position in range(1, len(parsed)):
+        if parsed[position - 1].issuer != parsed[position].subject:
+            return position
+    return None
+
+
 def _describe(der: bytes, info: _CertInfo | None) -> str:
     prefix = f"sha256 {_sha256(der)[:16]}"
     if info is None:
@@ -304,6 +335,7 @@ def _judge(
     sni: str | None,
     shake: Handshake,
     now: datetime,
+    prefer: str | None = None,
 ) -> EndpointResult:
     where = where_of(endpoint)
     served = _sha256(shake.leaf_der)
@@ -343,6 +375,20 @@ def _judge(
             served_algorithm=info.algorithm if info else "",
         )
 
+    served_type = key_class(info.algorithm) if info else ""
+    if served != expected.leaf_sha256 and prefer and served_type == prefer:
+        # The client put the other key type first and got a certificate of that type:
+        # one is configured beside the deployed one, and clients of that type get it.
+        return result(
+            "CRITICAL",
+            None,
+            f"{where} serves {_describe(shake.leaf_der, info)} to clients that prefer "
+            f"{prefer.upper()} keys (an {prefer.upper()}-only client gets nothing else), "
+            f"beside the deployed {expected.key_type.upper()} certificate (sha256 "
+            f"{expected.leaf_sha256[:16]}) - remove it from "
+            f"{endpoint.advice.alt_cert_setting}.",
+            "alt-cert",
+        )
     if served != expected.leaf_sha256:
         # Chain completeness is judged against the deployed fullchain: meaningless here.
         return result(
@@ -361,6 +407,14 @@ def _judge(
     if not chain_ok:
         kinds.append("chain")
         problems.append("serves the leaf without its chain - point the service at fullchain.pem")
+    misplaced = chain_out_of_order(shake.chain_der)
+    if chain_ok and misplaced is not None:
+        kinds.append("chain-order")
+        problems.append(
+            f"sends its chain out of order (certificate {misplaced + 1} received does not "
+            f"issue certificate {misplaced}), which strict clients and scanners reject - point "
+            f"{endpoint.setting or endpoint.advice.cert_setting} at fullchain.pem as certbot "
+            "writes it (leaf, then each issuer)")
     if name_ok is False:
         kinds.append("name")
         covered = ", ".join(printable(n) for n in (info.dns_names if info else ())[:5])
@@ -412,17 +466,23 @@ def check_endpoint(
     CRITICAL when the endpoint cannot be reached or the protocol/TLS exchange fails,
     another leaf is served, an intermediate of fullchain.pem is missing from the served
     chain, the name (``sni``, else the first expected name) is not covered, or the
-    certificate has expired or is about to; WARNING when certbot should have renewed it
-    long ago (``expiry.judge``: 14 days left of 90, 25 hours of 160); OK otherwise.
+    certificate has expired or is about to, the chain is received out of order, or
+    (``key_type`` not pinned) a certificate of the other key type is served to a client
+    that puts that type first; WARNING when certbot should have renewed it long ago
+    (``expiry.judge``: 14 days left of 90, 25 hours of 160); OK otherwise.
     While the connection is refused/dropped or another leaf is served, it retries about
     every 0.2 s for ``retry_seconds`` (an old process may still answer after a reload)
     and reports the last attempt.
     """
+    # One handshake does both: a client that offers the other key type first gets this
+    # lineage's certificate only where no certificate of the other type is configured
+    # (unless the server imposes its own order: then a second, other-type-only one).
+    prefer = None if key_type else other_key_type(expected.key_type)
     deadline = time.monotonic() + retry_seconds
     while True:
         retry = False
         try:
-            shake = handshake(endpoint, sni, timeout, key_type=key_type)
+            shake = handshake(endpoint, sni, timeout, key_type=key_type, prefer=prefer)
         except VerifyError as err:
             retry = err.retryable
             result = EndpointResult(
@@ -445,13 +505,30 @@ def check_endpoint(
             moment = now or datetime.now(timezone.utc)
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=timezone.utc)
-            result = _judge(endpoint, expected, sni, shake, moment)
+            result = _judge(endpoint, expected, sni, shake, moment, prefer)
             retry = result.served_sha256 != expected.leaf_sha256
         result.algorithm = key_type or ""
         remaining = deadline - time.monotonic()
         if not retry or remaining <= 0:
+            if prefer and endpoint.server_order and result.served_sha256 == expected.leaf_sha256:
+                return _other_key_type(endpoint, expected, sni, timeout, now, prefer) or result
             return result
         time.sleep(min(_RETRY_INTERVAL, remaining))
+
+
+def _other_key_type(endpoint: Endpoint, expected: ExpectedCert, sni: str | None,
+                    timeout: float, now: datetime | None, other: str) -> EndpointResult | None:
+    """A server imposing its own order serves its preferred key type whatever the client
+    prefers, so only a client offering nothing but ``other`` shows a certificate of that
+    type: the verdict when one is served, None when the handshake fails (there is none)."""
+    try:
+        shake = handshake(endpoint, sni, timeout, key_type=other)
+    except VerifyError:
+        return None
+    moment = now or datetime.now(timezone.utc)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return _judge(endpoint, expected, sni, shake, moment, other)
 
 
 # --- failure summaries ------------------------------------------------------------------
@@ -538,6 +615,12 @@ def _fix(result: EndpointResult) -> tuple[str, str]:
         return cert_setting, f"point it at the deployed lineage, then {reload}"
     if kind == "chain":
         return cert_setting, "point it at fullchain.pem (key+fullchain file), not cert.pem"
+    if kind == "chain-order":
+        return cert_setting, f"point it at fullchain.pem as certbot writes it, then {reload}"
+    if kind == "alt-cert":
+        return (advice.alt_cert_setting,
+                f"remove the other certificate (or deploy that key type's lineage for the "
+                f"same names beside this one, as a pair), then {reload}")
     if kind == "name":
         return "the certificate's names", "issue the certificate for that name (certbot -d)"
     if kind in ("expired", "expiring"):

@@ -9,6 +9,7 @@ lab's private namespace.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -115,6 +116,24 @@ def test_render_23_and_24() -> None:
     assert "ssl_cert" not in text24 and "<" not in text24
     for text in (text23, text24):  # policy is the operator's
         assert "\nssl =" not in text and "protocols" not in text
+
+
+def test_render_sni_block_does_not_inherit_the_default_pair() -> None:
+    """A local_name block inherits what it does not set: beside a default pair (ECDSA +
+    RSA), a single lineage's block clears the alternative certificate, or RSA-only
+    clients asking for its names would get the default's RSA certificate."""
+    pair = dataclasses.replace(LE, alt_fullchain="/etc/letsencrypt/live/rsa/fullchain.pem",
+                               alt_key="/etc/letsencrypt/live/rsa/privkey.pem")
+    text = dovecot_plan.render_plugin_file(V23, pair, sni=[(["mail.b.example"], LE_B)])
+    assert text.endswith(
+        "local_name mail.b.example {\n"
+        "  ssl_cert = </etc/letsencrypt/live/mail.b.example/fullchain.pem\n"
+        "  ssl_key = </etc/letsencrypt/live/mail.b.example/privkey.pem\n"
+        "  ssl_alt_cert =\n  ssl_alt_key =\n}\n"), text
+    text24 = dovecot_plan.render_plugin_file(V24, pair, sni=[(["mail.b.example"], LE_B)])
+    assert "  ssl_server_alt_cert_file =\n  ssl_server_alt_key_file =\n}\n" in text24
+    # Without a default pair there is nothing to clear.
+    assert "alt" not in dovecot_plan.render_plugin_file(V23, LE, sni=[(["mail.b.example"], LE_B)])
 
 
 def test_render_sni_blocks_sorted_one_per_name() -> None:
@@ -299,6 +318,27 @@ def test_endpoints_of_stock_config(fixture: Path) -> None:
     assert eps(text) == STOCK  # "*, ::" (2.3) / "* ::" (2.4) -> the verify address
     result = doveconf.endpoints_from_doveconf(text, "127.0.0.1")
     assert all(isinstance(e, Endpoint) and e.service == "dovecot" for e in result)
+
+
+@pytest.mark.parametrize(("fixture", "line"), [(FIX23, "ssl_prefer_server_ciphers = yes"),
+                                              (FIX24, "ssl_server_prefer_ciphers = server")])
+def test_endpoints_server_order(fixture: Path, line: str) -> None:
+    """Whether Dovecot imposes its order (verify then needs a second handshake to see a
+    certificate of the other key type); the 2.3 and 2.4 names and values."""
+    text = (fixture / "doveconf-endpoints.txt").read_text()
+    assert not any(e.server_order for e in doveconf.endpoints_from_doveconf(text, "127.0.0.1"))
+    ordered = doveconf.endpoints_from_doveconf(f"{text}{line}\n", "127.0.0.1")
+    assert ordered and all(e.server_order for e in ordered)
+    client = line.replace("yes", "no").replace("server", "client")
+    assert not any(e.server_order
+                   for e in doveconf.endpoints_from_doveconf(f"{text}{client}\n", "127.0.0.1"))
+
+
+@pytest.mark.parametrize(("value", "legacy"), [
+    ("TLSv1", True), ("TLSv1.1", True), ("SSLv3", True), ("ANY", True),
+    ("TLSv1.2", False), ("TLSv1.3", False), ("LATEST", False), ("", False)])
+def test_legacy_min_protocol(value: str, legacy: bool) -> None:
+    assert doveconf.legacy_min_protocol(value) is legacy
 
 
 def test_endpoints_24_listener_listen_port0_haproxy() -> None:

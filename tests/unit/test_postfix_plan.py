@@ -81,7 +81,12 @@ def test_debian_stock_plan(tmp_path: Path) -> None:
         "smtpd_tls_security_level": "encrypt",
         "smtpd_tls_auth_only": "yes",
         "smtpd_relay_restrictions": "permit_sasl_authenticated,reject",
+        # Postfix's own >=TLSv1 would override Debian's system minimum where passwords
+        # travel; anonymous suites are excluded there (port 25 keeps main.cf's).
+        "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
+        "smtpd_tls_mandatory_exclude_ciphers": "aNULL",
     }
+    assert "smtpd_tls_mandatory_protocols" not in plan.main
     # No SASL backend and no Dovecot wired: SASL stays off, with a warning.
     assert "smtpd_sasl_auth_enable" not in params(plan, "submission/inet")
     assert any("no SASL backend" in w for w in plan.warnings)
@@ -127,6 +132,34 @@ def test_custom_config_is_never_weakened(tmp_path: Path) -> None:
     smtps = params(plan, "smtps/inet")
     assert "smtpd_tls_wrappermode" not in smtps
     assert smtps["smtpd_tls_auth_only"] == "yes"
+
+
+def test_submission_hardening_never_loosens(tmp_path: Path) -> None:
+    pf = instance(tmp_path, "debian12")
+    # Stricter than the policy in main.cf (TLS 1.3 only; more suites excluded): kept.
+    pf.postconf("-e", "smtpd_tls_mandatory_protocols=>=TLSv1.3",
+                "smtpd_tls_mandatory_exclude_ciphers=aNULL, CAMELLIA")
+    options = postfix_policy.Options(smtps=True)
+    plan = postfix_policy.plan_tls(pf.read(), FILES, options)
+    for service in ("submission/inet", "submissions/inet"):
+        assert "smtpd_tls_mandatory_protocols" not in params(plan, service)
+        assert "smtpd_tls_mandatory_exclude_ciphers" not in params(plan, service)
+    # Weaker ones: protocols replaced, exclusions kept with aNULL added.
+    pf.postconf("-e", "smtpd_tls_mandatory_protocols=!SSLv2, !SSLv3",
+                "smtpd_tls_mandatory_exclude_ciphers=CAMELLIA RC4")
+    plan = postfix_policy.plan_tls(pf.read(), FILES, options)
+    assert params(plan, "submission/inet")["smtpd_tls_mandatory_protocols"] == ">=TLSv1.2"
+    assert params(plan, "submissions/inet")["smtpd_tls_mandatory_exclude_ciphers"] == (
+        "CAMELLIA,RC4,aNULL")
+    pf.apply(plan)
+    config = pf.read()
+    assert postfix_policy.plan_tls(config, FILES, options).empty
+    service = config.services_on_port(587)[0]
+    # An operator's later -o that is stricter stays (TLS 1.3 only on 587).
+    pf.postconf("-P", f"{service.key}/smtpd_tls_mandatory_protocols=TLSv1.3")
+    assert postfix_policy.plan_tls(pf.read(), FILES, options).empty
+    # Port 25 keeps main.cf's opportunistic policy.
+    assert not config.services_on_port(25)[0].overrides
 
 
 def test_custom_endpoints_from_master_cf(tmp_path: Path) -> None:

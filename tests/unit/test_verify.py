@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import ssl
@@ -18,7 +19,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certbot_postfix_tls._internal import dialogues, findings, verify
 from certbot_postfix_tls._internal.tls_client import Endpoint, VerifyError
@@ -39,6 +40,7 @@ class Pki:
     soon: trustme.LeafCert
     expired: trustme.LeafCert
     short: trustme.LeafCert
+    rsa: trustme.LeafCert  # an RSA leaf for the same name as ``good`` (ECDSA)
 
     def fullchain(self, leaf: trustme.LeafCert) -> str:
         path = self.tmp / f"fullchain-{id(leaf)}.pem"
@@ -50,11 +52,14 @@ class Pki:
 
 
 def issue_dated(
-    inter: trustme.CA, chain: list[bytes], name: str, not_before: datetime, not_after: datetime
+    inter: trustme.CA, chain: list[bytes], name: str, not_before: datetime, not_after: datetime,
+    rsa_key: bool = False,
 ) -> trustme.LeafCert:
-    """A leaf with chosen validity, signed with cryptography by trustme's intermediate
-    (Debian 12's trustme 0.9 has no not_before/not_after)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    """A leaf with chosen validity (and key type), signed with cryptography by trustme's
+    intermediate (Debian 12's trustme 0.9 has no not_before/not_after)."""
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+        rsa.generate_private_key(65537, 2048) if rsa_key
+        else ec.generate_private_key(ec.SECP256R1()))
     issuer = inter._certificate  # noqa: SLF001 - the CA's own certificate
     cert = (
         lab.as_issued(
@@ -93,6 +98,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                           NOW + timedelta(hours=159)),
         expired=issue_dated(inter, chain, NAME, NOW - timedelta(days=90),
                             NOW - timedelta(days=2, hours=6)),
+        rsa=issue_dated(inter, chain, NAME, NOW - timedelta(days=1), NOW + timedelta(days=60),
+                        rsa_key=True),
     )
 
 
@@ -117,6 +124,10 @@ class Behaviour:
     inject_later: bytes = b""  # sent in a separate write shortly after it
     greeting: str | None = None
     silent: bool = False  # never greet
+    # Served after the leaf instead of its own chain (PEM blobs, in this order).
+    chain: list[bytes] | None = None
+    alt: trustme.LeafCert | None = None  # a second certificate (another key type)
+    server_order: bool = True  # Python's default: the server's order of suites/sigalgs
 
 
 class Peer:
@@ -174,10 +185,21 @@ class FakeServer:
 
     def _context(self, leaf: trustme.LeafCert) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        chain = leaf.cert_chain_pems[:1] if self.b.leaf_only else leaf.cert_chain_pems
-        path = self.pki.tmp / f"server-{id(leaf)}-{self.b.leaf_only}.pem"
-        path.write_bytes(leaf.private_key_pem.bytes() + b"".join(c.bytes() for c in chain))
+        if not self.b.server_order:  # as Postfix and Dovecot by default: the client's
+            ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+        chain = [c.bytes() for c in (leaf.cert_chain_pems[:1] if self.b.leaf_only
+                                      else leaf.cert_chain_pems)]
+        if self.b.chain is not None:
+            chain = chain[:1] + self.b.chain
+        path = self.pki.tmp / f"server-{id(leaf)}-{id(self.b)}.pem"
+        path.write_bytes(leaf.private_key_pem.bytes() + b"".join(chain))
         ctx.load_cert_chain(str(path))
+        if self.b.alt is not None:  # OpenSSL keeps one certificate per key type
+            alt = self.b.alt
+            alt_path = self.pki.tmp / f"server-alt-{id(alt)}.pem"
+            alt_path.write_bytes(alt.private_key_pem.bytes()
+                                 + b"".join(c.bytes() for c in alt.cert_chain_pems))
+            ctx.load_cert_chain(str(alt_path))
 
         def record(_sock: object, name: str | None, _ctx: object) -> None:
             self.sni.append(name)
@@ -481,6 +503,58 @@ def test_leaf_without_chain(serve, pki):
     assert "serves the leaf without its chain - point the service at fullchain.pem" in (
         result.message
     )
+
+
+def test_chain_out_of_order(serve, pki):
+    # Another certificate between the leaf and its intermediate: complete, not in order.
+    intermediate = pki.good.cert_chain_pems[1].bytes()
+    server = serve(chain=[pki.other.cert_chain_pems[0].bytes(), intermediate])
+    result = check(server, pki.expected(pki.good))
+    assert result.status == "CRITICAL" and result.kind == "chain-order", result.message
+    assert result.chain_complete is True
+    assert "sends its chain out of order (certificate 2 received does not issue certificate 1)" in (
+        result.message)
+    # The fake server's endpoint has no advice of its own: the generic setting is named.
+    assert "point its certificate setting at fullchain.pem" in result.message
+    assert verify.chain_out_of_order([]) is None
+
+
+def test_other_key_type_beside_the_deployed_one(serve, pki):
+    expected = pki.expected(pki.good)
+    assert expected.key_type == "ecdsa"
+    # One ECDSA certificate: one handshake, OK (the client put RSA first).
+    server = serve(server_order=False)
+    assert check(server, expected).status == "OK"
+    assert len(server.sni) == 1
+    # An RSA certificate left beside it: the same one handshake gets it.
+    server = serve(alt=pki.rsa, server_order=False)
+    result = check(server, expected, retry_seconds=0)
+    assert result.status == "CRITICAL" and result.kind == "alt-cert", result.message
+    assert result.served_sha256 == sha256_pem(pki.rsa)
+    assert "to clients that prefer RSA keys" in result.message
+    assert result.message.endswith("- remove it from its certificate settings.")
+    assert len(server.sni) == 1
+    [line] = verify.summarize([result])
+    assert "; decided by its certificate settings; fix: remove the other certificate" in line
+    # A pair member is checked with its own key type only: no finding.
+    assert check(server, expected, key_type="ecdsa").status == "OK"
+
+
+def test_other_key_type_where_the_server_orders(serve, pki):
+    """A server imposing its order serves ECDSA to anyone who offers it: only an
+    RSA-only client shows the leftover, so an endpoint that says so gets that second
+    handshake (and one whose configuration does not say so cannot be judged by one)."""
+    expected = pki.expected(pki.good)
+    server = serve(alt=pki.rsa)
+    ordered = dataclasses.replace(server.endpoint(), server_order=True)
+    result = verify.check_endpoint(ordered, expected, NAME, retry_seconds=0)
+    assert result.status == "CRITICAL" and result.kind == "alt-cert", result.message
+    assert result.served_sha256 == sha256_pem(pki.rsa)
+    assert len(server.sni) == 2
+    # Without the RSA certificate the second handshake fails: OK.
+    server = serve()
+    ordered = dataclasses.replace(server.endpoint(), server_order=True)
+    assert verify.check_endpoint(ordered, expected, NAME, retry_seconds=0).status == "OK"
 
 
 def test_expires_soon_is_warning(serve, pki):

@@ -25,6 +25,8 @@ POSTFIX_PARAMS = (
     *postfix_config.LEGACY_CERT_PARAMS,
     "smtpd_tls_protocols",
     "smtpd_tls_mandatory_protocols",
+    "smtpd_tls_exclude_ciphers",
+    "smtpd_tls_mandatory_exclude_ciphers",
     "smtpd_tls_auth_only",
     "smtpd_sasl_auth_enable",
     "smtpd_sasl_type",
@@ -42,15 +44,27 @@ POSTFIX_PARAMS = (
 
 @dataclass
 class Probe:
-    """What one TLS port did: a handshake (no SNI), the same pinned to TLS 1.2 and 1.3
-    (and TLS 1.0-1.1 when both fail), and for SMTP with STARTTLS, what it answers
-    before TLS."""
+    """What one TLS port did: a handshake (no SNI), the same pinned to TLS 1.2 and 1.3,
+    TLS 1.0-1.1, anonymous suites, and for SMTP with STARTTLS, what it answers before
+    TLS."""
 
     endpoint: Endpoint
     shake: Optional[Handshake] = None
     error: Optional[VerifyError] = None
     versions: dict[str, bool] = field(default_factory=dict)
     plain: Optional[PlaintextSmtp] = None
+    # Whether a handshake offering only anonymous (certificate-less) suites completed;
+    # None when not tried (the port does not work, or only with TLS 1.3).
+    anonymous: Optional[bool] = None
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether passwords travel here: IMAP and POP3 always, SMTP when the port
+        offers AUTH after TLS."""
+        if self.endpoint.protocol != "smtp":
+            return True
+        after = self.shake.capabilities_after_tls if self.shake else []
+        return any(k.upper().split()[:1] == ["AUTH"] for k in after)
 
     @property
     def where(self) -> str:

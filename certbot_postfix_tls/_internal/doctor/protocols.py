@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 
 from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
+from certbot_postfix_tls._internal.daemons.postfix.config import (
+    PROTOCOL_ORDER,
+    postfix_protocols,
+)
 from certbot_postfix_tls._internal.doctor.context import Context, Probe, ports_phrase
 from certbot_postfix_tls._internal.doctor.servers import MODERN
 from certbot_postfix_tls._internal.findings import Finding
 
-PROTOCOL_ORDER = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 
-
-def postfix_protocols(value: str) -> set[str]:
-    """The protocols a Postfix ``*_tls_protocols`` value leaves enabled: a list of names
-    to include, ``!name`` to exclude, ``>=name``/``<=name`` bounds (3.6+)."""
-    included: set[str] = set()
-    excluded: set[str] = set()
-    low, high = 0, len(PROTOCOL_ORDER) - 1
-    for token in re.split(r"[\s,:]+", value.strip()):
-        bare = token.lstrip("!<>=")
-        if bare not in PROTOCOL_ORDER:
-            continue
-        if token.startswith("!"):
-            excluded.add(bare)
-        elif token.startswith(">="):
-            low = PROTOCOL_ORDER.index(bare)
-        elif token.startswith("<="):
-            high = PROTOCOL_ORDER.index(bare)
-        else:
-            included.add(bare)
-    enabled = included or set(PROTOCOL_ORDER)
-    return {p for i, p in enumerate(PROTOCOL_ORDER)
-            if p in enabled and p not in excluded and low <= i <= high}
-
-
-def _protocol_setting(context: Context, item: Probe) -> tuple[str, str, str]:
+def protocol_setting(context: Context, item: Probe) -> tuple[str, str, str]:
     """(the setting that decides the protocols, its value's verdict, the fix)."""
     endpoint = item.endpoint
     config = context.config  # never None for a Postfix endpoint: they come from it
@@ -71,7 +49,7 @@ def protocol_checks(context: Context) -> list[Finding]:
     probes = context.probes
     groups: dict[tuple[str, str, str], list[Probe]] = {}
     for item in probes:
-        where, verdict, fix = _protocol_setting(context, item)
+        where, verdict, fix = protocol_setting(context, item)
         tls12, tls13 = item.versions.get("TLSv1.2"), item.versions.get("TLSv1.3")
         # When nothing works at all, the protocols are not the reason (a key or
         # certificate file is, which certificate-files and the port's own line name).

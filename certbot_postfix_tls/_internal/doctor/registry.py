@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from certbot_postfix_tls._internal.doctor import (
+    auth_tls,
     certificates,
     dane,
     deployments,
@@ -37,10 +38,14 @@ CHECKS: tuple[Check, ...] = (
     certificates.rfc5280_checks,
     profiles.profile_checks,
     protocols.protocol_checks,
+    auth_tls.legacy_checks,
+    auth_tls.dovecot_protocol_checks,
+    auth_tls.anonymous_checks,
     submission.submission_checks,
     submission.wrappermode_checks,
     submission.sasl_checks,
     submission.port25_checks,
+    auth_tls.port25_policy_checks,
     submission.outbound_checks,
     restart_hooks.hook_file_checks,
     servers.not_checked,

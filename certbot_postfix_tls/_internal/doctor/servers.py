@@ -5,7 +5,8 @@ Most servers that need help were set up by hand: ``smtpd_tls_cert_file`` pointin
 ``live/NAME/cert.pem``, a submission entry copied into master.cf, a renewal hook that
 restarts everything. The checks look at what the daemons are told (postconf, doveconf,
 the files they name, certbot's renewal hooks and configs) and at what they do (one
-probe per TLS port: a handshake, the same pinned to TLS 1.2 and 1.3, and for SMTP what
+probe per TLS port: a handshake, the same pinned to TLS 1.2 and 1.3, TLS 1.0/1.1 and
+anonymous suites as a scanner tries them, and for SMTP what
 the port accepts before STARTTLS).
 """
 
@@ -33,7 +34,7 @@ from certbot_postfix_tls._internal.tls_client import Endpoint, VerifyError
 # the first one); ports are probed side by side.
 PARALLEL_PORTS = 8
 PROBE_TIMEOUT = 10.0
-MODERN = ("TLSv1.2", "TLSv1.3")
+MODERN = constants.MODERN_TLS
 
 
 def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
@@ -63,7 +64,7 @@ def find(config_dir: str, state: State, postfix_dir: Optional[str] = None,
         try:
             imap = Dovecot(path)
             context.imap_settings = imap.settings(
-                "ssl", "ssl_min_protocol", "log_path", *dovecot_cert_names(imap))
+                "ssl", "ssl_min_protocol", "ssl_cipher_list", "log_path", *dovecot_cert_names(imap))
             context.dovecot_running = imap.running()
             context.imap = imap
         except errors.Error as exc:
@@ -131,6 +132,10 @@ def probe(endpoint: Endpoint) -> Probe:
         for version in MODERN:
             if version not in result.versions:
                 result.versions[version] = _works(endpoint, version)
+        # What a scanner reports: TLS 1.0/1.1 and anonymous suites accepted.
+        result.versions["legacy"] = _works(endpoint, "legacy")
+        if result.versions.get("TLSv1.2") or result.versions["legacy"]:
+            result.anonymous = _works(endpoint, "anonymous")
     else:
         for version in MODERN:
             result.versions[version] = _works(endpoint, version)

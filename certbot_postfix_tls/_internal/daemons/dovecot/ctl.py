@@ -20,10 +20,14 @@ from certbot_postfix_tls._internal.daemons.dovecot.conftree import ConfigTree, r
 from certbot_postfix_tls._internal.daemons.dovecot.doveconf import (
     ADVICE,
     DEFAULT_CONFIG,
+    MIN_PROTOCOL,
     NAME,
+    PREFER_SERVER,
     count_sessions,
     doveconf_problem,
     endpoints_from_doveconf,
+    legacy_min_protocol,
+    legacy_protocol_warning,
     parse_doveconf,
 )
 from certbot_postfix_tls._internal.daemons.dovecot.plan import (
@@ -201,7 +205,16 @@ class Dovecot:
                 sessions=served.dovecot_sessions,
             )
         plan.notes = [f"dovecot: {note}" for note in plan.notes]
+        if request.policy is not None and not request.removing:
+            plan.warnings += self.protocol_warnings()
         return plan
+
+    def protocol_warnings(self) -> list[str]:
+        """The operator's ``ssl_min_protocol`` when it allows TLS older than 1.2: said,
+        never changed (it may be there for an old client the operator still serves)."""
+        value = self.settings(MIN_PROTOCOL).get(MIN_PROTOCOL, "")
+        return [legacy_protocol_warning(self.config_file, value)] if legacy_min_protocol(
+            value) else []
 
     def plan_files(
         self,
@@ -275,7 +288,11 @@ class Dovecot:
         """Enabled IMAP/POP3 TLS endpoints of the effective configuration."""
         proc = self._doveconf("protocols", "listen", "ssl", "service/imap-login",
                               "service/pop3-login")
-        return endpoints_from_doveconf(proc.stdout, verify_address)
+        # Asked apart and allowed to fail: 2.4 renamed it, and verify must not depend on it.
+        order = self._doveconf(PREFER_SERVER[1] if self.uses_24_syntax else PREFER_SERVER[0],
+                               check=False)
+        extra = order.stdout if order.returncode == 0 else ""
+        return endpoints_from_doveconf(proc.stdout + extra, verify_address)
 
     def settings(self, *names: str) -> dict[str, str]:
         """Top-level values in effect (``doveconf NAME...``, files not expanded), e.g.

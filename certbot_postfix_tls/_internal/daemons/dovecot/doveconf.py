@@ -29,11 +29,31 @@ ADVICE = Advice(
     tls_fix="set ssl = yes",
     listen_setting="listen and the inet_listener",
     protocol_setting="ssl_min_protocol/ssl_cipher_list",
+    alt_cert_setting="ssl_alt_cert/ssl_alt_key (ssl_server_alt_cert_file/key_file in 2.4)",
     log_programs=("imap-login", "pop3-login", "config", "dovecot"),
     units=("dovecot",),
     stop_commands=("doveadm stop",),
 )
 LOGIN_SERVICES = {"imap-login": "imap", "pop3-login": "pop3"}
+# The server imposes its order of suites (yes in 2.3; server in 2.4's renamed setting).
+PREFER_SERVER = ("ssl_prefer_server_ciphers", "ssl_server_prefer_ciphers")
+MIN_PROTOCOL = "ssl_min_protocol"
+# ssl_min_protocol values that let clients use something older than TLS 1.2 (ANY is
+# SSLv3 and later; LATEST and TLSv1.2+ are fine).
+LEGACY_MIN_PROTOCOLS = ("ANY", "SSLv3", "TLSv1", "TLSv1.1")
+
+
+def legacy_min_protocol(value: str) -> bool:
+    """Whether Dovecot's ``ssl_min_protocol`` allows TLS 1.0/1.1 (or SSLv3)."""
+    return value.strip() in LEGACY_MIN_PROTOCOLS
+
+
+def legacy_protocol_warning(config_file: str, value: str) -> str:
+    """The sentence deploy and doctor say about an ``ssl_min_protocol`` that allows
+    TLS 1.0/1.1: the plugin never changes it (an operator may still serve an old client)."""
+    return (f"Dovecot ({config_file}) has ssl_min_protocol = {value}: IMAP and POP3 clients "
+            "may log in over TLS 1.0/1.1, which RFC 8996 forbids (certbot-postfix-tls leaves "
+            "it as it is); fix: set `ssl_min_protocol = TLSv1.2` there, then doveadm reload")
 
 
 # --- effective configuration (doveconf output) -----------------------------------------
@@ -113,6 +133,7 @@ def endpoints_from_doveconf(text: str, verify_address: str) -> list[Endpoint]:
     root = parse_doveconf(text)
     if root.settings.get("ssl", "yes") == "no":
         return []
+    server_order = any(root.settings.get(name) in ("yes", "server") for name in PREFER_SERVER)
     protocols = _protocols(root)
     listen = root.settings.get("listen", "*, ::")
     result: list[Endpoint] = []
@@ -138,7 +159,7 @@ def endpoints_from_doveconf(text: str, verify_address: str) -> list[Endpoint]:
             where = listener.settings.get("address") or listener.settings.get("listen") or listen
             for address in _addresses(where, verify_address):
                 endpoint = Endpoint(NAME, protocol, address, port, tls, lname or protocol,
-                                    advice=ADVICE)
+                                    advice=ADVICE, server_order=server_order)
                 if endpoint not in result:
                     result.append(endpoint)
     return result

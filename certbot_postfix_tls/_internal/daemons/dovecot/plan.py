@@ -140,7 +140,7 @@ def _check_path(path: str) -> str:
     return path
 
 
-def _cert_lines(v24: bool, cert: CertFiles, indent: str) -> list[str]:
+def _cert_lines(v24: bool, cert: CertFiles, indent: str, clear_alt: bool = False) -> list[str]:
     fullchain, key = _check_path(cert.fullchain), _check_path(cert.key)
     if v24:
         lines = [
@@ -156,6 +156,12 @@ def _cert_lines(v24: bool, cert: CertFiles, indent: str) -> list[str]:
                       f"{indent}ssl_server_alt_key_file = {alt_key}"]
         else:
             lines += [f"{indent}ssl_alt_cert = <{alt_chain}", f"{indent}ssl_alt_key = <{alt_key}"]
+    elif clear_alt:
+        # A local_name block inherits the default's alternative certificate: without
+        # this, clients of that key type asking for these names would get the default's.
+        names = ("ssl_server_alt_cert_file", "ssl_server_alt_key_file") if v24 else (
+            "ssl_alt_cert", "ssl_alt_key")
+        lines += [f"{indent}{name} =" for name in names]
     return lines
 
 
@@ -196,7 +202,9 @@ def render_plugin_file(
                 )
             by_name.setdefault(name.lower().rstrip("."), files)
     for name in sorted(by_name):
-        lines += ["", f"local_name {name} {{", *_cert_lines(v24, by_name[name], "  "), "}"]
+        clear_alt = bool(cert.alt_fullchain) and not by_name[name].alt_fullchain
+        lines += ["", f"local_name {name} {{",
+                  *_cert_lines(v24, by_name[name], "  ", clear_alt), "}"]
     if sasl_listener:
         if not _SAFE_PATH.match(sasl_listener):
             raise errors.PluginError(

@@ -34,6 +34,8 @@ ADVICE = Advice(
     tls_fix="turn TLS on for this port (may, or encrypt on 587)",
     listen_setting="inet_interfaces/inet_protocols and the master.cf entry",
     protocol_setting="smtpd_tls_protocols/smtpd_tls_ciphers",
+    alt_cert_setting=("smtpd_tls_chain_files (a second key and chain) or the SNI table's "
+                      "entry for the name, in main.cf or a -o override"),
     log_programs=("smtpd[", "tlsproxy[", "postscreen["),
     no_log_hint="the reason is in Postfix's log (set maillog_file to have it shown here)",
     units=("postfix",),
@@ -90,9 +92,36 @@ MAIN_PARAMS = (
     "virtual_alias_domains",
     "relay_domains",
     "tls_server_sni_maps",
+    "tls_preempt_cipherlist",
     "default_database_type",
     *LEGACY_CERT_PARAMS,
 )
+
+
+PROTOCOL_ORDER = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def postfix_protocols(value: str) -> set[str]:
+    """The protocols a Postfix ``*_tls_protocols`` value leaves enabled: a list of names
+    to include, ``!name`` to exclude, ``>=name``/``<=name`` bounds (3.6+)."""
+    included: set[str] = set()
+    excluded: set[str] = set()
+    low, high = 0, len(PROTOCOL_ORDER) - 1
+    for token in re.split(r"[\s,:]+", value.strip()):
+        bare = token.lstrip("!<>=")
+        if bare not in PROTOCOL_ORDER:
+            continue
+        if token.startswith("!"):
+            excluded.add(bare)
+        elif token.startswith(">="):
+            low = PROTOCOL_ORDER.index(bare)
+        elif token.startswith("<="):
+            high = PROTOCOL_ORDER.index(bare)
+        else:
+            included.add(bare)
+    enabled = included or set(PROTOCOL_ORDER)
+    return {p for i, p in enumerate(PROTOCOL_ORDER)
+            if p in enabled and p not in excluded and low <= i <= high}
 
 
 def is_yes(value: str) -> bool:

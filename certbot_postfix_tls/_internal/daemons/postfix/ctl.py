@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 def _read_params() -> list[str]:
     """What ``read`` asks postconf for: the plan's own parameters and the policy's."""
-    return list(dict.fromkeys([*MAIN_PARAMS, *(s.name for s in policy.MAIN_POLICY)]))
+    return list(dict.fromkeys([*MAIN_PARAMS, *(s.name for s in policy.MAIN_POLICY),
+                               *(s.name for s in policy.SUBMISSION_HARDENING)]))
 
 
 class Postfix:

@@ -154,6 +154,8 @@ def listeners(config: PostfixConfig, verify_address: str) -> list[Listener]:
             label=service.name,
             setting=_cert_setting(config, service),
             log_file=log_file,
+            server_order=is_yes(service_setting(config, service, "tls_preempt_cipherlist")
+                                or "no"),
         )
         skip: Optional[str] = None
         proxy = ("postscreen_upstream_proxy_protocol"

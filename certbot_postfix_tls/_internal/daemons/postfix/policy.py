@@ -2,7 +2,8 @@
 
 ``MAIN_POLICY`` is every main.cf setting the plugin enforces on install, each with the
 value it writes and the test for what is already acceptable; ``SUBMISSION_OVERRIDES``
-and ``SUBMISSION_DEFAULTS`` are the master.cf overrides of the submission services.
+and ``SUBMISSION_DEFAULTS`` are the master.cf overrides of the submission services,
+``SUBMISSION_HARDENING`` those written only where the value in force is weaker.
 ``plan_tls`` applies them (and the certificate settings) to what postconf reported: a
 pure function, unit-tested on real configuration fixtures. Adding a main.cf setting is
 one ``MainSetting`` in ``MAIN_POLICY`` (postconf is asked for it automatically).
@@ -10,6 +11,7 @@ one ``MainSetting`` in ``MAIN_POLICY`` (postconf is asked for it automatically).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Optional
@@ -25,6 +27,7 @@ from certbot_postfix_tls._internal.daemons.postfix.config import (
     PostfixConfig,
     effective_level,
     is_yes,
+    postfix_protocols,
     sasl_backend,
     service_setting,
     setting_source,
@@ -51,6 +54,53 @@ SUBMISSION_OVERRIDES = (
     ("smtpd_tls_auth_only", "yes"),
 )
 SUBMISSION_DEFAULTS = (("smtpd_relay_restrictions", "permit_sasl_authenticated,reject"),)
+
+
+def _modern_only(value: str) -> bool:
+    """A protocols value that enables TLS 1.2 or 1.3 and nothing older."""
+    enabled = postfix_protocols(value)
+    return bool(enabled) and enabled <= set(constants.MODERN_TLS)
+
+
+def _modern_protocols(config: PostfixConfig, current: str) -> str:
+    """TLS 1.2 and later, in the syntax this Postfix reads (``>=`` since 3.6)."""
+    if config.version >= (3, 6):
+        return ">=TLSv1.2"
+    return "!SSLv2,!SSLv3,!TLSv1,!TLSv1.1"
+
+
+def _cipher_types(value: str) -> list[str]:
+    return [t for t in re.split(r"[\s,:]+", value.strip()) if t]
+
+
+def _excludes_anonymous(value: str) -> bool:
+    return "aNULL" in _cipher_types(value)
+
+
+def _exclude_anonymous(config: PostfixConfig, current: str) -> str:
+    """What is excluded already, plus anonymous suites (nothing excluded is let back in)."""
+    return ",".join([*_cipher_types(current), "aNULL"])
+
+
+@dataclass(frozen=True)
+class ServiceSetting:
+    """A submission override that hardens where passwords travel: written when the value
+    in force for the service (its own ``-o``, else main.cf's) is not ``strict`` enough,
+    as ``wanted(config, value in force)``; never over a stricter one."""
+
+    name: str
+    strict: Callable[[str], bool]
+    wanted: Callable[[PostfixConfig, str], str]
+
+
+# Port 25 keeps main.cf's opportunistic policy: a sending MTA that only has TLS 1.0 or
+# anonymous suites still gets encryption rather than plaintext (RFC 7435); 587/465 carry
+# passwords and require TLS, so they get TLS 1.2+ (RFC 8996, RFC 8314) with certificates.
+SUBMISSION_HARDENING: tuple[ServiceSetting, ...] = (
+    ServiceSetting("smtpd_tls_mandatory_protocols", _modern_only, _modern_protocols),
+    ServiceSetting("smtpd_tls_mandatory_exclude_ciphers", _excludes_anonymous,
+                   _exclude_anonymous),
+)
 
 
 @dataclass(frozen=True)
@@ -261,6 +311,10 @@ def _plan_submission_service(
         if wrappermode:
             wanted.append(("smtpd_tls_wrappermode", "yes"))
         wanted.extend(SUBMISSION_OVERRIDES)
+        for setting in SUBMISSION_HARDENING:
+            value, _ = config.in_force(service, setting.name)
+            if not setting.strict(value):
+                wanted.append((setting.name, setting.wanted(config, value)))
         wanted.extend((k, v) for k, v in SUBMISSION_DEFAULTS if k not in current)
         broken = options.broken_sasl.get(service.key, "")
         has_backend = sasl_backend(config, service) and not broken
