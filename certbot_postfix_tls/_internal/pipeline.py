@@ -587,6 +587,10 @@ def preview(site: Site, desired: Desired) -> Preview:
     state_path = state.file(config_dir)
     _text_file(result, state_path, state.text().encode() if state.lineages else None,
                0o644 if state.lineages else None)
+    # The DANE history write records the version served (outside checkpoints).
+    served = history.updated(config_dir, state)
+    if served is not None:
+        _text_file(result, history.path(config_dir), served, 0o644)
     return result
 
 

@@ -41,6 +41,14 @@ def served_version(config_dir: str, state: State, name: str) -> Optional[int]:
 
 def record(config_dir: str, state: State) -> None:
     """Raise each lineage's newest served version to what ``state`` serves."""
+    text = updated(config_dir, state)
+    if text is not None:
+        certs.write_atomic(path(config_dir), text, 0o644)
+
+
+def updated(config_dir: str, state: State) -> Optional[bytes]:
+    """The history's new text once ``state`` is served, or None when it does not change
+    (``record`` writes it; ``plan`` shows it)."""
     history = load(config_dir)
     changed = False
     for name in sorted(state.lineages):
@@ -53,10 +61,9 @@ def record(config_dir: str, state: State) -> None:
         if version > int(history.get(name, {}).get("version", 0)):
             history[name] = {"version": version}
             changed = True
-    if changed:
-        certs.write_atomic(path(config_dir),
-                           (json.dumps(history, indent=2, sort_keys=True) + "\n").encode(),
-                           0o644)
+    if not changed:
+        return None
+    return (json.dumps(history, indent=2, sort_keys=True) + "\n").encode()
 
 
 def newest(config_dir: str, name: str) -> Optional[int]:
