@@ -121,17 +121,33 @@ def render_map(state: State) -> str:
 
 
 def write_map(text: str, path: str, postfix_dir: str, kind: str) -> None:
-    """Write the SNI table and rebuild its index with ``postmap -F`` (0600 both)."""
-    certs.write_atomic(path, text.encode(), mode=0o600)
-    process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{path}"],
-                what=f"postmap -F could not build the SNI table {path}")
-    index = path + INDEX_SUFFIX.get(kind, ".db")
-    fd = os.open(index, os.O_RDONLY | os.O_NOFOLLOW)
+    """Write the SNI table and its index (0600 both, root's): built by ``postmap -F``
+    into a temporary table beside it and renamed into place, the index first, so
+    smtpd never opens a partial index and a kill leaves the previous one whole."""
+    suffix = INDEX_SUFFIX.get(kind, ".db")
+    for stale in certs.stale_temps(path, ".tmp"):  # a build a kill cut short
+        os.unlink(stale)
+    fd, tmp = certs.create_temp(path, ".tmp")
     try:
-        os.fchown(fd, 0, 0)
-        os.fchmod(fd, 0o600)  # it holds private keys
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{tmp}"],
+                    what=f"postmap -F could not build the SNI table {path}")
+        index_fd = os.open(tmp + suffix, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchown(index_fd, 0, 0)
+            os.fchmod(index_fd, 0o600)  # it holds private keys
+            os.fsync(index_fd)
+        finally:
+            os.close(index_fd)
+        os.replace(tmp + suffix, path + suffix)
+        os.replace(tmp, path)
     finally:
-        os.close(fd)
+        for leftover in (tmp, tmp + suffix):
+            if os.path.lexists(leftover):
+                os.unlink(leftover)
 
 
 def split_tables(value: str) -> list[str]:
