@@ -463,3 +463,15 @@ def test_rhel_tree_is_planned_like_debian(tmp_path: Path) -> None:
     assert f"{dovecot_plan.MARKER}ssl_key = <{RHEL_KEY}\n" in new_ssl
     assert "\nssl = required\n" in new_ssl
     assert dovecot_plan.uncomment(new_ssl) == ssl_text  # restorable byte for byte
+
+
+def test_latin1_include_is_read_and_kept_byte_for_byte(tmp_path: Path) -> None:
+    """Dovecot reads bytes: an include with a Latin-1 comment is valid for it and must
+    not fail a deploy or renewal (it raised UnicodeDecodeError) nor be re-encoded."""
+    main = tmp_path / "dovecot.conf"
+    local = tmp_path / "local.conf"
+    local.write_bytes(b"# Gr\xfc\xdfe, cl\xe9s\nssl = yes\nssl_cert = </etc/ssl/a.pem\n")
+    main.write_bytes(b"!include_try local.conf\n")
+    tree = dovecot_conftree.read_config(str(main))
+    assert dovecot_conftree.encode_text(tree.files[str(local)]) == local.read_bytes()
+    assert any(s.name == "ssl_cert" for s in tree.settings)
