@@ -8,6 +8,7 @@ restart() reloads and verifies. Every file the plugin changes is written by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -127,6 +128,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         self._postfix: Optional[Postfix] = None
         self._dovecot: Optional[Dovecot] = None
         self._staged: Optional[_Staged] = None
+        # The plugin's lock from deploy_cert's first read of the state to the end of
+        # save's write: a hook, `dane check` or `undeploy` in between would be overwritten.
+        self._held = contextlib.ExitStack()
 
     # -- helpers -------------------------------------------------------------
 
@@ -257,33 +261,39 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                                            self.config.config_dir)
         if self._staged is not None and self._staged.lineage == lineage:
             return
-        material = certs.load_material(lineage)  # mismatch/missing: refuse before any change
-        config = self.instance.read()
-        state = State.load(self.config.config_dir, self.instance.instance_key)
-        owner = self._dovecot_owner(state)
-        if owner is not None:
-            # Another Postfix instance's deploys configure this Dovecot: one file, one
-            # owner, so the instances never overwrite each other's Dovecot settings.
-            display_util.notify(
-                f"postfix-tls: Dovecot ({owner.dovecot_config}) is configured by the "
-                f"deploys to Postfix {owner.postfix_dir}; this instance leaves it alone."
-            )
-            self._dovecot = None
-        elif state.dovecot_config and self._dovecot is None:
-            # Deployed to Dovecot before: it stays configured and renewed, never
-            # silently left serving an old certificate.
-            self._dovecot = Dovecot(state.dovecot_config)
-            display_util.notify(
-                f"postfix-tls: Dovecot ({state.dovecot_config}) keeps the certificates an "
-                "earlier deploy gave it and is still reloaded on renewal."
-            )
-        site = pipeline.Site(self.config.config_dir, daemons.ordered(
-            [self.instance, *([self._dovecot] if self._dovecot else [])]))
-        dovecot_sasl = self._dovecot_sasl(config)
-        self._prospective_state(state, lineage, material, config, dovecot_sasl)
-        desired = render(site, state, config, rebuild=[lineage.name],
-                         policy=self._options(dovecot_sasl))
-        self._staged = _Staged(lineage, site, desired)
+        # Read -> render -> write under one hold of the lock (released by save()).
+        self._held.enter_context(plugin_lock(self.config.config_dir))
+        try:
+            material = certs.load_material(lineage)  # mismatch/missing: refused, unchanged
+            config = self.instance.read()
+            state = State.load(self.config.config_dir, self.instance.instance_key)
+            owner = self._dovecot_owner(state)
+            if owner is not None:
+                # Another Postfix instance's deploys configure this Dovecot: one file, one
+                # owner, so the instances never overwrite each other's Dovecot settings.
+                display_util.notify(
+                    f"postfix-tls: Dovecot ({owner.dovecot_config}) is configured by the "
+                    f"deploys to Postfix {owner.postfix_dir}; this instance leaves it alone."
+                )
+                self._dovecot = None
+            elif state.dovecot_config and self._dovecot is None:
+                # Deployed to Dovecot before: it stays configured and renewed, never
+                # silently left serving an old certificate.
+                self._dovecot = Dovecot(state.dovecot_config)
+                display_util.notify(
+                    f"postfix-tls: Dovecot ({state.dovecot_config}) keeps the certificates an "
+                    "earlier deploy gave it and is still reloaded on renewal."
+                )
+            site = pipeline.Site(self.config.config_dir, daemons.ordered(
+                [self.instance, *([self._dovecot] if self._dovecot else [])]))
+            dovecot_sasl = self._dovecot_sasl(config)
+            self._prospective_state(state, lineage, material, config, dovecot_sasl)
+            desired = render(site, state, config, rebuild=[lineage.name],
+                             policy=self._options(dovecot_sasl))
+            self._staged = _Staged(lineage, site, desired)
+        except BaseException:
+            self._held.close()
+            raise
 
     def _dovecot_owner(self, state: State) -> Optional[State]:
         """The other instance's state that already configures this Dovecot, if any."""
@@ -383,14 +393,18 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 if created:
                     self.reverter.register_file_creation(temporary, *created)
 
-            with plugin_lock(self.config.config_dir):
-                try:
-                    pipeline.write(staged.site, staged.desired, checkpoint)
-                except (errors.Error, OSError):
-                    # Nothing half-applied: the snapshot is restored; drop the checkpoint.
-                    self.reverter.recovery_routine()
-                    self._staged = None
-                    raise
+            try:
+                with plugin_lock(self.config.config_dir):
+                    try:
+                        pipeline.write(staged.site, staged.desired, checkpoint)
+                    except (errors.Error, OSError):
+                        # Nothing half-applied: the snapshot is restored; drop the
+                        # checkpoint.
+                        self.reverter.recovery_routine()
+                        self._staged = None
+                        raise
+            finally:
+                self._held.close()  # the hold deploy_cert took
             staged.applied = True
             self._report(staged)
         if title and not temporary:
