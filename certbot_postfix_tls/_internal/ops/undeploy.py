@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Optional, cast
 
-from certbot import configuration, errors, reverter
+from certbot import configuration, errors, reverter, util
 
 from certbot_postfix_tls._internal import permissions, pipeline
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
@@ -39,10 +39,25 @@ def _reverter(work_dir: str) -> reverter.Reverter:
     return reverter.Reverter(cast(configuration.NamespaceConfig, config))
 
 
+def _certbot_lock(work_dir: str) -> None:
+    """certbot's own lock on its work directory, until this process exits: undeploy
+    recovers and writes reverter checkpoints there, as a certbot run does. Taken
+    before the plugin's lock, in certbot's order (its hooks take the plugin's)."""
+    os.makedirs(work_dir, mode=0o700, exist_ok=True)
+    try:
+        util.lock_dir_until_exit(work_dir)
+    except errors.LockError as exc:
+        raise errors.Error(
+            f"certbot is running (it holds the lock on {work_dir}: {exc}); nothing changed: "
+            "run undeploy again once it has finished."
+        ) from None
+
+
 def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say,
              postfix_dir: Optional[str] = None) -> list[str]:
     """Remove ``name`` from every Postfix instance that serves it (or from the one in
     ``postfix_dir``); reload and verify what stays. Returns the verification problems."""
+    _certbot_lock(work_dir)
     with plugin_lock(config_dir):
         revert = _reverter(work_dir)
         if os.path.isdir(os.path.join(work_dir, "IN_PROGRESS")):
