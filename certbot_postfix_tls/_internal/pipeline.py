@@ -362,6 +362,8 @@ def _write_derived(site: Site, desired: Desired, snapshot: Snapshot) -> None:
     os.makedirs(lineages_dir, mode=0o700, exist_ok=True)
     os.chmod(lineages_dir, 0o700)  # key material below
     for path, data in desired.chain_files.items():
+        for stale in certs.stale_temps(path):  # a write a kill cut short: a key copy
+            os.unlink(stale)
         snapshot.keep(path)
         certs.write_atomic(path, data, 0o600)
     if desired.sni_map is not None and state.sni_map_type:
