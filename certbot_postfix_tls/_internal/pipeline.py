@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional
@@ -40,6 +41,7 @@ from certbot_postfix_tls._internal import (
     certs,
     constants,
     daemons,
+    dialogues,
     hooks,
     permissions,
     services,
@@ -403,8 +405,10 @@ def activate(
     """Reload ``reload`` (each once), then verify. Returns one sentence per failure of
     the ``judged`` lineages (None: all); the others' failures go to ``warn``."""
     services.reload(site.daemons, reload, warn)
-    if not state.verify or not state.lineages:
+    if not state.verify:
         return []
+    if not state.lineages:
+        return _verify_removal(state)
     judged_set = set(state.lineages) if judged is None else set(judged) & set(state.lineages)
     problems: list[str] = []
     for name in sorted(state.lineages):
@@ -425,6 +429,29 @@ def activate(
     # The operator's own SNI entries must keep their certificates.
     foreign = services.check_foreign(site.config_dir, state)
     problems += [f"{line} (a name of your own SNI table)" for line in verify.summarize(foreign)]
+    return problems
+
+
+def _verify_removal(state: State, retry_seconds: float = 5.0) -> list[str]:
+    """After the last lineage went: every TLS endpoint of the daemons still completes a
+    handshake, with whatever certificate their restored settings name (there is no
+    lineage to compare with). One sentence per endpoint that fails."""
+    problems = []
+    for endpoint in services.endpoints(state):
+        deadline = time.monotonic() + retry_seconds
+        while True:
+            try:
+                dialogues.handshake(endpoint, None)
+                break
+            except tls_client.VerifyError as exc:
+                if exc.retryable and time.monotonic() < deadline:
+                    time.sleep(0.2)  # an old process may still answer after the reload
+                    continue
+                problems.append(
+                    f"{endpoint.service} port {endpoint.port} ({endpoint.address}) no longer "
+                    f"completes a TLS handshake with the settings it had before "
+                    f"certbot-postfix-tls: {exc}")
+                break
     return problems
 
 

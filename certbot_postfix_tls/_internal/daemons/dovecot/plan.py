@@ -392,8 +392,9 @@ def plan_config(
 
 def removal_plan(tree: ConfigTree, plugin_file: str, include_from: Optional[str]) -> DovecotPlan:
     """What takes the plugin out again: its file goes, the lines it commented out come
-    back, its include line goes. Dovecot is not checked afterwards: what is left is the
-    operator's own configuration, as it was before the plugin."""
+    back, its include line goes. Checked afterwards like any change (``doveconf -x``):
+    the operator's own certificate files may have gone since (a removed snakeoil pair),
+    and Dovecot would then refuse to start."""
     writes: dict[str, str] = {}
     for path, text in tree.files.items():
         if path != plugin_file and MARKER in text:
@@ -407,7 +408,7 @@ def removal_plan(tree: ConfigTree, plugin_file: str, include_from: Optional[str]
             writes[include_from] = text.replace(line, "")
     notes = [f"restored the lines certbot-postfix-tls had commented out in {path}"
              for path in sorted(writes)]
-    return DovecotPlan(writes=writes, removes=[plugin_file], notes=notes, check=False)
+    return DovecotPlan(writes=writes, removes=[plugin_file], notes=notes)
 
 
 def sni_entries(state: State) -> list[tuple[list[str], CertFiles]]:
