@@ -236,3 +236,12 @@ def certbot(request: pytest.FixtureRequest, pebble: lab.Pebble) -> lab.Certbot:
     if flavor == "debian" and not runner.version().startswith("2."):
         pytest.skip(f"{python} does not run Debian 12's certbot 2.x")
     return runner
+
+
+@pytest.fixture
+def snakeoil_pair() -> Iterator[None]:
+    """Debian's snakeoil pair, which the lab's stock main.cf names (lab.flows)."""
+    from lab.flows import debian_snakeoil
+
+    with debian_snakeoil():
+        yield

@@ -13,7 +13,18 @@ from pathlib import Path
 
 import lab
 from lab.dovecot import DovecotLab
-from lab.flows import HOST, OTHER, install, issue, leaf, renew, run_cli, served, served_leaf
+from lab.flows import (
+    HOST,
+    OTHER,
+    debian_snakeoil,
+    install,
+    issue,
+    leaf,
+    renew,
+    run_cli,
+    served,
+    served_leaf,
+)
 
 from certbot_postfix_tls._internal.lock import lock_path
 from certbot_postfix_tls._internal.state import State
@@ -129,3 +140,36 @@ def test_renewal_survives_a_busy_lock_and_a_latin1_include(
         assert run_cli(certbot, "verify").returncode == 0
     finally:
         latin1.unlink()
+
+
+def test_last_undeploy_is_checked_and_keeps_operator_lines(
+    certbot: lab.Certbot, postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab
+) -> None:
+    """Undeploying the last lineage refuses, naming the file, when the pre-plugin
+    certificate it would give Postfix back is gone (nothing changes, the lineage stays
+    served); with the file back it restores, keeps the submission service the plugin
+    added because the operator gave it an -o line since, and verifies by handshake."""
+    issue(certbot, HOST)
+    install(certbot, HOST)
+    work = ["--work-dir", str(certbot.base / "work")]
+    refused = run_cli(certbot, "undeploy", *work, "--cert-name", HOST)
+    assert refused.returncode != 0
+    assert "/etc/ssl/certs/ssl-cert-snakeoil.pem does not exist" in refused.stderr, refused.stderr
+    assert "nothing was changed" in refused.stderr
+    assert list(State.load(str(certbot.config_dir)).lineages) == [HOST]
+    assert served_leaf(587, HOST) == leaf(certbot, HOST)
+
+    postfix_lab.postconf("-P", "submission/inet/smtpd_client_restrictions="
+                         "permit_sasl_authenticated,reject")
+    with debian_snakeoil():
+        done = run_cli(certbot, "undeploy", *work, "--cert-name", HOST)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "kept master.cf service submission/inet" in done.stdout
+        master = postfix_lab.postconf("-M")
+        assert "submission/inet" in master or "submission inet" in master
+        params = postfix_lab.postconf("-P")
+        assert ("submission/inet/smtpd_client_restrictions = permit_sasl_authenticated,reject"
+                in params)
+        assert "submission/inet/smtpd_tls_security_level" not in params
+        # 587 answers STARTTLS with the restored (snakeoil) certificate.
+        assert served_leaf(587, HOST) != leaf(certbot, HOST)

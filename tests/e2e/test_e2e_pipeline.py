@@ -346,7 +346,7 @@ def leaf_of(certbot: lab.Certbot, name: str, version: int) -> bytes:
 
 def test_undeploy_killed_at_every_write(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
-    dovecot_lab: DovecotLab,
+    dovecot_lab: DovecotLab, snakeoil_pair: None,
 ) -> None:
     once(request, "undeploy is the plugin's own command")
     need("swaks")
