@@ -30,6 +30,13 @@ RENEWALS_DIR = "renewals"
 # Seconds a second writer waits for the lock before giving up with one sentence.
 LOCK_TIMEOUT = 120.0
 
+# Seconds verification waits at most for Postfix's master to lift a throttle
+# (service_throttle_time, 60 s by default) before handshaking.
+THROTTLE_WAIT_MAX = 90.0
+
+# Where syslog puts mail logs when a daemon has no log file of its own.
+SYSLOG_MAIL = "/var/log/mail.log"
+
 # Name of the renewal hook files under <config-dir>/renewal-hooks/{deploy,post}/.
 HOOK_NAME = "certbot-postfix-tls"
 

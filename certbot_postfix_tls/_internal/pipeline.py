@@ -33,6 +33,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Optional
 
 from certbot import errors
@@ -50,6 +51,7 @@ from certbot_postfix_tls._internal import (
     verify,
 )
 from certbot_postfix_tls._internal.daemons.base import Daemon, DaemonPlan, PlanRequest
+from certbot_postfix_tls._internal.daemons.postfix import throttle
 from certbot_postfix_tls._internal.daemons.postfix.config import PostfixConfig
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.daemons.postfix.policy import Options
@@ -407,6 +409,7 @@ def activate(
     services.reload(site.daemons, reload, warn)
     if not state.verify:
         return []
+    _wait_for_throttle(site, warn)
     if not state.lineages:
         return _verify_removal(state)
     judged_set = set(state.lineages) if judged is None else set(judged) & set(state.lineages)
@@ -430,6 +433,29 @@ def activate(
     foreign = services.check_foreign(site.config_dir, state)
     problems += [f"{line} (a name of your own SNI table)" for line in verify.summarize(foreign)]
     return problems
+
+
+def _wait_for_throttle(site: Site, warn: Warn) -> None:
+    """Postfix's master accepts no connection on a service it throttles (a daemon that
+    failed to start, e.g. smtpd without its SASL backend before this install): wait
+    for the throttle to end, at most THROTTLE_WAIT_MAX seconds, and say so."""
+    for daemon in site.daemons:
+        if not isinstance(daemon, Postfix):
+            continue
+        ends, log = daemon.throttle()
+        if ends is None:
+            continue
+        wait = (ends - datetime.now(timezone.utc)).total_seconds() + 1
+        if wait > constants.THROTTLE_WAIT_MAX:
+            warn(f"Postfix's master throttles a service until {ends.astimezone():%H:%M:%S} "
+                 f"(a daemon failed to start; {log} says why): its port refuses connections "
+                 "until then, so verification may fail; run certbot-postfix-tls verify after "
+                 "that time")
+            continue
+        warn(f"Postfix's master throttles a service after a daemon failed to start ({log}: "
+             f"{throttle.THROTTLE_LINE}): waiting {wait:.0f} s for it to accept connections "
+             "again before verifying")
+        time.sleep(wait)
 
 
 def _verify_removal(state: State, retry_seconds: float = 5.0) -> list[str]:

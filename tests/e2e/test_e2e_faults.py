@@ -6,6 +6,7 @@ the post hook; a Dovecot include in Latin-1 costs no renewal."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from lab.flows import (
     served_leaf,
 )
 
+from certbot_postfix_tls._internal.daemons.postfix import throttle
 from certbot_postfix_tls._internal.lock import lock_path
 from certbot_postfix_tls._internal.state import State
 
@@ -173,3 +175,32 @@ def test_last_undeploy_is_checked_and_keeps_operator_lines(
         assert "submission/inet/smtpd_tls_security_level" not in params
         # 587 answers STARTTLS with the restored (snakeoil) certificate.
         assert served_leaf(587, HOST) != leaf(certbot, HOST)
+
+
+def test_install_waits_out_a_throttled_submission_port(
+    certbot: lab.Certbot, postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab
+) -> None:
+    """587 authenticates through a Dovecot socket nothing declares: its smtpd dies at the
+    first client and the master throttles 587 (service_throttle_time). The install
+    declares the socket, recognises the throttle in Postfix's log and waits it out
+    before verifying, instead of failing its 587 check and rolling back."""
+    issue(certbot, HOST)
+    postfix_lab.postconf("-M", "submission/inet=submission inet n - y - - smtpd")
+    postfix_lab.postconf("-P", "submission/inet/smtpd_sasl_auth_enable=yes",
+                         "submission/inet/smtpd_sasl_type=dovecot",
+                         "submission/inet/smtpd_sasl_path=private/auth")
+    subprocess.run(["postfix", "reload"], check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while throttle.THROTTLE_LINE not in Path(postfix_lab.log_file).read_text():
+        assert time.monotonic() < deadline, Path(postfix_lab.log_file).read_text()[-2000:]
+        try:
+            with socket.create_connection(("127.0.0.1", 587), timeout=5) as client:
+                client.sendall(b"EHLO client.example\r\n")
+                while client.recv(4096):
+                    pass
+        except OSError:
+            pass
+        time.sleep(0.5)
+    proc = certbot.run("install", "-i", "postfix-tls", "--cert-name", HOST)
+    assert "throttles a service" in proc.stdout + proc.stderr
+    assert served_leaf(587, HOST) == leaf(certbot, HOST)
