@@ -409,9 +409,9 @@ def activate(
     services.reload(site.daemons, reload, warn)
     if not state.verify:
         return []
+    if not state.lineages:  # the last undeploy verifies with verify_removal
+        return []
     _wait_for_throttle(site, warn)
-    if not state.lineages:
-        return _verify_removal(state)
     judged_set = set(state.lineages) if judged is None else set(judged) & set(state.lineages)
     problems: list[str] = []
     for name in sorted(state.lineages):
@@ -458,10 +458,14 @@ def _wait_for_throttle(site: Site, warn: Warn) -> None:
         time.sleep(wait)
 
 
-def _verify_removal(state: State, retry_seconds: float = 5.0) -> list[str]:
-    """After the last lineage went: every TLS endpoint of the daemons still completes a
-    handshake, with whatever certificate their restored settings name (there is no
-    lineage to compare with). One sentence per endpoint that fails."""
+def verify_removal(site: Site, state: State, warn: Warn,
+                   retry_seconds: float = 5.0) -> list[str]:
+    """After the last undeploy's reload: every TLS endpoint of the daemons still
+    completes a handshake, with whatever certificate their restored settings name (there
+    is no lineage to compare with). One sentence per endpoint that fails."""
+    if not state.verify:
+        return []
+    _wait_for_throttle(site, warn)
     problems = []
     for endpoint in services.endpoints(state):
         deadline = time.monotonic() + retry_seconds

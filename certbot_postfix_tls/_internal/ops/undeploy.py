@@ -135,7 +135,10 @@ def _undeploy_one(
     desired = render(site, state, site.mta.read())
     pipeline.write(site, desired, checkpoint)
     judged = [state.default] if state.default and state.default != old_default else []
-    return site, desired, pipeline.activate(site, state, site.names(), judged, warn)
+    problems = pipeline.activate(site, state, site.names(), judged, warn)
+    if not state.lineages:  # checked like any change: the restored settings must serve TLS
+        problems += pipeline.verify_removal(site, state, warn)
+    return site, desired, problems
 
 
 def _undo(config_dir: str, revert: reverter.Reverter,
