@@ -125,6 +125,7 @@ def write_map(text: str, path: str, postfix_dir: str, kind: str) -> None:
     into a temporary table beside it and renamed into place, the index first, so
     smtpd never opens a partial index and a kill leaves the previous one whole."""
     suffix = INDEX_SUFFIX.get(kind, ".db")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # a new instance's
     for stale in certs.stale_temps(path, ".tmp"):  # a build a kill cut short
         os.unlink(stale)
     fd, tmp = certs.create_temp(path, ".tmp")

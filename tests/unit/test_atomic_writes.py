@@ -71,13 +71,14 @@ def test_sni_index_is_built_beside_and_renamed(tmp_path: Path) -> None:
     has open is never rewritten in place, and a build cut short leaves no key file."""
     key_file = tmp_path / "key-fullchain.pem"
     key_file.write_text("-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n")
-    path = str(tmp_path / "sni-map")
+    path = str(tmp_path / "instances" / "new" / "sni-map")  # a new instance: no dir yet
     text = f"mail.example {key_file}\n"
     sni.write_map(text, path, "/etc/postfix", "hash")
     first = os.stat(path + ".db").st_ino
-    (tmp_path / ".sni-map.0123456789ab.tmp.db").write_text("cut short")  # a killed build
+    killed = Path(path).parent / ".sni-map.0123456789ab.tmp.db"
+    killed.write_text("cut short")  # a build a kill cut short
     sni.write_map(text + f"other.example {key_file}\n", path, "/etc/postfix", "hash")
     assert os.stat(path + ".db").st_ino != first
     assert stat.S_IMODE(os.stat(path + ".db").st_mode) == 0o600
-    leftovers = [e for e in os.listdir(tmp_path) if ".tmp" in e]
+    leftovers = [e for e in os.listdir(Path(path).parent) if ".tmp" in e]
     assert leftovers == []
