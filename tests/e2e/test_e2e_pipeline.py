@@ -449,8 +449,13 @@ def second_instance(request: pytest.FixtureRequest, postfix_lab: lab.PostfixLab,
     out = lab.PostfixLab(config_dir="/etc/postfix-out", log_file="/var/log/postfix-out.log",
                          queue_directory="/var/spool/postfix-out")
     out.postconf("-X", "master_service_disable")
+    # A certificate of its own before the plugin: the last undeploy gives it back and
+    # checks that port 25 still completes a handshake with it.
+    cert, key = f"{out.config_dir}/own-cert.pem", f"{out.config_dir}/own-key.pem"
+    write_self_signed(cert, key, OUT)
     out.postconf("-e", "inet_interfaces=127.0.0.3", f"maillog_file={out.log_file}",
-                 f"myhostname={OUT}", "inet_protocols=ipv4", "smtpd_tls_security_level=may")
+                 f"myhostname={OUT}", "inet_protocols=ipv4", "smtpd_tls_security_level=may",
+                 f"smtpd_tls_cert_file={cert}", f"smtpd_tls_key_file={key}")
     out.start()
     yield out
     out.stop()
