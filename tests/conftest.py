@@ -293,3 +293,11 @@ def runs_distribution_certbot(python: str) -> bool:
     )
     return proc.returncode == 0 and proc.stdout.strip().startswith(DISTRIBUTION_PACKAGES)
 
+
+@pytest.fixture
+def snakeoil_pair() -> Iterator[None]:
+    """Debian's snakeoil pair, which the lab's stock main.cf names (lab.flows)."""
+    from lab.flows import debian_snakeoil
+
+    with debian_snakeoil():
+        yield

@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import os
 import re
+import secrets
 import stat
 import warnings
 from collections.abc import Iterator
@@ -271,14 +272,18 @@ def write_atomic(
     directories), and gets its final mode only once complete.
     """
     try:
-        # O_NOFOLLOW: a link planted where our file belongs is refused, not chmod-ed.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NOFOLLOW: a link planted where our file belongs is refused, not chmod-ed;
+        # O_NONBLOCK: a FIFO planted there does not hang the read.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         existing: Optional[os.stat_result] = None
     else:
         with os.fdopen(fd, "rb") as handle:
             existing = os.fstat(handle.fileno())
-            if handle.read() == data:
+            # Only a regular file with no other name is changed in place: a hard link
+            # planted there must not pass our mode or owner on to its other name.
+            in_place = stat.S_ISREG(existing.st_mode) and existing.st_nlink == 1
+            if in_place and handle.read() == data:
                 changed = False
                 if mode is not None and stat.S_IMODE(existing.st_mode) != mode:
                     os.fchmod(handle.fileno(), mode)
@@ -287,13 +292,11 @@ def write_atomic(
                     os.fchown(handle.fileno(), *owner)
                     changed = True
                 return changed
+            if not in_place:
+                existing = None  # nothing of a planted file is kept
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    # One fixed temp name: a write killed half-way leaves at most this file, which
-    # the next write replaces (callers hold the plugin's lock, so there is one writer).
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp~")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
+    fd, tmp = create_temp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -313,5 +316,33 @@ def write_atomic(
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+def create_temp(path: str, suffix: str = ".tmp~") -> tuple[int, str]:
+    """A new, empty 0600 file beside ``path`` for a write renamed over it: a unique
+    name opened O_EXCL|O_NOFOLLOW, so no FIFO, symlink or hard link planted in the
+    directory (or a second writer) is ever written through. The name starts with a
+    dot and ends in ``suffix`` (``~``: certbot skips such names in its hook
+    directories; neither node_exporter nor Postfix reads them)."""
+    directory, base = os.path.split(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def stale_temps(path: str, suffix: str = ".tmp~") -> list[str]:
+    """Temporary files of writes to ``path`` that a kill cut short."""
+    directory, base = os.path.split(path)
+    pattern = re.compile(re.escape(f".{base}.") + r"[0-9a-f]{12}" + re.escape(suffix) + r".*\Z")
+    try:
+        entries = os.listdir(directory or ".")
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(directory, e) for e in entries if pattern.match(e))
 
 

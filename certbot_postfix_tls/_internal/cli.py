@@ -229,6 +229,8 @@ def _verify(args: argparse.Namespace) -> int:
                 results += services.check_foreign(args.config_dir, state, retry_seconds=0)
         except (errors.Error, tls_client.VerifyError) as exc:
             checks.append(Finding("configuration", "UNKNOWN", str(exc)))
+    # A renewal whose deploy hook did not finish: the new certificate is not deployed.
+    checks += renewal.unfinished_findings(args.config_dir)
     if not checked:
         return _verify_configured(args, snapshot)
     status = findings.worst([r.status for r in results] + [c.status for c in checks])

@@ -8,6 +8,7 @@ restart() reloads and verifies. Every file the plugin changes is written by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -137,6 +138,9 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
         self._staged: Optional[Staged] = None
         # Where deploy_cert's notes go: certbot's display; `plan` collects them.
         self.notify: Callable[[str], None] = display_util.notify
+        # The plugin's lock from deploy_cert's first read of the state to the end of
+        # save's write: a hook, `dane check` or `undeploy` in between would be overwritten.
+        self._held = contextlib.ExitStack()
 
     # -- helpers -------------------------------------------------------------
 
@@ -297,7 +301,13 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                                            self.config.config_dir)
         if self._staged is not None and self._staged.lineage == lineage:
             return
-        self._staged = self.stage(lineage)
+        # Read -> render -> write under one hold of the lock (released by save()).
+        self._held.enter_context(plugin_lock(self.config.config_dir))
+        try:
+            self._staged = self.stage(lineage)
+        except BaseException:
+            self._held.close()
+            raise
 
     def stage(self, lineage: certs.Lineage, dry: bool = False) -> Staged:
         """What deploying ``lineage`` writes, rendered (``pipeline.render``) and not yet
@@ -431,14 +441,18 @@ class PostfixTLSConfigurator(common.Installer, interfaces.RenewDeployer):
                 if created:
                     self.reverter.register_file_creation(temporary, *created)
 
-            with plugin_lock(self.config.config_dir):
-                try:
-                    snapshot = pipeline.write(staged.site, staged.desired, checkpoint)
-                except (errors.Error, OSError):
-                    # Nothing half-applied: the snapshot is restored; drop the checkpoint.
-                    self.reverter.recovery_routine()
-                    self._staged = None
-                    raise
+            try:
+                with plugin_lock(self.config.config_dir):
+                    try:
+                        snapshot = pipeline.write(staged.site, staged.desired, checkpoint)
+                    except (errors.Error, OSError):
+                        # Nothing half-applied: the snapshot is restored; drop the
+                        # checkpoint.
+                        self.reverter.recovery_routine()
+                        self._staged = None
+                        raise
+            finally:
+                self._held.close()  # the hold deploy_cert took
             staged.applied = True
             # The state and the hooks are not read by the daemons; postmap's index of an
             # unchanged SNI table differs in its bytes, not in what it answers.

@@ -22,9 +22,20 @@ LINEAGES_DIR = "lineages"  # derived key+chain files, 0700
 CHAIN_FILE = "key-fullchain.pem"
 SNI_MAP_FILE = "sni-map"
 INSTANCES_DIR = "instances"  # per extra Postfix instance: its own state and SNI table
+# One empty file per renewed lineage whose deploy hook has not finished: written before
+# anything that can fail (the lock, a configuration read), removed once a state's
+# pending marks record the renewal.
+RENEWALS_DIR = "renewals"
 
 # Seconds a second writer waits for the lock before giving up with one sentence.
 LOCK_TIMEOUT = 120.0
+
+# Seconds verification waits at most for Postfix's master to lift a throttle
+# (service_throttle_time, 60 s by default) before handshaking.
+THROTTLE_WAIT_MAX = 90.0
+
+# Where syslog puts mail logs when a daemon has no log file of its own.
+SYSLOG_MAIL = "/var/log/mail.log"
 
 # Name of the renewal hook files under <config-dir>/renewal-hooks/{deploy,post}/.
 HOOK_NAME = "certbot-postfix-tls"

@@ -13,6 +13,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
+from typing import Optional
 
 from certbot import errors
 
@@ -26,8 +27,10 @@ def lock_path(config_dir: str) -> str:
 
 
 @contextlib.contextmanager
-def plugin_lock(config_dir: str, timeout: float = constants.LOCK_TIMEOUT) -> Iterator[None]:
-    """Hold the plugin's lock; wait at most ``timeout`` seconds for another holder."""
+def plugin_lock(config_dir: str, timeout: Optional[float] = None) -> Iterator[None]:
+    """Hold the plugin's lock; wait at most ``timeout`` seconds (default
+    ``constants.LOCK_TIMEOUT``) for another holder."""
+    timeout = constants.LOCK_TIMEOUT if timeout is None else timeout
     path = lock_path(config_dir)
     if path in _held:
         fd, depth = _held[path]

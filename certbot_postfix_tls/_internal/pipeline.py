@@ -33,8 +33,10 @@ import os
 import pwd
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Optional
 
 from certbot import errors
@@ -43,6 +45,7 @@ from certbot_postfix_tls._internal import (
     certs,
     constants,
     daemons,
+    dialogues,
     hooks,
     permissions,
     services,
@@ -51,6 +54,7 @@ from certbot_postfix_tls._internal import (
     verify,
 )
 from certbot_postfix_tls._internal.daemons.base import Daemon, DaemonPlan, PlanRequest
+from certbot_postfix_tls._internal.daemons.postfix import throttle
 from certbot_postfix_tls._internal.daemons.postfix.config import PostfixConfig
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.daemons.postfix.policy import Options
@@ -405,6 +409,8 @@ def _write_derived(site: Site, desired: Desired, snapshot: Snapshot) -> None:
     os.chmod(lineages_dir, 0o700)  # key material below
     changed = False
     for path, data in desired.chain_files.items():
+        for stale in certs.stale_temps(path):  # a write a kill cut short: a key copy
+            os.unlink(stale)
         snapshot.keep(path)
         changed = certs.write_atomic(path, data, 0o600) or changed
     if desired.sni_map is not None and state.sni_map_type:
@@ -607,8 +613,11 @@ def activate(
     """Reload ``reload`` (each once), then verify. Returns one sentence per failure of
     the ``judged`` lineages (None: all); the others' failures go to ``warn``."""
     services.reload(site.daemons, reload, warn)
-    if not state.verify or not state.lineages:
+    if not state.verify:
         return []
+    if not state.lineages:  # the last undeploy verifies with verify_removal
+        return []
+    _wait_for_throttle(site, warn)
     judged_set = set(state.lineages) if judged is None else set(judged) & set(state.lineages)
     problems: list[str] = []
     for name in sorted(state.lineages):
@@ -629,6 +638,56 @@ def activate(
     # The operator's own SNI entries must keep their certificates.
     foreign = services.check_foreign(site.config_dir, state)
     problems += [f"{line} (a name of your own SNI table)" for line in verify.summarize(foreign)]
+    return problems
+
+
+def _wait_for_throttle(site: Site, warn: Warn) -> None:
+    """Postfix's master accepts no connection on a service it throttles (a daemon that
+    failed to start, e.g. smtpd without its SASL backend before this install): wait
+    for the throttle to end, at most THROTTLE_WAIT_MAX seconds, and say so."""
+    for daemon in site.daemons:
+        if not isinstance(daemon, Postfix):
+            continue
+        ends, log = daemon.throttle()
+        if ends is None:
+            continue
+        wait = (ends - datetime.now(timezone.utc)).total_seconds() + 1
+        if wait > constants.THROTTLE_WAIT_MAX:
+            warn(f"Postfix's master throttles a service until {ends.astimezone():%H:%M:%S} "
+                 f"(a daemon failed to start; {log} says why): its port refuses connections "
+                 "until then, so verification may fail; run certbot-postfix-tls verify after "
+                 "that time")
+            continue
+        warn(f"Postfix's master throttles a service after a daemon failed to start ({log}: "
+             f"{throttle.THROTTLE_LINE}): waiting {wait:.0f} s for it to accept connections "
+             "again before verifying")
+        time.sleep(wait)
+
+
+def verify_removal(site: Site, state: State, warn: Warn,
+                   retry_seconds: float = 5.0) -> list[str]:
+    """After the last undeploy's reload: every TLS endpoint of the daemons still
+    completes a handshake, with whatever certificate their restored settings name (there
+    is no lineage to compare with). One sentence per endpoint that fails."""
+    if not state.verify:
+        return []
+    _wait_for_throttle(site, warn)
+    problems = []
+    for endpoint in services.endpoints(state):
+        deadline = time.monotonic() + retry_seconds
+        while True:
+            try:
+                dialogues.handshake(endpoint, None)
+                break
+            except tls_client.VerifyError as exc:
+                if exc.retryable and time.monotonic() < deadline:
+                    time.sleep(0.2)  # an old process may still answer after the reload
+                    continue
+                problems.append(
+                    f"{endpoint.service} port {endpoint.port} ({endpoint.address}) no longer "
+                    f"completes a TLS handshake with the settings it had before "
+                    f"certbot-postfix-tls: {exc}")
+                break
     return problems
 
 

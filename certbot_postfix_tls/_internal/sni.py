@@ -121,23 +121,49 @@ def render_map(state: State) -> str:
 
 
 def write_map(text: str, path: str, postfix_dir: str, kind: str, rebuild: bool = True) -> None:
-    """Write the SNI table and rebuild its index with ``postmap -F`` (0600 both).
+    """Write the SNI table and its index (0600 both, root's): built by ``postmap -F``
+    into a temporary table beside it and renamed into place, the index first, so
+    smtpd never opens a partial index and a kill leaves the previous one whole.
 
-    ``rebuild`` False: the files the table names are unchanged, so an index that exists
-    is left as it is when the table is too (``postmap -F`` copies the files into it).
+    ``rebuild`` False: the files the table names are unchanged, so when the table is
+    unchanged too and its index current, nothing is written (``postmap -F`` copies the
+    files into the index).
     """
-    index = path + INDEX_SUFFIX.get(kind, ".db")
-    if not certs.write_atomic(path, text.encode(), mode=0o600) and not rebuild and (
-            index_current(path, kind)):
+    suffix = INDEX_SUFFIX.get(kind, ".db")
+    if not rebuild and _same_text(path, text) and index_current(path, kind):
         return
-    process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{path}"],
-                what=f"postmap -F could not build the SNI table {path}")
-    fd = os.open(index, os.O_RDONLY | os.O_NOFOLLOW)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # a new instance's
+    for stale in certs.stale_temps(path, ".tmp"):  # a build a kill cut short
+        os.unlink(stale)
+    fd, tmp = certs.create_temp(path, ".tmp")
     try:
-        os.fchown(fd, 0, 0)
-        os.fchmod(fd, 0o600)  # it holds private keys
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        process.run(["postmap", "-c", postfix_dir, "-F", f"{kind}:{tmp}"],
+                    what=f"postmap -F could not build the SNI table {path}")
+        index_fd = os.open(tmp + suffix, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchown(index_fd, 0, 0)
+            os.fchmod(index_fd, 0o600)  # it holds private keys
+            os.fsync(index_fd)
+        finally:
+            os.close(index_fd)
+        os.replace(tmp + suffix, path + suffix)
+        os.replace(tmp, path)
     finally:
-        os.close(fd)
+        for leftover in (tmp, tmp + suffix):
+            if os.path.lexists(leftover):
+                os.unlink(leftover)
+
+
+def _same_text(path: str, text: str) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read() == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def index_current(path: str, kind: str) -> bool:

@@ -163,3 +163,41 @@ class State:
         text = self.text()
         os.makedirs(self.directory(config_dir, self.instance), mode=0o755, exist_ok=True)
         write_atomic(self.file(config_dir), text.encode(), mode=0o644)
+
+
+# --- renewals the deploy hook has not finished ------------------------------------------
+
+
+def _renewals_dir(config_dir: str) -> str:
+    return os.path.join(config_dir, constants.PLUGIN_DIR, constants.RENEWALS_DIR)
+
+
+def mark_path(config_dir: str, name: str) -> str:
+    return os.path.join(_renewals_dir(config_dir), name)
+
+
+def mark_renewal(config_dir: str, name: str) -> str:
+    """Record that ``name`` was renewed, before anything that can fail: the deploy hook's
+    lock wait, reading the configuration, a kill. Returns the mark's path."""
+    path = mark_path(config_dir, name)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    write_atomic(path, b"", mode=0o644)
+    return path
+
+
+def unfinished_renewals(config_dir: str) -> list[str]:
+    """The renewed lineages whose deploy hook did not record them in a state's pending
+    marks (it failed before, or was killed)."""
+    try:
+        entries = os.listdir(_renewals_dir(config_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e for e in entries if not e.startswith("."))
+
+
+def clear_renewal(config_dir: str, name: str) -> None:
+    """The renewal of ``name`` is recorded in the pending marks of every state serving it."""
+    try:
+        os.unlink(mark_path(config_dir, name))
+    except FileNotFoundError:
+        pass

@@ -549,7 +549,7 @@ _FAILURE = re.compile(
 _LOGGED_KINDS = ("starttls-refused", "tls", "closed")
 
 
-def _log_time(line: str, now: datetime) -> datetime | None:
+def log_time(line: str, now: datetime) -> datetime | None:
     """The timestamp of a syslog-style (``Nov 30 04:46:45``) or RFC 3339 log line."""
     try:
         if line[:4].isdigit():
@@ -590,7 +590,7 @@ def log_cause(text: str, programs: Sequence[str]) -> str:
     for line in text.splitlines():
         if not any(program in line for program in programs):
             continue
-        when = _log_time(line, now)
+        when = log_time(line, now)
         if when is not None and abs((now - when).total_seconds()) > _LOG_WINDOW:
             continue
         for marker in ("warning: ", "error: ", "fatal: ", "Error: ", "Fatal: "):

@@ -21,10 +21,10 @@ import pytest
 from conftest import REPO, need, once
 from lab.accounts import add_mail_user
 from lab.dovecot import DovecotLab, write_self_signed
-from lab.flows import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, served
+from lab.flows import HOST, OTHER, PORTS, assert_serving, install, issue, leaf, renew, served
 
-from certbot_postfix_tls._internal import dialogues, tls_client, verify
-from certbot_postfix_tls._internal.state import State
+from certbot_postfix_tls._internal import certs, dialogues, tls_client, verify
+from certbot_postfix_tls._internal.state import State, unfinished_renewals
 
 # Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
 pytestmark = pytest.mark.tier2
@@ -164,15 +164,24 @@ def test_services_narrowed_later_keep_dovecot_renewed(
 
 # --- undeploy killed at every write ---------------------------------------------------
 
-# Runs undeploy in a child that SIGKILLs itself just before its Nth write: a file
-# replaced or removed, or a postconf/postmap that writes. The child is a real
-# `certbot-postfix-tls undeploy`; only the kill point is added around it.
+# Runs an operation in a child that SIGKILLs itself just before its Nth write: a file
+# replaced or removed, or a postconf/postmap that writes, made by the plugin (certbot's
+# own log and lock files are not counted). The child is a real `certbot install` or
+# `certbot-postfix-tls hook`/`undeploy`; only the kill point is added around it.
 KILLER = r"""
 import os, shutil, signal, sys
 from certbot_postfix_tls._internal import process
 
 target = int(os.environ["KILL_AT"])
 count = 0
+
+def by_plugin():
+    frame = sys._getframe(2)
+    while frame is not None:
+        if "certbot_postfix_tls" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 def tick():
     global count
@@ -183,17 +192,21 @@ def tick():
 def wrap(module, name, test=lambda *a, **k: True):
     real = getattr(module, name)
     def patched(*args, **kwargs):
-        if test(*args, **kwargs):
+        if test(*args, **kwargs) and by_plugin():
             tick()
         return real(*args, **kwargs)
     setattr(module, name, patched)
 
 wrap(os, "replace")
+wrap(os, "rename")
 wrap(os, "unlink")
 wrap(shutil, "rmtree")
 WRITERS = ("-e", "-X", "-MX", "-PX", "-P", "-M", "-F")
 wrap(process, "run", lambda argv, **k: any(a in WRITERS for a in argv))
-from certbot_postfix_tls._internal.cli import main
+if os.environ.get("KILL_ENTRY") == "certbot":
+    from certbot.main import main
+else:
+    from certbot_postfix_tls._internal.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -215,19 +228,26 @@ def _mail_checks(certbot: lab.Certbot, submit: bool) -> None:
         assert swaks.returncode == 0, swaks.stdout + swaks.stderr
 
 
+def _killed(certbot: lab.Certbot, at: int, argv: list[str],
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``argv`` (the plugin's CLI, or certbot's with KILL_ENTRY=certbot) killed just
+    before the plugin's write number ``at``."""
+    killer = certbot.base / "killer.py"
+    killer.write_text(KILLER)
+    return subprocess.run(
+        [sys.executable, str(killer), *argv], capture_output=True, text=True, timeout=300,
+        check=False, env={**certbot.env(), **(env or {}), "KILL_AT": str(at)}, cwd=REPO,
+    )
+
+
 def _undeploy_killed_at_every_write(certbot: lab.Certbot, name: str, remaining: bool) -> int:
     """Kill undeploy at write 1, 2, ... until it completes; after each kill the mail
     system is sound and a plain undeploy finishes the job. Returns the writes seen."""
-    killer = certbot.base / "killer.py"
-    killer.write_text(KILLER)
     at = 1
     while True:
-        proc = subprocess.run(
-            [sys.executable, str(killer), "--config-dir", str(certbot.config_dir),
-             "undeploy", "--work-dir", str(certbot.base / "work"), "--cert-name", name],
-            capture_output=True, text=True, timeout=180, check=False,
-            env={**os.environ, "KILL_AT": str(at)}, cwd=REPO,
-        )
+        proc = _killed(certbot, at, ["--config-dir", str(certbot.config_dir), "undeploy",
+                                     "--work-dir", str(certbot.base / "work"),
+                                     "--cert-name", name])
         if proc.returncode != -signal.SIGKILL:
             assert proc.returncode == 0, proc.stdout + proc.stderr
             return at - 1
@@ -240,9 +260,93 @@ def _undeploy_killed_at_every_write(certbot: lab.Certbot, name: str, remaining: 
         at += 1
 
 
-def test_undeploy_killed_at_every_write(
+def _serving_one_of(name: str, leaves: list[bytes]) -> None:
+    """Every TLS port serves one of ``leaves`` for ``name`` (a complete handshake)."""
+    for protocol, port, tls in PORTS:
+        assert served(protocol, port, tls, name) in leaves, (protocol, port)
+
+
+def test_install_and_deploy_hook_killed_at_every_write(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
     dovecot_lab: DovecotLab,
+) -> None:
+    """`certbot install` and the deploy hook, SIGKILLed before each of their writes:
+    Postfix and Dovecot accept their configuration, reload and serve a valid
+    certificate after every kill, and running the operation again (for the hook: the
+    post hook, which finishes the renewal it recorded) completes it."""
+    once(request, "the kill points are the plugin's writes")
+    need("swaks")
+    add_mail_user("alice", "correct horse")
+    issue(certbot, HOST, OTHER)
+    install(certbot, HOST)
+    host_leaf = leaf(certbot, HOST)
+
+    at = 1
+    while True:  # certbot install --cert-name OTHER, beside HOST
+        proc = _killed(certbot, at, certbot.argv("install", "-i", "postfix-tls",
+                                                 "--cert-name", OTHER)[3:],
+                       {"KILL_ENTRY": "certbot"})
+        if proc.returncode != -signal.SIGKILL:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            break
+        _mail_checks(certbot, submit=True)
+        _serving_one_of(HOST, [host_leaf])
+        install(certbot, OTHER)  # run again, it completes
+        _mail_checks(certbot, submit=True)
+        _serving_one_of(OTHER, [leaf(certbot, OTHER)])
+        again = cli(certbot, "undeploy", "--work-dir", str(certbot.base / "work"),
+                    "--cert-name", OTHER)
+        assert again.returncode == 0, again.stdout + again.stderr
+        at += 1
+    assert at > 3
+    _serving_one_of(OTHER, [leaf(certbot, OTHER)])
+
+    # The deploy hook: each round points live/ at the other archive version, as a
+    # renewal does, and kills the hook at the next write.
+    renew(certbot, "--no-directory-hooks", "--cert-name", HOST)
+    live = certbot.config_dir / "live" / HOST
+    versions = [leaf_of(certbot, HOST, v) for v in (1, 2)]
+    at, version = 1, 1
+    while True:
+        for kind in ("cert", "chain", "fullchain", "privkey"):
+            link = live / f"{kind}.pem"
+            link.unlink()
+            link.symlink_to(f"../../archive/{HOST}/{kind}{version}.pem")
+        hook_env = {"RENEWED_LINEAGE": str(live)}
+        proc = _killed(certbot, at, ["--config-dir", str(certbot.config_dir), "hook",
+                                     "deploy"], hook_env)
+        if proc.returncode != -signal.SIGKILL:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            post = cli(certbot, "hook", "post")
+            assert post.returncode == 0, post.stdout + post.stderr
+            _serving_one_of(HOST, [versions[version - 1]])
+            break
+        _mail_checks(certbot, submit=True)
+        _serving_one_of(HOST, versions)
+        if at == 1:  # killed before the renewal was recorded: certbot's log says so
+            assert cli(certbot, "hook", "deploy", env=hook_env).returncode == 0
+        else:  # recorded: verify says a renewal is waiting (CRITICAL)
+            config_dir = str(certbot.config_dir)
+            assert unfinished_renewals(config_dir) or State.load(config_dir).pending, at
+            assert cli(certbot, "verify").returncode == 2, at
+        post = cli(certbot, "hook", "post")
+        assert post.returncode == 0, (at, post.stdout + post.stderr)
+        _mail_checks(certbot, submit=True)
+        _serving_one_of(HOST, [versions[version - 1]])
+        assert cli(certbot, "verify").returncode == 0
+        at, version = at + 1, 3 - version
+    assert at > 3
+
+
+def leaf_of(certbot: lab.Certbot, name: str, version: int) -> bytes:
+    """The DER of the leaf of archive version ``version``."""
+    pem = (certbot.config_dir / "archive" / name / f"cert{version}.pem").read_bytes()
+    return certs.load_pem_chain(pem)[0].public_bytes(certs.serialization.Encoding.DER)
+
+
+def test_undeploy_killed_at_every_write(
+    request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
+    dovecot_lab: DovecotLab, snakeoil_pair: None,
 ) -> None:
     once(request, "undeploy is the plugin's own command")
     need("swaks")
@@ -345,8 +449,13 @@ def second_instance(request: pytest.FixtureRequest, postfix_lab: lab.PostfixLab,
     out = lab.PostfixLab(config_dir="/etc/postfix-out", log_file="/var/log/postfix-out.log",
                          queue_directory="/var/spool/postfix-out")
     out.postconf("-X", "master_service_disable")
+    # A certificate of its own before the plugin: the last undeploy gives it back and
+    # checks that port 25 still completes a handshake with it.
+    cert, key = f"{out.config_dir}/own-cert.pem", f"{out.config_dir}/own-key.pem"
+    write_self_signed(cert, key, OUT)
     out.postconf("-e", "inet_interfaces=127.0.0.3", f"maillog_file={out.log_file}",
-                 f"myhostname={OUT}", "inet_protocols=ipv4", "smtpd_tls_security_level=may")
+                 f"myhostname={OUT}", "inet_protocols=ipv4", "smtpd_tls_security_level=may",
+                 f"smtpd_tls_cert_file={cert}", f"smtpd_tls_key_file={key}")
     out.start()
     yield out
     out.stop()

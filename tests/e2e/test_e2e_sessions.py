@@ -160,7 +160,7 @@ def test_cut_is_the_default_and_dovecot_cuts(
 
 def test_rollback_and_undeploy_remove_only_the_plugins_setting(
     newest: None, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
-    dovecot_lab: DovecotLab,
+    dovecot_lab: DovecotLab, snakeoil_pair: None,
 ) -> None:
     config_dir = str(certbot.config_dir)
     for name in (NAME, OTHER):

@@ -61,7 +61,7 @@ def postconf_settings() -> tuple[str, str]:
 
 def test_default_flag_and_undeploy(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
-    dovecot_lab: DovecotLab,
+    dovecot_lab: DovecotLab, snakeoil_pair: None,
 ) -> None:
     once(request, "undeploy is the plugin's own command")
     issue(certbot, HOST, OTHER)

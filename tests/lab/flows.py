@@ -5,13 +5,17 @@ One copy of each, imported by the tests/e2e modules (never from one another).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import lab
 from certbot_postfix_tls._internal import certs, dialogues, tls_client
+from lab.dovecot import write_self_signed
 
 HOST = lab.LAB_HOSTNAME  # Postfix's myhostname in the lab
 OTHER = "mail.b.example"
@@ -88,3 +92,21 @@ def wait_for_count(read: Callable[[], str], needle: str, expected: int, timeout:
             time.sleep(0.5)  # and make sure no extra reload follows
             return count(read(), needle)
         time.sleep(0.1)
+
+
+SNAKEOIL = ("/etc/ssl/certs/ssl-cert-snakeoil.pem", "/etc/ssl/private/ssl-cert-snakeoil.key")
+
+
+@contextlib.contextmanager
+def debian_snakeoil() -> Iterator[None]:
+    """Debian's snakeoil pair, which its stock main.cf names (package ssl-cert makes it):
+    the last undeploy gives Postfix those settings back and refuses when the files are
+    gone. Removed again when made here (other tests need it absent)."""
+    made = [path for path in SNAKEOIL if not os.path.exists(path)]
+    if made:
+        write_self_signed(*SNAKEOIL, "localhost")
+    try:
+        yield
+    finally:
+        for path in made:
+            Path(path).unlink(missing_ok=True)

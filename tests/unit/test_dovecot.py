@@ -517,3 +517,47 @@ def test_rhel_tree_is_planned_like_debian(tmp_path: Path) -> None:
     assert f"{dovecot_plan.MARKER}{rhel_key}\n" in new_ssl
     assert "\nssl = required\n" in new_ssl
     assert dovecot_plan.uncomment(new_ssl) == ssl_text  # restorable byte for byte
+
+
+def test_latin1_include_is_read_and_kept_byte_for_byte(tmp_path: Path) -> None:
+    """Dovecot reads bytes: an include with a Latin-1 comment is valid for it and must
+    not fail a deploy or renewal (it raised UnicodeDecodeError) nor be re-encoded."""
+    main = tmp_path / "dovecot.conf"
+    local = tmp_path / "local.conf"
+    local.write_bytes(b"# Gr\xfc\xdfe, cl\xe9s\nssl = yes\nssl_cert = </etc/ssl/a.pem\n")
+    main.write_bytes(b"!include_try local.conf\n")
+    tree = dovecot_conftree.read_config(str(main))
+    assert dovecot_conftree.encode_text(tree.files[str(local)]) == local.read_bytes()
+    assert any(s.name == "ssl_cert" for s in tree.settings)
+
+
+def _active_certificate(conf: Path) -> bool:
+    tree = dovecot_conftree.read_config(str(conf))
+    return any(s.name == "ssl_cert" for s in tree.settings)
+
+
+@pytest.mark.parametrize("removing", [False, True])
+def test_every_write_prefix_leaves_a_certificate(tmp_path: Path, removing: bool) -> None:
+    """A kill between any two of the plan's writes (deploy or removal) never leaves
+    `ssl = required` without a certificate: the include line is written before the
+    competing lines are commented out, and removed after they come back."""
+    conf = tmp_path / "dovecot.conf"
+    local = tmp_path / "local.conf"
+    conf.write_text("ssl = required\nssl_cert = </etc/ssl/a.pem\nssl_key = </etc/ssl/a.key\n"
+                    "!include_try local.conf\n")
+    local.write_text("protocols = imap\n")
+    plan = plan_for(conf, V23)
+    if removing:
+        apply(plan)
+        plugin, include_from = dovecot_plan.plugin_layout(str(conf), conf.read_text())
+        tree = dovecot_conftree.read_config(str(conf), [plugin, str(include_from)])
+        plan = dovecot_plan.removal_plan(tree, plugin, include_from)
+    writes = list(plan.writes.items())
+    assert len(writes) >= 2
+    before = snapshot(tmp_path)
+    for done in range(len(writes) + 1):
+        for path, data in before.items():
+            Path(path).write_bytes(data)
+        for path, text in writes[:done]:
+            Path(path).write_text(text)
+        assert _active_certificate(conf), [path for path, _ in writes[:done]]

@@ -360,3 +360,54 @@ def test_policy_levels_accept_stronger_and_replace_obsolete_settings() -> None:
     assert weak["smtpd_tls_session_cache_database"] == "btree:${data_directory}/smtpd_scache"
     assert weak["smtp_tls_session_cache_database"] == "btree:${data_directory}/smtp_scache"
     assert weak["smtpd_tls_loglevel"] == "1"
+
+
+def _deploy_then_restore_plan(tmp_path: Path, cert: Path, key: Path) -> tuple[
+        Postfix, postfix_policy.TLSPlan, State]:
+    """Deploy to a Debian 12 copy whose pre-plugin pair is ``cert``/``key``; return it
+    and the plan that removes the last lineage."""
+    pf = instance(tmp_path, "debian12")
+    main_cf = Path(pf.config_dir) / "main.cf"
+    main_cf.write_text(main_cf.read_text()
+                       .replace("/etc/ssl/certs/ssl-cert-snakeoil.pem", str(cert))
+                       .replace("/etc/ssl/private/ssl-cert-snakeoil.key", str(key)))
+    state = State()
+    config = pf.read()
+    plan = postfix_policy.plan_tls(config, FILES, postfix_policy.Options())
+    postfix_policy.record_applied(state, config, plan)
+    pf.apply(plan)
+    return pf, postfix_policy.restore_plan(pf.read(), state), state
+
+
+def test_last_undeploy_refuses_a_restored_pair_that_is_gone(tmp_path: Path) -> None:
+    """The restored smtpd_tls_cert_file must exist: 587 with encrypt would otherwise
+    answer "454 TLS not available"."""
+    cert, key = tmp_path / "snakeoil.pem", tmp_path / "snakeoil.key"
+    key.write_text("key\n")
+    with pytest.raises(errors.PluginError, match=rf"{cert} does not exist.*nothing was changed"):
+        _deploy_then_restore_plan(tmp_path, cert, key)
+    cert.write_text("cert\n")
+    shutil.rmtree(tmp_path / "debian12")
+    _pf, plan, _state = _deploy_then_restore_plan(tmp_path, cert, key)
+    assert plan.main["smtpd_tls_cert_file"] == str(cert)
+
+
+def test_last_undeploy_keeps_an_added_service_with_operator_lines(tmp_path: Path) -> None:
+    """The submission service the plugin added stays when the operator gave it -o lines
+    of their own; only the plugin's own -o lines go."""
+    cert, key = tmp_path / "snakeoil.pem", tmp_path / "snakeoil.key"
+    cert.write_text("cert\n")
+    key.write_text("key\n")
+    pf, plan, state = _deploy_then_restore_plan(tmp_path, cert, key)
+    assert plan.services_remove == ["submission/inet"]  # untouched since: it goes
+    pf.postconf("-P", "submission/inet/smtpd_client_restrictions=permit_sasl_authenticated,"
+                "reject")
+    plan = postfix_policy.restore_plan(pf.read(), state)
+    assert plan.services_remove == []
+    assert "submission/inet/smtpd_tls_security_level" in plan.params_remove
+    assert "submission/inet/smtpd_client_restrictions" not in plan.params_remove
+    pf.apply(plan)
+    [service] = pf.read().services_on_port(587)
+    assert service.overrides == {
+        "smtpd_client_restrictions": "permit_sasl_authenticated,reject"}
+    assert any("kept master.cf service submission/inet" in note for note in plan.notes)

@@ -10,6 +10,7 @@ from certbot_postfix_tls._internal import hooks, permissions, services
 from certbot_postfix_tls._internal.daemons.dovecot import plan as dovecot_plan
 from certbot_postfix_tls._internal.doctor.context import Context, is_root
 from certbot_postfix_tls._internal.findings import Finding
+from certbot_postfix_tls._internal.ops import renewal
 from certbot_postfix_tls._internal.state import State
 
 
@@ -28,10 +29,13 @@ def deployed_checks(context: Context) -> list[Finding]:
 
 
 def pending_checks(context: Context) -> list[Finding]:
-    """A renewal deployed but its reload never succeeded (CRITICAL)."""
+    """A renewal deployed but its reload never succeeded, or recorded by the deploy hook
+    but never deployed (CRITICAL)."""
+    unfinished = renewal.unfinished_findings(context.config_dir)
     if not context.deployed or not context.state.pending:
-        return []
-    return [Finding("pending-reload", "CRITICAL", services.pending_message(context.state))]
+        return unfinished
+    return unfinished + [Finding("pending-reload", "CRITICAL",
+                                 services.pending_message(context.state))]
 
 
 def renewal_hook_checks(context: Context) -> list[Finding]:

@@ -8,13 +8,12 @@ import re
 import time
 from typing import Optional
 
-from certbot_postfix_tls._internal import daemons, process, tls_client, verify
+from certbot_postfix_tls._internal import constants, daemons, process, tls_client, verify
 from certbot_postfix_tls._internal.daemons.dovecot.ctl import Dovecot
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
 from certbot_postfix_tls._internal.doctor.context import Context
 
-# Where syslog puts mail logs when a daemon has no log file of its own.
-SYSLOG_MAIL = "/var/log/mail.log"
+SYSLOG_MAIL = constants.SYSLOG_MAIL
 # How long to wait for a cause to reach the log (postlogd and syslog write it
 # asynchronously, after the connection that caused it).
 LOG_WAIT = 2.0

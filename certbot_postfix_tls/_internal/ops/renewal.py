@@ -25,13 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
-from certbot import errors
-
 from certbot_postfix_tls._internal import daemons, hooks, pipeline
+from certbot_postfix_tls._internal.findings import Finding
 from certbot_postfix_tls._internal.lock import plugin_lock
 from certbot_postfix_tls._internal.ops import dane_check
 from certbot_postfix_tls._internal.ops.render import render
-from certbot_postfix_tls._internal.state import State
+from certbot_postfix_tls._internal.state import (
+    State,
+    clear_renewal,
+    mark_path,
+    mark_renewal,
+    unfinished_renewals,
+)
 
 
 @dataclass
@@ -44,38 +49,71 @@ class HookResult:
 
 def run_deploy_hook(config_dir: str, renewed_lineage: Optional[str]) -> HookResult:
     """Rebuild a renewed lineage's files in every Postfix instance that serves it and
-    mark the services pending."""
+    mark the services pending.
+
+    The renewal is recorded (``state.mark_renewal``) before anything that can fail or
+    wait: certbot calls this hook once per renewal, so a lock that times out, an
+    unexpected error or a kill must not lose it. The post hook, or this hook's next
+    run, finishes it; ``verify`` and ``doctor`` report it until then."""
     if not renewed_lineage:
         return HookResult(0, "no RENEWED_LINEAGE: nothing to do")
     name = os.path.basename(os.path.normpath(renewed_lineage))
     if not State.instances(config_dir):  # never deployed: touch nothing
         return HookResult(0, f"{name} was not deployed by postfix-tls: nothing to do")
-    with plugin_lock(config_dir):
-        states = [s for s in State.load_all(config_dir) if name in s.lineages]
-        if not states:
-            return HookResult(0, f"{name} was not deployed by postfix-tls: nothing to do")
-        done, failed, notes = [], [], []
-        for state in states:
-            _mark_pending(state, name)
-            try:
-                site = pipeline.Site.from_state(config_dir, state)
-                desired = render(site, state, site.mta.read(), rebuild=[name])
-                pipeline.write(site, desired)
-            except (errors.Error, OSError) as exc:
-                # The snapshot put the previous files back; keep the mark so that
-                # verify and doctor say a renewal is waiting.
-                marked = State.load(config_dir, state.instance)
-                _mark_pending(marked, name)
-                marked.save(config_dir)
-                failed.append(f"{_where(state)}: {exc}")
-                continue
-            done.append(f"{_where(state)} pending reload: {', '.join(state.pending)}")
-            notes += desired.warnings + [n for n in desired.notes if n.startswith("DANE:")]
+    mark = mark_renewal(config_dir, name)
+    try:
+        with plugin_lock(config_dir):
+            return _deploy(config_dir, name)
+    except Exception as exc:  # noqa: BLE001 - the mark stays: one line for certbot's log
+        return HookResult(2, f"postfix-tls: renewed {name} is not deployed yet ({exc}); it is "
+                             f"recorded in {mark}, and the post hook (certbot-postfix-tls hook "
+                             "post) finishes it")
+
+
+def _deploy(config_dir: str, name: str) -> HookResult:
+    """The deploy hook's work, under the lock; the renewal mark is cleared once every
+    state serving ``name`` records it as pending."""
+    _record_renewals(config_dir)
+    states = [s for s in State.load_all(config_dir) if name in s.lineages]
+    if not states:
+        return HookResult(0, f"{name} was not deployed by postfix-tls: nothing to do")
+    done, failed, notes = [], [], []
+    for state in states:
+        try:
+            site = pipeline.Site.from_state(config_dir, state)
+            desired = render(site, state, site.mta.read(), rebuild=[name])
+            pipeline.write(site, desired)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the renewal recorded
+            # The snapshot put the previous files back; keep the mark so that verify,
+            # doctor and the post hook know a renewal is waiting.
+            failed.append(f"{_where(state)}: {exc}")
+            continue
+        done.append(f"{_where(state)} pending reload: {', '.join(state.pending)}")
+        notes += desired.warnings + [n for n in desired.notes if n.startswith("DANE:")]
     if failed:
         return HookResult(2, f"postfix-tls: renewed {name} could not be deployed to "
-                             + "; ".join(failed))
+                             + "; ".join(failed) + " (it stays pending: the post hook tries "
+                             "again)")
     suffix = f" ({'; '.join(notes)})" if notes else ""
     return HookResult(0, f"rebuilt {name}; {'; '.join(done)}{suffix}")
+
+
+def _record_renewals(config_dir: str) -> list[str]:
+    """Move every renewal mark into the pending marks of the states serving it (saved
+    before any render), then clear the mark. Returns the lineages recorded."""
+    marked = unfinished_renewals(config_dir)
+    if not marked:
+        return []
+    for state in State.load_all(config_dir):
+        serving = [name for name in marked if name in state.lineages]
+        if not serving:
+            continue
+        for name in serving:
+            _mark_pending(state, name)
+        state.save(config_dir)
+    for name in marked:
+        clear_renewal(config_dir, name)
+    return marked
 
 
 def _where(state: State) -> str:
@@ -96,6 +134,9 @@ def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
     if not State.instances(config_dir):  # never deployed: touch nothing
         return HookResult(0, "nothing pending: no reload")
     with plugin_lock(config_dir):
+        # Renewals whose deploy hook did not finish (lock timeout, error, kill) become
+        # pending here, and the re-render below finishes them.
+        _record_renewals(config_dir)
         # DANE: lineages held back for their TLSA records are looked up again on every run
         # (one this run renewed is decided by the pending reload's own render below).
         held = dane_check.check(config_dir, warn, skip_renewed=True)
@@ -117,7 +158,7 @@ def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
                     pipeline.write(site, desired)
                 found = pipeline.activate(site, state, list(state.pending),
                                           state.renewed or None, warn)
-            except (errors.Error, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the marks stay; one line says why
                 found = [str(exc)]
             if found:
                 problems += found
@@ -131,3 +172,15 @@ def run_post_hook(config_dir: str, warn: Callable[[str], None]) -> HookResult:
             2, "postfix-tls: renewal deployed but not confirmed: " + "; ".join(problems)
         )
     return HookResult(0, f"reloaded {'; '.join(reloaded)} and verified every endpoint")
+
+
+def unfinished_findings(config_dir: str) -> list[Finding]:
+    """``verify``'s and ``doctor``'s CRITICAL for each renewal its deploy hook recorded
+    but did not finish: the new certificate is not deployed, and certbot will not call
+    the hook again for it."""
+    return [Finding(
+        "renewal-unfinished", "CRITICAL",
+        f"{name} was renewed but its deploy hook did not finish (a lock wait that timed "
+        f"out, an error or a kill; recorded in {mark_path(config_dir, name)}): run "
+        "certbot-postfix-tls hook post, which deploys it, and read its error")
+        for name in unfinished_renewals(config_dir)]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Optional, cast
 
-from certbot import configuration, errors, reverter
+from certbot import configuration, errors, reverter, util
 
 from certbot_postfix_tls._internal import permissions, pipeline
 from certbot_postfix_tls._internal.daemons.postfix.ctl import Postfix
@@ -40,10 +40,25 @@ def _reverter(work_dir: str) -> reverter.Reverter:
     return reverter.Reverter(cast(configuration.NamespaceConfig, config))
 
 
+def _certbot_lock(work_dir: str) -> None:
+    """certbot's own lock on its work directory, until this process exits: undeploy
+    recovers and writes reverter checkpoints there, as a certbot run does. Taken
+    before the plugin's lock, in certbot's order (its hooks take the plugin's)."""
+    os.makedirs(work_dir, mode=0o700, exist_ok=True)
+    try:
+        util.lock_dir_until_exit(work_dir)
+    except errors.LockError as exc:
+        raise errors.Error(
+            f"certbot is running (it holds the lock on {work_dir}: {exc}); nothing changed: "
+            "run undeploy again once it has finished."
+        ) from None
+
+
 def undeploy(config_dir: str, work_dir: str, name: str, say: Say, warn: Say,
              postfix_dir: Optional[str] = None) -> list[str]:
     """Remove ``name`` from every Postfix instance that serves it (or from the one in
     ``postfix_dir``); reload and verify what stays. Returns the verification problems."""
+    _certbot_lock(work_dir)
     with plugin_lock(config_dir):
         revert = _reverter(work_dir)
         if os.path.isdir(os.path.join(work_dir, "IN_PROGRESS")):
@@ -164,7 +179,10 @@ def _undeploy_one(
     site, desired = _render_one(config_dir, state, name)
     pipeline.write(site, desired, checkpoint)
     judged = [state.default] if state.default and state.default != old_default else []
-    return site, desired, pipeline.activate(site, state, site.names(), judged, warn)
+    problems = pipeline.activate(site, state, site.names(), judged, warn)
+    if not state.lineages:  # checked like any change: the restored settings must serve TLS
+        problems += pipeline.verify_removal(site, state, warn)
+    return site, desired, problems
 
 
 def _undo(config_dir: str, revert: reverter.Reverter,

@@ -123,6 +123,18 @@ def unquote(value: str) -> str:
     return value
 
 
+def read_text(path: str) -> str:
+    """A Dovecot configuration file's text. Dovecot reads bytes: a comment or value in
+    Latin-1 is valid for it, so undecodable bytes are kept as surrogates (written back
+    unchanged by ``encode_text``) instead of failing every deploy and renewal."""
+    return Path(path).read_bytes().decode("utf-8", "surrogateescape")
+
+
+def encode_text(text: str) -> bytes:
+    """The bytes of a text ``read_text`` read (and edited): undecodable bytes restored."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def read_config(
     config_file: str, extra: Sequence[str] = (), skip_missing_includes: bool = False
 ) -> ConfigTree:
@@ -136,7 +148,7 @@ def read_config(
     """
     tree = ConfigTree(main=os.path.abspath(config_file))
     try:
-        text = Path(tree.main).read_text()
+        text = read_text(tree.main)
     except OSError as exc:
         raise errors.MisconfigurationError(
             f"Cannot read the Dovecot configuration {tree.main}: {exc.strerror}; "
@@ -147,7 +159,7 @@ def read_config(
         path = os.path.abspath(path)
         if path not in tree.files:
             try:
-                tree.extra[path] = Path(path).read_text()
+                tree.extra[path] = read_text(path)
             except FileNotFoundError:
                 tree.extra[path] = None
             except OSError as exc:
@@ -215,7 +227,7 @@ def _follow_include(
         )
     for match in matches:
         try:
-            text = Path(match).read_text()
+            text = read_text(match)
         except OSError as exc:
             if optional and isinstance(exc, FileNotFoundError):
                 continue

@@ -9,13 +9,13 @@ import pwd
 import re
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path
 from typing import ClassVar, Optional
 
 from certbot import errors
 
 from certbot_postfix_tls._internal import certs, constants, process
 from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest, Preview
+from certbot_postfix_tls._internal.daemons.dovecot import conftree
 from certbot_postfix_tls._internal.daemons.dovecot.conftree import ConfigTree, read_config
 from certbot_postfix_tls._internal.daemons.dovecot.doveconf import (
     ADVICE,
@@ -75,7 +75,7 @@ class Dovecot:
             tuple(version) if version is not None else self._detect_version()
         )
         try:
-            main_text = Path(self.config_file).read_text()
+            main_text = conftree.read_text(self.config_file)
         except OSError as exc:
             raise errors.MisconfigurationError(
                 f"Cannot read {self.config_file}: {exc.strerror}; run certbot as root."
@@ -259,7 +259,7 @@ class Dovecot:
         remove those it removes."""
         assert isinstance(plan, DovecotPlan)
         for path, text in plan.writes.items():
-            certs.write_atomic(path, text.encode(), mode=None)  # mode and owner kept
+            certs.write_atomic(path, conftree.encode_text(text), mode=None)  # mode and owner kept
         for path in plan.removes:
             if os.path.lexists(path):
                 os.unlink(path)

@@ -366,16 +366,21 @@ def plan_config(
     by_file: dict[str, list[Setting]] = {}
     for setting in competing_settings(tree, version, plugin_file):
         by_file.setdefault(setting.path, []).append(setting)
+    commented: dict[str, str] = {}
     for path, settings in by_file.items():
-        new_text[path] = comment_out(tree.files[path], settings)
+        commented[path] = comment_out(tree.files[path], settings)
         for setting in settings:
             plan.notes.append(
                 f"commented out {setting.name} in {path} line {setting.lineno}: "
                 f"only {os.path.basename(plugin_file)} sets the certificate now"
             )
 
+    # Write order (``apply`` follows it): the plugin's file, the line including it,
+    # and only then the competing lines commented out. A kill between two writes
+    # leaves both certificates set (Dovecot takes the later one), never `ssl = yes`
+    # without a certificate.
     if include_from is not None and not tree.included(plugin_file):
-        base = new_text.get(include_from, tree.text(include_from))
+        base = commented.pop(include_from, tree.text(include_from))
         line = _include_line(include_from, plugin_file)
         if base is None:
             plan.creates.append(include_from)
@@ -387,28 +392,31 @@ def plan_config(
             "removes this)\n" + line + "\n"
         )
         plan.notes.append(f"added `{line}` to {include_from}")
+    new_text.update(commented)
 
     plan.writes = new_text
     return plan
 
 
-
 def removal_plan(tree: ConfigTree, plugin_file: str, include_from: Optional[str]) -> DovecotPlan:
     """What takes the plugin out again: its file goes, the lines it commented out come
-    back, its include line goes. Dovecot is not checked afterwards: what is left is the
-    operator's own configuration, as it was before the plugin."""
+    back, its include line goes. Checked afterwards like any change (``doveconf -x``):
+    the operator's own certificate files may have gone since (a removed snakeoil pair),
+    and Dovecot would then refuse to start."""
     writes: dict[str, str] = {}
     for path, text in tree.files.items():
         if path != plugin_file and MARKER in text:
             writes[path] = uncomment(text)
     if include_from:
-        text = writes.get(include_from, tree.text(include_from) or "")
+        # The include line goes after every other file has its lines back (a kill in
+        # between leaves both certificates set), then the plugin's file (``removes``).
+        text = writes.pop(include_from, tree.text(include_from) or "")
         line = _include_line(include_from, plugin_file) + "\n"
-        if line in text:
+        if line in text or MARKER in text:
             writes[include_from] = text.replace(line, "")
     notes = [f"restored the lines certbot-postfix-tls had commented out in {path}"
              for path in sorted(writes)]
-    return DovecotPlan(writes=writes, removes=[plugin_file], notes=notes, check=False)
+    return DovecotPlan(writes=writes, removes=[plugin_file], notes=notes)
 
 
 def sni_entries(state: State) -> list[tuple[list[str], CertFiles]]:

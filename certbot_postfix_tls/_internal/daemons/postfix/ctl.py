@@ -11,13 +11,14 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from typing import ClassVar, Optional
 
 from certbot import errors
 
-from certbot_postfix_tls._internal import process, sni
+from certbot_postfix_tls._internal import constants, process, sni, verify
 from certbot_postfix_tls._internal.daemons.base import DaemonPlan, PlanRequest, Preview
-from certbot_postfix_tls._internal.daemons.postfix import policy
+from certbot_postfix_tls._internal.daemons.postfix import policy, throttle
 from certbot_postfix_tls._internal.daemons.postfix.config import (
     ADVICE,
     EXPANDED_PARAMS,
@@ -209,6 +210,15 @@ class Postfix:
         except PermissionError:
             return None
         return pid is not None
+
+    def throttle(self) -> tuple[Optional[datetime], str]:
+        """(when the master's newest throttle of a service ends, None when none is in
+        force; the log file that says so)."""
+        log = self.postconf("-xh", "maillog_file").strip() or constants.SYSLOG_MAIL
+        hold = throttle.seconds(self.postconf("-h", "service_throttle_time").strip())
+        ends = throttle.throttled_until(verify.read_log_tail(log), datetime.now(timezone.utc),
+                                        hold)
+        return ends, log
 
     def reload(self) -> None:
         """``postfix reload`` (never a restart)."""

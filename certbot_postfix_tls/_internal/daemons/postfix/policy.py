@@ -11,6 +11,7 @@ one ``MainSetting`` in ``MAIN_POLICY`` (postconf is asked for it automatically).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from certbot_postfix_tls._internal.daemons.postfix.config import (
     sasl_backend,
     service_setting,
     setting_source,
+    split_list,
     uses_dovecot_socket,
 )
 from certbot_postfix_tls._internal.state import State
@@ -54,6 +56,10 @@ SUBMISSION_OVERRIDES = (
     ("smtpd_tls_auth_only", "yes"),
 )
 SUBMISSION_DEFAULTS = (("smtpd_relay_restrictions", "permit_sasl_authenticated,reject"),)
+
+# main.cf settings naming certificate and key files, checked before the last undeploy
+# gives them back their earlier values.
+RESTORED_FILE_PARAMS = ("smtpd_tls_chain_files", *LEGACY_CERT_PARAMS)
 
 
 def _modern_only(value: str) -> bool:
@@ -419,6 +425,7 @@ def restore_plan(config: PostfixConfig, state: State) -> TLSPlan:
             plan.main_remove.append(name)
         else:
             plan.main[name] = before
+    _refuse_missing_files(config, plan)
     services_by_key = {s.key: s for s in config.services}
     for key, before in sorted(state.baseline_params.items()):
         service_key, _, param = key.rpartition("/")
@@ -439,10 +446,53 @@ def restore_plan(config: PostfixConfig, state: State) -> TLSPlan:
             plan.params_remove.append(key)
         else:
             plan.service_params.append(ServiceParam(service_key, param, before))
-    plan.services_remove = [key for key in state.added_services if key in services_by_key]
+    for key in state.added_services:
+        if key in services_by_key:
+            _remove_added_service(services_by_key[key], state, plan)
     _refuse_dangling_sasl(config, plan, state)
     plan.notes.append("restored the TLS settings Postfix had before certbot-postfix-tls")
     return plan
+
+
+def _remove_added_service(service: MasterService, state: State, plan: TLSPlan) -> None:
+    """A service the plugin added goes, unless the operator gave it -o lines of their
+    own since (or changed one of the plugin's): then it stays with those, and only the
+    plugin's own -o lines (still at the values it set) go."""
+    overrides = service.overrides
+    own = sorted(param for param, value in overrides.items()
+                 if state.applied_params.get(f"{service.key}/{param}") == value)
+    theirs = sorted(set(overrides) - set(own))
+    if not theirs:
+        plan.services_remove.append(service.key)
+        return
+    plan.params_remove += [f"{service.key}/{param}" for param in own]
+    plan.notes.append(
+        f"kept master.cf service {service.key}, which certbot-postfix-tls added, for your "
+        f"-o lines ({', '.join(theirs)}); removed only its own ({', '.join(own) or 'none'}). "
+        f"postconf -MX {service.key} removes the service"
+    )
+
+
+def _refuse_missing_files(config: PostfixConfig, plan: TLSPlan) -> None:
+    """The certificate and key files the restored main.cf names must exist: Postfix
+    would answer STARTTLS with "454 TLS not available" (and 465 not at all)."""
+    for name in sorted(set(plan.main) & set(RESTORED_FILE_PARAMS)):
+        for path in split_list(plan.main[name]):
+            expanded = _expand(path, config)
+            if expanded.startswith("/") and not os.path.exists(expanded):
+                raise errors.PluginError(
+                    f"Undeploying the last lineage would give Postfix back {name} = "
+                    f"{plan.main[name]} (its value before certbot-postfix-tls), but "
+                    f"{expanded} does not exist, so Postfix could not offer TLS: nothing was "
+                    "changed; create that file (Debian's snakeoil pair: make-ssl-cert "
+                    "generate-default-snakeoil), or keep the lineage deployed."
+                )
+
+
+def _expand(value: str, config: PostfixConfig) -> str:
+    """``$name`` and ``${name}`` replaced by main.cf's values (what postconf would)."""
+    return re.sub(r"\$\{?([A-Za-z0-9_]+)\}?",
+                  lambda m: config.main.get(m.group(1), m.group(0)), value)
 
 
 def _refuse_dangling_sasl(config: PostfixConfig, plan: TLSPlan, state: State) -> None:
