@@ -10,6 +10,9 @@ from conftest import once
 from lab.dovecot import DovecotLab
 from lab.flows import install, issue, leaf, renew, served
 
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
+
 FIRST, SECOND = "mail.example.org", "mail.b.example"
 
 

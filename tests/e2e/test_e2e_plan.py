@@ -26,7 +26,7 @@ def _reloads(postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab) -> tuple[obje
 
 def test_plan_is_the_install_then_no_changes(
     request: pytest.FixtureRequest, certbot: lab.Certbot, postfix_lab: lab.PostfixLab,
-    dovecot_lab: DovecotLab,
+    dovecot_lab: DovecotLab, snakeoil_pair: None,
 ) -> None:
     once(request, "plan runs the installer's own code, whatever certbot's version")
     flows.issue(certbot, HOST, OTHER)

@@ -17,6 +17,9 @@ from lab.flows import issue
 
 from certbot_postfix_tls._internal.daemons.postfix import config as postfix_config
 
+# Second tier: .ci/heavy runs it (pytest -m tier2); the README's test command does not.
+pytestmark = pytest.mark.tier2
+
 NAME = "mail.example.org"
 HOWTO = ("submission inet n - y - - smtpd -o smtpd_tls_security_level=encrypt "
          "-o smtpd_sasl_auth_enable=yes -o smtpd_tls_auth_only=yes")

@@ -98,6 +98,20 @@ SNAKEOIL = ("/etc/ssl/certs/ssl-cert-snakeoil.pem", "/etc/ssl/private/ssl-cert-s
 
 
 @contextlib.contextmanager
+def without_snakeoil() -> Iterator[None]:
+    """Debian's snakeoil pair absent (moved aside inside the lab's /etc overlay, put back
+    after): a machine with ssl-cert has it, and a test needs it gone."""
+    moved = [path for path in SNAKEOIL if os.path.exists(path)]
+    for path in moved:
+        os.rename(path, path + ".lab-aside")
+    try:
+        yield
+    finally:
+        for path in moved:
+            os.rename(path + ".lab-aside", path)
+
+
+@contextlib.contextmanager
 def debian_snakeoil() -> Iterator[None]:
     """Debian's snakeoil pair, which its stock main.cf names (package ssl-cert makes it):
     the last undeploy gives Postfix those settings back and refuses when the files are
