@@ -107,7 +107,7 @@ def reload_dovecot() -> None:
 
 def test_what_a_scanner_sees(
     request: pytest.FixtureRequest, certbot: lab.Certbot, pebble: lab.Pebble,
-    postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab,
+    postfix_lab: lab.PostfixLab, dovecot_lab: DovecotLab, snakeoil_pair: None,
 ) -> None:
     once(request, "what the servers negotiate does not depend on certbot's version")
     master_before = Path("/etc/postfix/master.cf").read_bytes()

@@ -159,8 +159,12 @@ class Postfix:
 
     def read(self, expand: Sequence[str] = ()) -> PostfixConfig:
         """Read main.cf values, explicit settings, master.cf and map types."""
+        main = parse_postconf(self.postconf(*_read_params()))
+        # postconf -c DIR reports the built-in config_directory (Postfix 3.10) or DIR
+        # (3.7) when main.cf does not set it: this instance's directory is DIR.
+        main["config_directory"] = self.config_dir
         return PostfixConfig(
-            main=parse_postconf(self.postconf(*_read_params())),
+            main=main,
             explicit=parse_postconf(self.postconf("-n")),
             services=parse_master(self.postconf("-M")),
             map_types=set(self.postconf("-m").split()),
