@@ -337,6 +337,7 @@ def _second_lineage(config_dir: str, state: State, name: str, host: str) -> Depl
     return lineage
 
 
+@needs_root
 def test_a_lineage_whose_files_are_gone_is_left_out_until_they_are_back(
     fake: tuple[str, State, TLSServer],
 ) -> None:

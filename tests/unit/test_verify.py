@@ -53,10 +53,11 @@ class Pki:
 
 def issue_dated(
     inter: trustme.CA, chain: list[bytes], name: str, not_before: datetime, not_after: datetime,
-    rsa_key: bool = False,
+    rsa_key: bool = False, also: tuple[str, ...] = (),
 ) -> trustme.LeafCert:
-    """A leaf with chosen validity (and key type), signed with cryptography by trustme's
-    intermediate (Debian 12's trustme 0.9 has no not_before/not_after)."""
+    """A leaf with chosen validity, key type and names (``name``, then ``also``), signed
+    with cryptography by trustme's intermediate (Debian 12's trustme 0.9 has no
+    not_before/not_after, and its keys are RSA where newer trustme's are ECDSA)."""
     key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
         rsa.generate_private_key(65537, 2048) if rsa_key
         else ec.generate_private_key(ec.SECP256R1()))
@@ -72,7 +73,8 @@ def issue_dated(
             .not_valid_after(not_after),
             key.public_key(), issuer.public_key(), ca=False,
         )
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in (name, *also)]),
+                       critical=False)
         .sign(inter._private_key, hashes.SHA256())  # noqa: SLF001
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -84,11 +86,12 @@ def issue_dated(
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ca = trustme.CA()
     inter = ca.create_child_ca()
-    good = inter.issue_cert(NAME, "*.example.net")
-    chain = [blob.bytes() for blob in good.cert_chain_pems[1:]]
+    chain = [blob.bytes() for blob in inter.issue_cert(NAME).cert_chain_pems[1:]]
     return Pki(
         tmp=tmp_path_factory.mktemp("pki"),
-        good=good,
+        # ECDSA whatever trustme's default: the key-type tests serve an RSA leaf beside it.
+        good=issue_dated(inter, chain, NAME, NOW - timedelta(days=1), NOW + timedelta(days=89),
+                         also=("*.example.net",)),
         other=inter.issue_cert("old.example.com", common_name="old.example.com"),
         # 90 days of lifetime, 5 left: past the 14-day warning, before the 3-day critical.
         soon=issue_dated(inter, chain, NAME, NOW - timedelta(days=84, hours=18),
