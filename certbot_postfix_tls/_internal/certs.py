@@ -259,6 +259,17 @@ def check_readable(lineage: Lineage) -> None:
     _read(os.path.realpath(lineage.fullchain_path), "certificate chain", lineage.name)
 
 
+def current_bytes(path: str) -> Optional[bytes]:
+    """A file's bytes (None: absent), never read through a symbolic link: what a write
+    would replace, compared before writing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
 def write_atomic(
     path: str, data: bytes, mode: Optional[int] = 0o600,
     owner: Optional[tuple[int, int]] = None,

@@ -464,16 +464,6 @@ class Preview:
     endpoints: list[tls_client.Endpoint] = field(default_factory=list)  # verified after
 
 
-def _current(path: str) -> Optional[bytes]:
-    """A file's bytes (None: absent), never through a symbolic link."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
-
-
 def _mode_change(preview: Preview, path: str, mode: int, owner: Optional[tuple[int, int]]
                  ) -> None:
     """The chmod/chown ``certs.write_atomic`` makes on a file whose bytes stay."""
@@ -499,7 +489,7 @@ def _owner(uid: int, gid: int) -> str:
 
 def _text_file(preview: Preview, path: str, new: Optional[bytes],
                mode: Optional[int] = None, owner: Optional[tuple[int, int]] = None) -> None:
-    old = _current(path)
+    old = certs.current_bytes(path)
     if old != new:
         preview.files[path] = (old, new)
     elif new is not None and mode is not None:
@@ -508,7 +498,7 @@ def _text_file(preview: Preview, path: str, new: Optional[bytes],
 
 def _key_file(preview: Preview, path: str, new: Optional[bytes]) -> bool:
     """Record a derived file's change (never its content); True when it changes."""
-    old = _current(path)
+    old = certs.current_bytes(path)
     if new is None:
         if old is None:
             return False

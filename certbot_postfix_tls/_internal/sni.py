@@ -160,9 +160,8 @@ def write_map(text: str, path: str, postfix_dir: str, kind: str, rebuild: bool =
 
 def _same_text(path: str, text: str) -> bool:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read() == text
-    except (OSError, UnicodeDecodeError):
+        return certs.current_bytes(path) == text.encode()
+    except OSError:  # a symbolic link or a directory planted there: rewritten
         return False
 
 
