@@ -193,14 +193,14 @@ def render(
             raise errors.PluginError(
                 "No deployed lineage can be served: " + "; ".join(desired.warnings)
             )
-        _plan_daemons(site, PlanRequest(site.config_dir, state, served), desired)
+        _plan_daemons(site, PlanRequest(site.config_dir, state, served, mta_config=config), desired)
         desired.hooks = any(s.lineages for s in others)  # other instances still renew
         return desired
 
     desired.notes += sni.unpaired_notes(served)
     if state.sni_map_type:
         desired.sni_map = sni.render_map(served)
-    _plan_daemons(site, PlanRequest(site.config_dir, state, served, policy), desired)
+    _plan_daemons(site, PlanRequest(site.config_dir, state, served, policy, config), desired)
     return desired
 
 

@@ -62,6 +62,9 @@ class PlanRequest:
     # Install only: the TLS policy options (Postfix's policy.Options); None on renewal
     # and undeploy, which never re-apply the policy over an operator's later edits.
     policy: Optional[Any] = None
+    # The MTA's configuration as the operation read it before rendering (Postfix's
+    # PostfixConfig): read once per operation, not again by the plan.
+    mta_config: Optional[Any] = None
 
     @property
     def removing(self) -> bool:
