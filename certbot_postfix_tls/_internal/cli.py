@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--cert-name", help="the lineage certbot install --cert-name would deploy")
     which.add_argument("--lineage", help="a lineage directory (live/NAME)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.add_argument("-c", "--config", metavar="FILE",
+                      help="a certbot configuration file, read after /etc/letsencrypt/cli.ini "
+                           "and ~/.config/letsencrypt/cli.ini as certbot install reads them: "
+                           "their --postfix-tls-* settings apply, the command line wins")
     plan.add_argument("--work-dir", default=constants.CLI_DEFAULTS["work_dir"],
                       help="certbot's work directory (default: %(default)s)")
     planning.add_installer_options(plan)
@@ -316,9 +320,19 @@ def cmd_dane(args: argparse.Namespace) -> int:
     return result.code
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; for ``plan``, after the --postfix-tls-* settings of certbot's
+    configuration files, as certbot install takes them."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "plan":
+        args = parser.parse_args(planning.with_config_files(argv, args.config))
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_args(list(sys.argv[1:] if argv is None else argv))
         if args.command == "verify":
             return cmd_verify(args)
         if args.command == "hook":

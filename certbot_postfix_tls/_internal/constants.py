@@ -14,6 +14,12 @@ CLI_DEFAULTS = {
     "dovecot_sessions": "cut",  # Dovecot's own behaviour: a reload ends IMAP/POP3 sessions
 }
 
+# The configuration files certbot reads before its command line, in this order
+# (``certbot --help`` lists them): ``plan`` takes the --postfix-tls-* settings in them,
+# as certbot install does. The second is under $XDG_CONFIG_HOME (default ~/.config).
+CERTBOT_CONFIG_FILE = "/etc/letsencrypt/cli.ini"
+CERTBOT_USER_CONFIG_FILE = ("letsencrypt", "cli.ini")
+
 # <config-dir>/postfix-tls/: everything the plugin owns under certbot's directory.
 PLUGIN_DIR = "postfix-tls"
 STATE_FILE = "state.json"  # what was deployed; no key material (readable by monitoring)

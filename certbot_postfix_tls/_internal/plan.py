@@ -19,15 +19,16 @@ import difflib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Optional, cast
 
+import configargparse
 from certbot import configuration, errors
 
-from certbot_postfix_tls._internal import certs, permissions, pipeline
+from certbot_postfix_tls._internal import certs, constants, permissions, pipeline
 from certbot_postfix_tls._internal.configurator import PostfixTLSConfigurator
 from certbot_postfix_tls._internal.ops import undeploy
 from certbot_postfix_tls._internal.tls_client import Endpoint
@@ -88,6 +89,41 @@ def add_installer_options(parser: argparse.ArgumentParser) -> None:
                            dest=(OPTION_PREFIX + name).replace("-", "_"), **kwargs)
 
     PostfixTLSConfigurator.add_parser_arguments(add)
+
+
+def config_files(explicit: Optional[str]) -> list[str]:
+    """certbot's configuration files that exist, in the order it reads them (a later
+    one wins): /etc/letsencrypt/cli.ini, the user's, then ``-c FILE``."""
+    user = os.path.join(os.environ.get("XDG_CONFIG_HOME", "~/.config"),
+                        *constants.CERTBOT_USER_CONFIG_FILE)
+    found = [path for path in (constants.CERTBOT_CONFIG_FILE, os.path.expanduser(user))
+             if os.path.isfile(path)]
+    return [*found, explicit] if explicit else found
+
+
+def with_config_files(argv: Sequence[str], explicit: Optional[str]) -> list[str]:
+    """``argv`` with the --postfix-tls-* settings of certbot's configuration files put
+    right after the ``plan`` command, so the command line wins over them as it does for
+    certbot install (certbot reads the files with ConfigArgParse: the same parser reads
+    them here). The files' other settings are certbot's own and are not the plan's."""
+    settings: dict[str, Any] = {}
+    for path in config_files(explicit):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                settings.update(configargparse.DefaultConfigFileParser().parse(stream))
+        except (OSError, UnicodeDecodeError, configargparse.ConfigFileParserException) as exc:
+            raise errors.Error(f"certbot's configuration file {path} cannot be read ({exc}): "
+                               "certbot install could not read it either.") from exc
+    extra: list[str] = []
+    for key, value in settings.items():
+        if not key.startswith(OPTION_PREFIX):
+            continue
+        if key == f"{OPTION_PREFIX}default":  # the one flag: true or false, as certbot reads it
+            extra += [f"--{key}"] if str(value).lower() in ("true", "yes", "1") else []
+        else:
+            extra += [f"--{key}", str(value)]
+    at = list(argv).index("plan") + 1
+    return [*argv[:at], *extra, *argv[at:]]
 
 
 @contextmanager

@@ -51,10 +51,10 @@ def _files(root: str) -> list[str]:
 def plan(certbot: lab.Certbot, *args: str) -> tuple[int, dict[str, Any], str]:
     """``plan`` (or ``undeploy --plan``) run twice, JSON then text: (exit code, the JSON
     object, the text). The lab's certbot reads ``--postfix-tls-dane`` from its cli.ini
-    (``lab.Certbot.cli_ini``); ``plan`` reads no certbot configuration file, so an
-    install's plan gets it on the command line, as an operator would give it."""
-    if args and args[0] == "plan" and "--postfix-tls-dane" not in args:
-        args = (*args, "--postfix-tls-dane", certbot.dane)
+    (``lab.Certbot.cli_ini``), given with ``--config``: so does an install's plan, as
+    certbot install would with the same ``-c FILE``."""
+    if args and args[0] == "plan":
+        args = (*args, "--config", str(certbot.cli_ini()))
     as_json = flows.run_cli(certbot, *args, "--json")
     text = flows.run_cli(certbot, *args)
     assert as_json.returncode == text.returncode, (as_json.stderr, text.stderr)

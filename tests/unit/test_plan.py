@@ -115,3 +115,32 @@ def test_plan_takes_every_installer_option() -> None:
     args = cli.build_parser().parse_args(["plan", "--cert-name", "m", "--postfix-tls-smtps",
                                           "yes", "--postfix-tls-default"])
     assert args.postfix_tls_smtps is True and args.postfix_tls_default is True
+
+
+def test_plan_reads_certbots_configuration_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """certbot install takes --postfix-tls-* from /etc/letsencrypt/cli.ini, the user's
+    cli.ini and -c FILE (a later one wins, the command line over all): so does plan."""
+    system, user, explicit = tmp_path / "etc.ini", tmp_path / "xdg", tmp_path / "mine.ini"
+    monkeypatch.setattr(planning.constants, "CERTBOT_CONFIG_FILE", str(system))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(user))
+    system.write_text("# certbot's own settings are not the plan's\nemail = a@example.org\n"
+                      "postfix-tls-dane = ignore\npostfix-tls-smtps = yes\n"
+                      "postfix-tls-default = true\n")
+    (user / "letsencrypt").mkdir(parents=True)
+    (user / "letsencrypt" / "cli.ini").write_text("postfix-tls-key-group: mailkeys\n")
+    explicit.write_text("postfix-tls-smtps = no\npostfix-tls-dane = auto\n")
+    args = cli.parse_args(["plan", "--cert-name", "m"])
+    assert (args.postfix_tls_dane, args.postfix_tls_smtps, args.postfix_tls_default,
+            args.postfix_tls_key_group) == ("ignore", True, True, "mailkeys")
+    args = cli.parse_args(["plan", "--cert-name", "m", "-c", str(explicit)])
+    assert (args.postfix_tls_dane, args.postfix_tls_smtps) == ("auto", False)
+    args = cli.parse_args(["plan", "-c", str(explicit), "--postfix-tls-dane", "ignore",
+                           "--cert-name", "m"])
+    assert args.postfix_tls_dane == "ignore"
+    # Other commands read none of it; a file that cannot be read is named.
+    assert cli.parse_args(["doctor"]).command == "doctor"
+    explicit.write_bytes(b"\xff\xfe")
+    with pytest.raises(planning.errors.Error, match=f"configuration file {explicit} cannot"):
+        cli.parse_args(["plan", "--cert-name", "m", "-c", str(explicit)])
