@@ -62,7 +62,14 @@ def remove_accounts_since(before: Accounts) -> None:
     now = accounts()
     for user in sorted(now.users - before.users):
         home = _home(user)
-        subprocess.run(["userdel", user], capture_output=True, check=False)
+        # --force: an IMAP process of the user may outlive the test by a moment (Dovecot
+        # ends it on its own); plain userdel then refuses (exit 8) and the next test's
+        # useradd of the same name would fail. The lab's own processes only: nothing
+        # is killed (the lab's uids may be a real user's on the machine).
+        proc = subprocess.run(["userdel", "--force", user], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the lab could not remove user {user}: {proc.stderr.strip()}")
         if home.startswith(_HOME_PARENTS) and os.path.basename(home) == user:
             shutil.rmtree(home, ignore_errors=True)
     for group in sorted(accounts().groups - before.groups):
