@@ -63,7 +63,7 @@ class PlanRequest:
     # and undeploy, which never re-apply the policy over an operator's later edits.
     policy: Optional[Any] = None
     # The MTA's configuration as the operation read it before rendering (Postfix's
-    # PostfixConfig): read once per operation, not again by the plan.
+    # PostfixConfig; pipeline.render always gives it): read once per operation.
     mta_config: Optional[Any] = None
 
     @property

@@ -237,8 +237,8 @@ class Postfix:
         """main.cf/master.cf for ``request``: the default certificate and the SNI table
         (plus the TLS policy on install), recorded in the state so that the last
         undeploy can put back what was there; with no lineage left, that restore."""
-        known = request.mta_config
-        config = known if isinstance(known, PostfixConfig) else self.read()
+        config = request.mta_config  # read by the operation before rendering
+        assert isinstance(config, PostfixConfig)
         state, served = request.state, request.served
         if request.removing:
             return policy.restore_plan(config, state)
